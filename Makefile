@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create/refresh .venv themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The CPU build of torch, installed first: an unpinned torch pulls a multi-GB CUDA build.
+TORCH := torch==2.13.0
+
+.PHONY: install demo test lint format constraints clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -c constraints.txt -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+demo: install
+	bin/demo
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: install lint
+	bin/test-setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Refreeze exact versions from the current venv (after changing requirements*.txt).
+constraints:
+	{ echo "# Frozen from a working venv (pip freeze) on $$(date +%F); regenerate with 'make constraints'."; \
+	  $(PY) -m pip freeze | grep -v -E '^torch=='; } > constraints.txt
+
+clean:
+	rm -rf .data .airflow test-artifacts

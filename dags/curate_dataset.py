@@ -1,0 +1,86 @@
+"""Curate labelled raw images into the fine-tuning dataset (pipeline 1 of 4)."""
+
+from __future__ import annotations
+
+from airflow.sdk import Param, dag, task
+
+from tasks.assets import CURATED_DATASET
+from tasks.defaults import SETTINGS, TAGS, default_args
+from tasks.taxonomy import DEFAULT_PROMPT_TEMPLATE, available_taxonomies
+
+DOC = """
+### Curate dataset
+Turns a drop of labelled images into a HF `datasets` **DatasetDict** (`train`/`validation`/`test`) in TRL's
+vision conversational format (`images` + `messages`; answer `this is a photo of {label}.`), plus
+`curation_report.json` beside it, then emits the **curated_dataset** asset, which triggers `finetune_llava`.
+
+**Input** (`raw_uri`): one folder per label, or a folder of images plus `labels.csv` (`path,label`).
+Every file is fully decoded. Broken, tiny, non-image and decompression-bomb files, unknown labels, duplicates
+and label conflicts are *rejected with a reason*; hidden/system files are *ignored*. Counts always add up.
+
+**Runbook**
+- *Task failed with `raw_uri ... does not exist`*: the drop is not where the param points. Fix the param, rerun.
+- *Task failed with a `labels.csv` header error*: the CSV needs a `path,label` header.
+- *Many rejections*: open `curation_report.json` (path in the log) — `rejection_reasons` counts them by kind.
+- Rerunning is safe: the dataset directory is replaced as a whole; the report is written last and marks it complete.
+"""
+
+
+@dag(
+    dag_id="curate_dataset",
+    schedule=None,
+    catchup=False,
+    tags=[*TAGS, "curation"],
+    doc_md=DOC,
+    default_args=default_args(),
+    params={
+        "raw_uri": Param(
+            f"{SETTINGS.storage_uri}/raw/{SETTINGS.taxonomy}",
+            type="string",
+            description="Labelled images: a folder per label, or images + labels.csv.",
+        ),
+        "taxonomy": Param(SETTINGS.taxonomy, enum=available_taxonomies()),
+        "dataset_uri": Param(
+            "",
+            type="string",
+            description="Where to write the DatasetDict; empty = <storage>/datasets/<taxonomy>-<run date>.",
+        ),
+        "test_fraction": Param(0.2, type="number", minimum=0, maximum=0.9),
+        "val_fraction": Param(0.1, type="number", minimum=0, maximum=0.9),
+        "seed": Param(42, type="integer"),
+        "prompt_template": Param(
+            DEFAULT_PROMPT_TEMPLATE,
+            type="string",
+            description="User prompt; {labels} is replaced by the taxonomy's labels.",
+        ),
+    },
+)
+def curate_dataset():
+    @task(outlets=[CURATED_DATASET], doc_md="Decode, validate, dedupe, split and save; see the DAG runbook.")
+    def curate(params=None, ts_nodash=None, outlet_events=None) -> dict:
+        from tasks.curation import CurationOptions, curate_uri
+        from tasks.taxonomy import load_taxonomy
+
+        dataset_uri = (
+            params["dataset_uri"] or f"{SETTINGS.storage_uri}/datasets/{params['taxonomy']}-{ts_nodash}"
+        )
+        opts = CurationOptions(
+            test_fraction=params["test_fraction"],
+            val_fraction=params["val_fraction"],
+            seed=params["seed"],
+            prompt_template=params["prompt_template"],
+        )
+        result = curate_uri(
+            params["raw_uri"],
+            dataset_uri,
+            load_taxonomy(params["taxonomy"]),
+            opts,
+            conn_id=SETTINGS.aws_conn_id,
+        )
+        outlet_events[CURATED_DATASET].extra = result
+        return result
+
+    curate()
+
+
+curate_dataset()
