@@ -61,9 +61,7 @@ def curate_dataset():
         from tasks.curation import CurationOptions, curate_uri
         from tasks.taxonomy import load_taxonomy
 
-        dataset_uri = (
-            params["dataset_uri"] or f"{SETTINGS.storage_uri}/datasets/{params['taxonomy']}-{ts_nodash}"
-        )
+        dataset_uri = params["dataset_uri"] or f"{SETTINGS.storage_uri}/datasets/{params['taxonomy']}-{ts_nodash}"
         opts = CurationOptions(
             test_fraction=params["test_fraction"],
             val_fraction=params["val_fraction"],

@@ -15,7 +15,7 @@ import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import ObjectStoragePath
 
@@ -30,6 +30,9 @@ from tasks.images import (
 )
 from tasks.progress import Progress
 from tasks.taxonomy import DEFAULT_PROMPT_TEMPLATE, Taxonomy
+
+if TYPE_CHECKING:
+    from datasets import Dataset, Features
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +65,7 @@ class _Ledger:
 
     total: int = 0
     kept: dict[str, dict[str, str]] = field(default_factory=dict)  # sha256 -> first {path, label, sha256}
-    labels_by_sha: dict[str, dict[str, str]] = field(
-        default_factory=lambda: defaultdict(dict)
-    )  # sha->label->path
+    labels_by_sha: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))  # sha->label->path
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (path, sha256)
     rejected: list[dict[str, str]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
@@ -104,10 +105,13 @@ def _read_labels_csv(path: ObjectStoragePath) -> dict[str, str]:
 
 
 def _scan(
-    raw: ObjectStoragePath, taxonomy: Taxonomy, opts: CurationOptions, ledger: _Ledger
+    raw: ObjectStoragePath,
+    items: list[tuple[str, str | None, ObjectStoragePath | None]],
+    taxonomy: Taxonomy,
+    opts: CurationOptions,
+    ledger: _Ledger,
 ) -> Iterator[dict]:
     """Decode and classify every input; yield each first-seen, labelled, valid image as a row."""
-    items = list(discover(raw))
     progress = Progress(len(items), "curation scan", log=log)
     for rel, raw_label, file in items:
         ledger.total += 1
@@ -124,9 +128,7 @@ def _scan(
             continue
         label = taxonomy.match(raw_label)
         if label is None:
-            ledger.rejected.append(
-                {"path": rel, "reason": f"label {raw_label!r} is not in taxonomy {taxonomy.name!r}"}
-            )
+            ledger.rejected.append({"path": rel, "reason": f"label {raw_label!r} is not in taxonomy {taxonomy.name!r}"})
             continue
         try:
             image = load_image(file.read_bytes(), min_side=opts.min_side, max_pixels=opts.max_pixels)
@@ -141,6 +143,18 @@ def _scan(
         ledger.kept[sha] = {"path": rel, "label": label, "sha256": sha}
         yield {"image": image, "sha256": sha}
     progress.finish()
+
+
+def _to_arrow(rows: Iterator[dict[str, Any]], features: Features, path: str) -> Dataset:
+    """Stream rows into an Arrow file on disk and memory-map it back: pixels never pile up in memory."""
+    from datasets import Dataset
+    from datasets.arrow_writer import ArrowWriter
+
+    with ArrowWriter(features=features, path=path) as writer:
+        for row in rows:
+            writer.write(features.encode_example(row))
+        writer.finalize()
+    return Dataset.from_file(path)
 
 
 def assign_splits(rows: list[dict[str, str]], opts: CurationOptions) -> dict[str, str]:
@@ -184,18 +198,14 @@ def curate(
 
     The report is written last: its presence marks a complete dataset. A rerun replaces the whole directory.
     """
-    from datasets import Dataset, DatasetDict, Features, Image, List, Value
+    from datasets import DatasetDict, Features, Image, List, Value
 
     prompt = taxonomy.prompt(opts.prompt_template)
+    items = list(discover(raw))  # keys only; listing errors surface here, not inside a generator
     ledger = _Ledger()
     features = Features({"image": Image(), "sha256": Value("string")})
     with tempfile.TemporaryDirectory(prefix="curation-") as cache_dir:
-        scanned = Dataset.from_generator(
-            _scan,
-            gen_kwargs={"raw": raw, "taxonomy": taxonomy, "opts": opts, "ledger": ledger},
-            features=features,
-            cache_dir=cache_dir,
-        )
+        scanned = _to_arrow(_scan(raw, items, taxonomy, opts, ledger), features, f"{cache_dir}/scan.arrow")
         conflicts = ledger.conflicts()
         for sha, labels in conflicts.items():
             detail = ", ".join(f"{label!r} ({path})" for label, path in sorted(labels.items()))
@@ -238,19 +248,17 @@ def curate(
                         "sha256": row["sha256"],
                     }
 
-        splits = DatasetDict(
-            {
-                split: Dataset.from_generator(
-                    split_rows, gen_kwargs={"split": split}, features=out_features, cache_dir=cache_dir
-                )
-                for split in SPLITS
-            }
-        )
+        # An empty split is left out (datasets cannot save and reload one); the report still counts it as 0.
+        present = [split for split in SPLITS if any(row["split"] == split for row in kept)]
         report = _report(ledger, kept, taxonomy, prompt, opts)
         storage.remove_tree(dataset)
-        splits.save_to_disk(
-            storage.plain_uri(dataset), storage_options=storage.fsspec_options(dataset) or None
+        if not kept:
+            storage.write_json(dataset / REPORT_NAME, report)
+            raise ValueError(f"no usable images in {raw}; nothing to train on.\n{summary(report)}")
+        splits = DatasetDict(
+            {split: _to_arrow(split_rows(split), out_features, f"{cache_dir}/{split}.arrow") for split in present}
         )
+        splits.save_to_disk(storage.plain_uri(dataset), storage_options=storage.fsspec_options(dataset) or None)
     storage.write_json(dataset / REPORT_NAME, report)
     log.info(summary(report))
     return report
@@ -265,9 +273,7 @@ def _report(
     report = {
         "taxonomy": taxonomy.name,
         "prompt": prompt,
-        "options": {
-            k: getattr(opts, k) for k in ("test_fraction", "val_fraction", "seed", "min_side", "max_pixels")
-        },
+        "options": {k: getattr(opts, k) for k in ("test_fraction", "val_fraction", "seed", "min_side", "max_pixels")},
         "total": ledger.total,
         "counts": {"kept": len(kept), "rejected": len(ledger.rejected), "ignored": len(ledger.ignored)},
         "splits": {split: sum(c[split] for c in per_label.values()) for split in SPLITS},

@@ -15,9 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MIN_SIDE = 8
-DEFAULT_MAX_PIXELS = (
-    64_000_000  # larger than any real photo; beyond this a file is treated as a decompression bomb
-)
+DEFAULT_MAX_PIXELS = 64_000_000  # larger than any real photo; beyond this a file is treated as a decompression bomb
 
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini", "icon\r"}
 _IGNORED_DIRS = {"__macosx", ".ds_store"}
@@ -30,9 +28,7 @@ class ImageRejected(ValueError):
 def is_ignored(relpath: str) -> bool:
     """Hidden and OS bookkeeping files (`.DS_Store`, `__MACOSX/`, `Thumbs.db`) are not data."""
     parts = PurePosixPath(relpath).parts
-    return any(p.startswith(".") or p.lower() in _IGNORED_DIRS for p in parts) or (
-        parts[-1].lower() in _IGNORED_NAMES
-    )
+    return any(p.startswith(".") or p.lower() in _IGNORED_DIRS for p in parts) or (parts[-1].lower() in _IGNORED_NAMES)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -50,9 +46,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(
-    data: bytes, *, min_side: int = DEFAULT_MIN_SIDE, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> Image.Image:
+def load_image(data: bytes, *, min_side: int = DEFAULT_MIN_SIDE, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Fully decode `data` into an upright RGB image (first frame of an animation), or raise ImageRejected."""
     if not data:
         raise ImageRejected("empty file (0 bytes)")

@@ -85,9 +85,5 @@ def load_taxonomy(name: str) -> Taxonomy:
         raise ValueError(f"unknown taxonomy {name!r}; available: {', '.join(available_taxonomies())}")
     doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     labels = tuple(str(entry["name"]) for entry in doc["labels"])
-    synonyms = {
-        normalise(str(syn)): str(entry["name"])
-        for entry in doc["labels"]
-        for syn in entry.get("synonyms", [])
-    }
+    synonyms = {normalise(str(syn)): str(entry["name"]) for entry in doc["labels"] for syn in entry.get("synonyms", [])}
     return Taxonomy(name=str(doc.get("name", name)), labels=labels, synonyms=synonyms)
