@@ -1,0 +1,278 @@
+"""Fine-tune LLaVA-NeXT with TRL SFT, then answer the test split by greedy generation.
+
+This file ships alone as the SageMaker training job's source and runs in a container that has nothing else of this
+repository, so it imports nothing from it. The local backend runs the very same file on the tiny model.
+
+Inputs: a `datasets` DatasetDict (saved with `save_to_disk`) with splits train/validation/test and columns `images`
+(one PIL image) and `messages` (TRL's vision conversational format); other columns (`label`, `sha256`) are carried
+into the predictions, never trained on.
+Outputs: the model + processor in --model_dir; eval_predictions.jsonl and train_summary.json in --output_data_dir.
+Raw answers are written as generated: parsing them into labels is the caller's job (one parser for the project).
+
+Spot-friendly: checkpoints go to --checkpoint_dir (SageMaker syncs /opt/ml/checkpoints to S3) and a restarted job
+resumes from the newest complete one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import gather_object
+from datasets import DatasetDict, load_from_disk
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers.integrations import is_deepspeed_zero3_enabled
+from trl import SFTConfig, SFTTrainer
+from trl.data_utils import prepare_multimodal_messages
+
+logger = logging.getLogger("train")
+
+TRAIN_COLUMNS = ["images", "messages"]
+PREDICTIONS_FILE = "eval_predictions.jsonl"
+SUMMARY_FILE = "train_summary.json"
+SAGEMAKER_CHECKPOINT_DIR = "/opt/ml/checkpoints"
+
+
+def str_to_bool(value: str) -> bool:
+    """SageMaker passes every hyperparameter as a string, so booleans arrive as "true"/"false"."""
+    lowered = str(value).strip().lower()
+    if lowered in {"true", "1", "yes", "y"}:
+        return True
+    if lowered in {"false", "0", "no", "n"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Every knob is a flag; defaults are the seed's production hyperparameters and SageMaker's paths."""
+    env = os.environ
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model_id", default="llava-hf/llava-v1.6-mistral-7b-hf", help="Hub id or local directory")
+    p.add_argument("--dataset_path", default=env.get("SM_CHANNEL_TRAIN"), help="DatasetDict saved with save_to_disk")
+    p.add_argument("--model_dir", default=env.get("SM_MODEL_DIR"), help="where the final model + processor go")
+    p.add_argument("--output_data_dir", default=env.get("SM_OUTPUT_DATA_DIR"), help="defaults to --model_dir")
+    p.add_argument("--checkpoint_dir", default=None, help=f"{SAGEMAKER_CHECKPOINT_DIR} on SageMaker")
+    p.add_argument("--learning_rate", type=float, default=2e-5)
+    p.add_argument("--num_train_epochs", type=float, default=20)
+    p.add_argument("--max_steps", type=int, default=-1, help="stop after this many optimizer steps (-1: epochs)")
+    p.add_argument("--per_device_train_batch_size", type=int, default=1)
+    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    p.add_argument("--warmup_ratio", type=float, default=0.03)
+    p.add_argument("--weight_decay", type=float, default=0.0)
+    p.add_argument("--lr_scheduler_type", default="linear")
+    p.add_argument("--bf16", type=str_to_bool, default=True, help="false on CPU: bf16 there is >2x slower")
+    p.add_argument("--gradient_checkpointing", type=str_to_bool, default=True)
+    # Loss on the answer only: on the tiny digits model 96% held-out accuracy vs 82% for the full sequence.
+    p.add_argument("--assistant_only_loss", type=str_to_bool, default=True, help="false: loss on every token")
+    p.add_argument("--save_steps", type=int, default=100)
+    p.add_argument("--save_total_limit", type=int, default=2, help="checkpoints kept; each holds optimizer state")
+    p.add_argument("--logging_steps", type=int, default=10)
+    p.add_argument("--eval_strategy", choices=["no", "epoch"], default="epoch", help="validation loss")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--eval_batch_size", type=int, default=8, help="test-split generation batch per process")
+    p.add_argument("--max_new_tokens", type=int, default=16)
+    p.add_argument("--label_column", default="label", help="copied into predictions when the test split has it")
+    args = p.parse_args(argv)
+
+    if not args.dataset_path or not args.model_dir:
+        p.error("--dataset_path and --model_dir are required outside SageMaker")
+    args.output_data_dir = args.output_data_dir or args.model_dir
+    if args.checkpoint_dir is None:
+        in_sagemaker = "SM_MODEL_DIR" in env
+        local_dir = str(Path(args.output_data_dir) / "checkpoints")
+        args.checkpoint_dir = SAGEMAKER_CHECKPOINT_DIR if in_sagemaker else local_dir
+    return args
+
+
+def newest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest checkpoint a restarted job can resume from.
+
+    A checkpoint without trainer_state.json was cut short (the Trainer writes that file last), so it is skipped.
+    """
+    complete = [
+        path
+        for path in checkpoint_dir.glob("checkpoint-*")
+        if re.fullmatch(r"checkpoint-\d+", path.name) and (path / "trainer_state.json").is_file()
+    ]
+    return max(complete, key=lambda path: int(path.name.split("-")[1]), default=None)
+
+
+def load_splits(dataset_path: str) -> DatasetDict:
+    splits = load_from_disk(dataset_path)
+    missing = {"train", "test"} - set(splits)
+    if missing:
+        raise ValueError(f"{dataset_path}: missing splits {sorted(missing)}; found {sorted(splits)}")
+    return splits
+
+
+def build_config(args: argparse.Namespace, has_validation: bool) -> SFTConfig:
+    """Built before the model is loaded: under ZeRO-3 this is what makes from_pretrained shard the weights."""
+    return SFTConfig(
+        output_dir=args.checkpoint_dir,
+        learning_rate=args.learning_rate,
+        num_train_epochs=args.num_train_epochs,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        per_device_eval_batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        warmup_steps=args.warmup_ratio,  # transformers 5: a value below 1 is a ratio of the total steps
+        weight_decay=args.weight_decay,
+        lr_scheduler_type=args.lr_scheduler_type,
+        bf16=args.bf16,
+        activation_checkpointing=args.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        assistant_only_loss=args.assistant_only_loss,
+        max_length=None,  # never truncate: a cut would drop image tokens that pixel_values still expect
+        save_strategy="steps",
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        eval_strategy=args.eval_strategy if has_validation else "no",
+        logging_steps=args.logging_steps,
+        logging_first_step=True,
+        disable_tqdm=True,  # one log line per logging step instead of progress bars in CloudWatch
+        report_to="none",
+        seed=args.seed,
+        use_cpu=not torch.cuda.is_available(),  # also makes a multi-process CPU run (gloo) count its world size
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+
+
+def load_model(model_id: str, bf16: bool) -> torch.nn.Module:
+    # DeepSpeed keeps fp32 master weights itself, so bf16 weights suffice; plain torch amp needs fp32 weights.
+    dtype = torch.bfloat16 if bf16 and is_deepspeed_zero3_enabled() else torch.float32
+    model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=dtype)
+    conversions = getattr(model, "_weight_conversions", None)
+    if is_deepspeed_zero3_enabled() and conversions:
+        # transformers 5.24: a ZeRO-3 load remembers every key renaming it knows, used or not, and save_pretrained
+        # reverts them all, writing `language_model.model.model.*` keys that serving stacks cannot load. Keep only
+        # the renamings the checkpoint used, as a plain load does (transformers/core_model_loading.py).
+        model._weight_conversions = [conversion for conversion in conversions if conversion.was_used()]
+    return model
+
+
+def generate_answers(trainer: SFTTrainer, processor: Any, test, args: argparse.Namespace) -> list[dict]:
+    """Greedy answers for every test row, one dict per row in test order.
+
+    Rows are split across processes; under ZeRO-3 every process must take part in every forward pass, so each gets
+    the same number of rows (padding repeats the last row, dropped after gathering).
+    """
+    accelerator = trainer.accelerator
+    model = trainer.model
+    model.eval()
+    rows: list[dict] = []
+    with accelerator.split_between_processes(list(range(len(test))), apply_padding=True) as my_indices:
+        for start in range(0, len(my_indices), args.eval_batch_size):
+            indices = my_indices[start : start + args.eval_batch_size]
+            batch = test.select(indices)
+            prompts = [
+                prepare_multimodal_messages([m for m in messages if m["role"] != "assistant"], images=images)
+                for messages, images in zip(batch["messages"], batch["images"], strict=True)
+            ]
+            inputs = processor.apply_chat_template(
+                prompts,
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+                return_tensors="pt",
+                processor_kwargs={"padding": True, "padding_side": "left", "add_special_tokens": False},
+            ).to(accelerator.device)
+            started = time.perf_counter()
+            with torch.no_grad():
+                output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+            seconds = time.perf_counter() - started
+            answers = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            for index, answer, row in zip(indices, answers, batch, strict=True):
+                rows.append(prediction_row(index, answer.strip(), seconds / len(indices), row, args.label_column))
+    by_index = {row["index"]: row for row in gather_object(rows)}
+    return [by_index[index] for index in sorted(by_index)]
+
+
+def prediction_row(index: int, answer: str, seconds: float, row: dict, label_column: str) -> dict:
+    """`generation_seconds` is this row's share of its batch's generate() time."""
+    prediction: dict[str, Any] = {"index": index}
+    if "sha256" in row:
+        prediction["sha256"] = row["sha256"]
+    if label_column in row:
+        prediction[label_column] = row[label_column]
+    prediction.update(answer=answer, generation_seconds=round(seconds, 4))
+    return prediction
+
+
+def write_json_atomically(path: Path, text: str) -> None:
+    """Readers (and SageMaker's upload) never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
+
+
+def last_logged_loss(log_history: list[dict]) -> float | None:
+    losses = [entry["loss"] for entry in log_history if "loss" in entry]
+    return losses[-1] if losses else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    is_main_process = int(os.environ.get("RANK", "0")) == 0  # one copy of our log lines per job, not per process
+    logging.basicConfig(
+        level=logging.INFO if is_main_process else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    splits = load_splits(args.dataset_path)
+    has_validation = "validation" in splits and len(splits["validation"]) > 0
+    config = build_config(args, has_validation)
+    processor = AutoProcessor.from_pretrained(args.model_id)
+    model = load_model(args.model_id, args.bf16)
+
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=splits["train"].select_columns(TRAIN_COLUMNS),
+        eval_dataset=splits["validation"].select_columns(TRAIN_COLUMNS) if has_validation else None,
+        processing_class=processor,
+    )
+    resume_from = newest_checkpoint(Path(args.checkpoint_dir))
+    if resume_from:
+        logger.info("Resuming from %s", resume_from)
+    else:
+        logger.info("Starting fresh: no complete checkpoint in %s", args.checkpoint_dir)
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    train_seconds = time.perf_counter() - started
+    logger.info("Trained to step %d in %.1f s", trainer.state.global_step, train_seconds)
+
+    trainer.save_model(args.model_dir)  # processor too; under ZeRO-3 the 16-bit weights are gathered first
+
+    started = time.perf_counter()
+    predictions = generate_answers(trainer, processor, splits["test"], args)
+    generation_seconds = time.perf_counter() - started
+    logger.info("Answered %d test rows in %.1f s", len(predictions), generation_seconds)
+
+    if trainer.accelerator.is_main_process:
+        output_dir = Path(args.output_data_dir)
+        lines = "".join(json.dumps(row) + "\n" for row in predictions)
+        write_json_atomically(output_dir / PREDICTIONS_FILE, lines)
+        summary = {
+            "train_seconds": round(train_seconds, 2),
+            "global_step": trainer.state.global_step,
+            "resumed_from": str(resume_from) if resume_from else None,
+            "final_loss": last_logged_loss(trainer.state.log_history),
+            "mean_train_loss": result.training_loss,
+            "test_rows": len(predictions),
+            "generation_seconds": round(generation_seconds, 2),
+            "world_size": trainer.accelerator.num_processes,
+            "args": vars(args),
+        }
+        write_json_atomically(output_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Digits data and the tiny model in the training script's input format, shared by the training tests and bench.
+
+Built straight with `datasets` (not through the curation pipeline) so the training tests depend only on the format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from tasks.taxonomy import Taxonomy, load_taxonomy
+from tasks.tiny_model import build_tiny_llava
+
+
+def digit_images(count: int | None = None) -> tuple[list, list[str]]:
+    """scikit-learn's 8x8 digits as 32x32 RGB PIL images, with their labels "0".."9"."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = digits.images if count is None else digits.images[:count]
+    images = [
+        Image.fromarray((grid * (255 / 16)).astype(np.uint8), mode="L").resize((32, 32), Image.NEAREST).convert("RGB")
+        for grid in pixels
+    ]
+    return images, [str(target) for target in digits.target[: len(images)]]
+
+
+def conversation(taxonomy: Taxonomy, label: str) -> list[dict]:
+    return [
+        {"role": "user", "content": [{"type": "text", "text": taxonomy.prompt()}, {"type": "image"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": taxonomy.answer(label)}]},
+    ]
+
+
+def digits_dataset_dict(out_dir: Path, *, count: int | None = None, test_fraction: float = 0.2, seed: int = 0) -> Path:
+    """Save a stratified train/validation/test DatasetDict of digits in the training script's format."""
+    from datasets import Dataset, DatasetDict, Features, Image, List, Value
+    from sklearn.model_selection import train_test_split
+
+    taxonomy = load_taxonomy("digits")
+    images, labels = digit_images(count)
+    rows = [
+        {
+            "images": [image],
+            "messages": conversation(taxonomy, label),
+            "label": label,
+            "sha256": hashlib.sha256(image.tobytes()).hexdigest(),
+        }
+        for image, label in zip(images, labels, strict=True)
+    ]
+    train_rows, test_rows = train_test_split(rows, test_size=test_fraction, stratify=labels, random_state=seed)
+    train_rows, validation_rows = train_test_split(train_rows, test_size=0.1, random_state=seed)
+    part = {"type": Value("string"), "text": Value("string")}
+    features = Features(
+        {
+            "images": List(Image()),
+            "messages": List({"role": Value("string"), "content": List(part)}),
+            "label": Value("string"),
+            "sha256": Value("string"),
+        }
+    )
+    splits = {"train": train_rows, "validation": validation_rows, "test": test_rows}
+    DatasetDict({name: Dataset.from_list(rows, features=features) for name, rows in splits.items()}).save_to_disk(
+        str(out_dir)
+    )
+    return out_dir
+
+
+def digits_corpus() -> list[str]:
+    """Every text the tiny model must be able to tokenise for the digits task."""
+    taxonomy = load_taxonomy("digits")
+    return [taxonomy.prompt(), *taxonomy.labels, *(taxonomy.answer(label) for label in taxonomy.labels)]
+
+
+def tiny_digits_model(out_dir: Path) -> Path:
+    return build_tiny_llava(out_dir, digits_corpus(), seed=0)

@@ -1,0 +1,94 @@
+"""The shipped training script, run as SageMaker runs it (a subprocess with string flags) on the tiny model.
+
+Trains a few steps, checks what it leaves behind, then runs again with more steps and checks it resumed from the
+checkpoint instead of starting over: the managed-spot restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from datasets import load_from_disk
+from safetensors import safe_open
+
+from tests.fixtures_training import digits_dataset_dict, tiny_digits_model
+
+pytestmark = pytest.mark.slow
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TRAIN_SCRIPT = REPO_ROOT / "include" / "training" / "train.py"
+LAUNCH_SCRIPT = REPO_ROOT / "include" / "training" / "launch.py"
+CPU_FLAGS = ["--bf16", "false", "--gradient_checkpointing", "false", "--learning_rate", "1e-3"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("training")
+    return tiny_digits_model(root / "model"), digits_dataset_dict(root / "data", count=60)
+
+
+def run_training(model: Path, data: Path, work: Path, *flags: str, script: Path = TRAIN_SCRIPT, **env: str) -> str:
+    command = [sys.executable, str(script), "--model_id", str(model), "--dataset_path", str(data),
+               "--model_dir", str(work / "model"), "--output_data_dir", str(work / "output"),
+               "--checkpoint_dir", str(work / "checkpoints"), "--per_device_train_batch_size", "8",
+               "--save_steps", "2", "--logging_steps", "1", *CPU_FLAGS, *flags]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")} | {"HF_HUB_OFFLINE": "1", **env}
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def weight_shapes(model_dir: Path) -> dict[str, list[int]]:
+    """Weight name -> shape of a saved model: the layout a serving stack loads by name."""
+    with safe_open(model_dir / "model.safetensors", "pt") as weights:
+        return {name: weights.get_slice(name).get_shape() for name in weights.keys()}  # noqa: SIM118
+
+
+def test_trains_writes_model_and_predictions_then_resumes(inputs, tmp_path):
+    model, data = inputs
+    test_split = load_from_disk(str(data))["test"]
+
+    first_log = run_training(model, data, tmp_path, "--max_steps", "2")
+    assert "Starting fresh" in first_log
+    assert (tmp_path / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
+    assert weight_shapes(tmp_path / "model") == weight_shapes(model)  # the layout serving stacks expect
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json", "chat_template.jinja"):
+        assert (tmp_path / "model" / name).is_file(), name
+    lines = (tmp_path / "output" / "eval_predictions.jsonl").read_text().splitlines()
+    predictions = [json.loads(line) for line in lines]
+    assert [row["index"] for row in predictions] == list(range(len(test_split)))
+    assert [row["label"] for row in predictions] == test_split["label"]
+    assert [row["sha256"] for row in predictions] == test_split["sha256"]
+    assert all(isinstance(row["answer"], str) and row["generation_seconds"] >= 0 for row in predictions)
+    first = json.loads((tmp_path / "output" / "train_summary.json").read_text())
+    assert first["global_step"] == 2 and first["resumed_from"] is None and first["final_loss"] > 0
+    assert first["args"]["bf16"] is False and first["args"]["assistant_only_loss"] is True
+
+    second_log = run_training(model, data, tmp_path, "--max_steps", "4")
+    resumed_from = tmp_path / "checkpoints" / "checkpoint-2"
+    assert f"Resuming from {resumed_from}" in second_log
+    second = json.loads((tmp_path / "output" / "train_summary.json").read_text())
+    assert second["global_step"] == 4 and second["resumed_from"] == str(resumed_from)
+    state = json.loads((tmp_path / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    logged_steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
+    assert logged_steps == [1, 2, 3, 4]  # steps 1-2 come from the first run's checkpoint: continued, not restarted
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="DeepSpeed JIT-builds a small C++ op on first use")
+def test_launcher_runs_deepspeed_zero3_with_two_processes(inputs, tmp_path):
+    """The multi-GPU production path (launch.py -> accelerate -> ZeRO-3), with two CPU processes standing in."""
+    model, data = inputs
+    log = run_training(model, data, tmp_path, "--max_steps", "2", script=LAUNCH_SCRIPT, SM_NUM_GPUS="2",
+                       DS_ACCELERATOR="cpu")  # fmt: skip
+    assert "accelerate.commands.launch" in log and "--num_processes 2" in log
+    summary = json.loads((tmp_path / "output" / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_step"] == 2
+    assert (tmp_path / "checkpoints" / "checkpoint-2" / "global_step2").is_dir()  # DeepSpeed's sharded state
+    predictions = (tmp_path / "output" / "eval_predictions.jsonl").read_text().splitlines()
+    assert [json.loads(line)["index"] for line in predictions] == list(range(len(load_from_disk(str(data))["test"])))
+    assert weight_shapes(tmp_path / "model") == weight_shapes(model)  # gathered from the shards, same layout

@@ -1,0 +1,94 @@
+"""What SageMaker hands the shipped scripts: string hyperparameters, SM_* paths, a GPU count, leftover checkpoints."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+TRAINING_DIR = Path(__file__).resolve().parents[2] / "include" / "training"
+
+
+def load_script(name: str):
+    """The scripts ship as loose files, not as a package: import them the way the container runs them."""
+    spec = importlib.util.spec_from_file_location(f"shipped_{name}", TRAINING_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train = load_script("train")
+launch = load_script("launch")
+
+
+@pytest.fixture
+def sagemaker_env(monkeypatch, tmp_path):
+    paths = {"SM_CHANNEL_TRAIN": tmp_path / "data", "SM_MODEL_DIR": tmp_path / "model",
+             "SM_OUTPUT_DATA_DIR": tmp_path / "output"}  # fmt: skip
+    for name, path in paths.items():
+        monkeypatch.setenv(name, str(path))
+    return paths
+
+
+def test_defaults_are_the_seed_hyperparameters_and_sagemaker_paths(sagemaker_env):
+    args = train.parse_args([])
+    assert (args.learning_rate, args.num_train_epochs, args.warmup_ratio, args.weight_decay) == (2e-5, 20, 0.03, 0)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.save_steps) == (1, 1, 100)
+    assert args.bf16 is True and args.gradient_checkpointing is True
+    assert args.model_id == "llava-hf/llava-v1.6-mistral-7b-hf"
+    assert args.dataset_path == str(sagemaker_env["SM_CHANNEL_TRAIN"])
+    assert args.model_dir == str(sagemaker_env["SM_MODEL_DIR"])
+    assert args.output_data_dir == str(sagemaker_env["SM_OUTPUT_DATA_DIR"])
+    assert args.checkpoint_dir == "/opt/ml/checkpoints"  # synced to S3 by SageMaker: what spot restarts resume from
+
+
+@pytest.mark.parametrize(("text", "expected"), [("true", True), ("True", True), ("false", False), ("FALSE", False)])
+def test_booleans_parse_from_strings(sagemaker_env, text, expected):
+    args = train.parse_args(["--bf16", text, "--gradient_checkpointing", text])
+    assert args.bf16 is expected and args.gradient_checkpointing is expected
+
+
+def test_a_mistyped_boolean_is_an_error_not_a_silent_true(sagemaker_env):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--bf16", "ture"])
+
+
+def test_outside_sagemaker_paths_are_required_and_checkpoints_stay_under_the_output(monkeypatch, tmp_path):
+    for name in ("SM_CHANNEL_TRAIN", "SM_MODEL_DIR", "SM_OUTPUT_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit):
+        train.parse_args([])
+    args = train.parse_args(["--dataset_path", "d", "--model_dir", str(tmp_path / "m")])
+    assert args.output_data_dir == str(tmp_path / "m")
+    assert args.checkpoint_dir == str(tmp_path / "m" / "checkpoints")
+
+
+def test_resumes_from_the_newest_complete_checkpoint(tmp_path):
+    for step, complete in [(50, True), (100, True), (150, False)]:  # 150 was cut short by a spot interruption
+        checkpoint = tmp_path / f"checkpoint-{step}"
+        checkpoint.mkdir()
+        if complete:
+            (checkpoint / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-900-tmp").mkdir()
+    assert train.newest_checkpoint(tmp_path) == tmp_path / "checkpoint-100"
+    assert train.newest_checkpoint(tmp_path / "missing") is None
+
+
+def test_one_gpu_runs_train_py_directly():
+    assert launch.command(["--bf16", "true"], 1) == [sys.executable, str(TRAINING_DIR / "train.py"), "--bf16", "true"]
+
+
+def test_several_gpus_go_through_accelerate_with_zero3_config():
+    command = launch.command(["--max_steps", "5"], 4)
+    assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert command[command.index("--num_processes") + 1] == "4"
+    assert Path(command[command.index("--config_file") + 1]) == TRAINING_DIR / "accelerate_zero3.yaml"
+    assert Path(command[command.index("--deepspeed_config_file") + 1]) == TRAINING_DIR / "ds_zero3.json"
+    assert command[-3:] == [str(TRAINING_DIR / "train.py"), "--max_steps", "5"]
+
+
+def test_gpu_count_comes_from_sagemaker(monkeypatch):
+    monkeypatch.setenv("SM_NUM_GPUS", "8")
+    assert launch.process_count() == 8
