@@ -1,0 +1,371 @@
+"""The endpoint client against a real misbehaving HTTP server on loopback, and SageMaker through botocore's Stubber."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import random
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from PIL import Image
+
+from tasks.endpoint_client import (
+    ClassificationResult,
+    EndpointClient,
+    EndpointSpec,
+    build_request,
+    encode_image,
+    parse_response,
+)
+from tasks.taxonomy import load_taxonomy
+from tasks.vision_tokens import ResizePolicy
+
+TAXONOMY = load_taxonomy("digits")
+NO_BUDGET = ResizePolicy(None)  # small test images pass unchanged, so the server can read their size
+CLIENT_TIMEOUT_S = 0.3
+SLOW_S = 1.0  # a "sleep" answer arrives after the client has given up
+FAST = {"timeout_s": CLIENT_TIMEOUT_S, "max_retries": 2, "backoff_base_s": 0.01, "backoff_max_s": 0.05}
+
+
+def ok_body(answer: str = "this is a photo of 3.") -> bytes:
+    return json.dumps(
+        {
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 80, "completion_tokens": 7, "total_tokens": 87},
+        }
+    ).encode()
+
+
+# An image's width picks its script: what the server answers on the 1st, 2nd, ... attempt (the last step repeats).
+SCRIPTS: dict[int, list[str]] = {
+    40: ["ok"],
+    41: ["429", "429", "ok"],
+    42: ["500", "ok"],
+    43: ["sleep", "ok"],
+    44: ["503"],
+    45: ["garbage"],
+    46: ["no_choices"],
+    47: ["bad_answer"],
+    48: ["400"],
+    49: ["sleep"],
+}
+# width -> (status, attempts); the client makes at most 1 + max_retries = 3 attempts
+EXPECTED = {
+    40: ("ok", 1),
+    41: ("ok", 3),
+    42: ("ok", 2),
+    43: ("ok", 2),
+    44: ("failed", 3),
+    45: ("failed", 1),
+    46: ("failed", 1),
+    47: ("invalid", 1),
+    48: ("failed", 1),
+    49: ("failed", 3),
+}
+
+
+class ScriptedServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), ScriptedHandler)
+        self.lock = threading.Lock()
+        self.attempts: Counter[tuple[int, int]] = Counter()
+        self.bodies: list[dict] = []
+        self.in_flight = self.max_in_flight = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class ScriptedHandler(BaseHTTPRequestHandler):
+    server: ScriptedServer
+
+    def log_message(self, *args) -> None:  # keep pytest output clean
+        pass
+
+    def do_POST(self) -> None:
+        srv = self.server
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        url = body["messages"][0]["content"][1]["image_url"]["url"]
+        size = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size
+        with srv.lock:
+            srv.bodies.append(body)
+            srv.attempts[size] += 1
+            script = SCRIPTS[size[0]]
+            step = script[min(srv.attempts[size], len(script)) - 1]
+        # A "sleep" request outlives the client's timeout: the client has moved on, so it is not counted in flight.
+        counted = step != "sleep"
+        with srv.lock:
+            srv.in_flight += counted
+            srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
+        try:
+            time.sleep(0.02)  # long enough for requests to overlap
+            self._answer(step)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client timed out and hung up
+        finally:
+            with srv.lock:
+                srv.in_flight -= counted
+
+    def _answer(self, step: str) -> None:
+        if step == "sleep":
+            time.sleep(SLOW_S)
+            step = "ok"
+        status, payload = {
+            "ok": (200, ok_body()),
+            "bad_answer": (200, ok_body("a cat, probably")),
+            "garbage": (200, b"<html>upstream proxy error</html>"),
+            "no_choices": (200, b'{"object": "chat.completion", "choices": []}'),
+        }.get(step, (int(step) if step.isdigit() else 500, b'{"error": "scripted"}'))
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+@pytest.fixture
+def server():
+    srv = ScriptedServer()
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def sized_image(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (width, 2 * height % 256, 99)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def http_client(server: ScriptedServer, **spec) -> EndpointClient:
+    return EndpointClient(EndpointSpec("http", url=server.url, **(FAST | spec)), TAXONOMY, policy=NO_BUDGET)
+
+
+async def collect(client: EndpointClient, images, concurrency: int, **kwargs) -> list[ClassificationResult]:
+    return [r async for r in client.classify_many(images, concurrency=concurrency, **kwargs)]
+
+
+def test_every_image_is_accounted_for_once_with_the_right_status(server):
+    rng = random.Random(3)
+    widths = [rng.choice(list(SCRIPTS)) for _ in range(60)]
+    images = {f"img-{i}": (w, 16 + i) for i, w in enumerate(widths)}
+    inputs = [(key, sized_image(*size)) for key, size in images.items()]
+    inputs.append(("corrupt.jpg", b"\xff\xd8\xff\xe0 not really a jpeg"))
+
+    results = asyncio.run(collect(http_client(server), inputs, concurrency=6))
+
+    assert sorted(r.key for r in results) == sorted(key for key, _ in inputs)
+    by_key = {r.key: r for r in results}
+    rejected = by_key.pop("corrupt.jpg")
+    assert (rejected.status, rejected.attempts) == ("rejected", 0) and "corrupt" in rejected.error
+    for key, result in by_key.items():
+        size = images[key]
+        assert (result.status, result.attempts) == EXPECTED[size[0]], (key, size, result)
+        if size[0] not in (43, 49):  # a timed-out request may not have reached the server yet
+            assert server.attempts[size] == result.attempts
+    assert server.max_in_flight <= 6
+    statuses = Counter(r.status for r in results)
+    assert statuses["ok"] and statuses["failed"] and statuses["invalid"] and statuses["rejected"] == 1
+
+
+def test_results_carry_the_answer_tokens_latency_and_reasons(server):
+    client = http_client(server)
+    ok = client.classify(sized_image(41, 20), key="a")
+    assert (ok.status, ok.label, ok.raw_answer) == ("ok", "3", "this is a photo of 3.")
+    assert (ok.prompt_tokens, ok.completion_tokens, ok.attempts) == (80, 7, 3)
+    assert 0 < ok.latency_s < ok.elapsed_s and ok.error is None
+
+    gave_up = client.classify(sized_image(44, 20))
+    assert gave_up.status == "failed" and gave_up.error.startswith("HTTP 503") and "gave up after 3" in gave_up.error
+    timed_out = client.classify(sized_image(49, 20))
+    assert timed_out.error == f"timeout after {CLIENT_TIMEOUT_S}s (gave up after 3 attempts)"
+    garbage = client.classify(sized_image(45, 20))
+    assert garbage.error.startswith("malformed response (not JSON): <html>")
+    assert client.classify(sized_image(46, 20)).error.startswith("malformed response (no choices)")
+    invalid = client.classify(sized_image(47, 20))
+    assert invalid.raw_answer == "a cat, probably" and invalid.label is None and invalid.prompt_tokens == 80
+    client_error = client.classify(sized_image(48, 20))
+    assert client_error.error == 'HTTP 400: {"error": "scripted"}' and client_error.attempts == 1
+
+
+def test_request_body_is_exactly_the_chat_completions_schema(server):
+    http_client(server).classify(sized_image(40, 20))
+    http_client(server, model="served-name", supports_choice=True, max_tokens=20).classify(sized_image(40, 21))
+    plain, constrained = server.bodies
+    assert set(plain) == {"messages", "max_tokens", "temperature"}
+    assert (plain["max_tokens"], plain["temperature"]) == (32, 0)
+    [message] = plain["messages"]
+    assert message["role"] == "user"
+    text, image = message["content"]
+    assert text == {"type": "text", "text": TAXONOMY.prompt()}
+    assert image["type"] == "image_url" and image["image_url"]["url"].startswith("data:image/jpeg;base64,")
+    assert set(constrained) == {"messages", "max_tokens", "temperature", "model", "structured_outputs"}
+    assert constrained["model"] == "served-name" and constrained["max_tokens"] == 20
+    assert constrained["structured_outputs"] == {"choice": [TAXONOMY.answer(label) for label in TAXONOMY.labels]}
+
+
+def test_images_are_read_lazily_and_requests_are_bounded(server):
+    pulled = 0
+
+    def images():
+        nonlocal pulled
+        for i in range(30):
+            pulled += 1
+            yield f"k{i}", sized_image(40, 16 + i)
+
+    seen = 0
+
+    def on_progress(result: ClassificationResult) -> None:
+        nonlocal seen
+        seen += 1
+        assert pulled - seen < 4  # never more than `concurrency` images read ahead of the results
+
+    results = asyncio.run(collect(http_client(server), images(), concurrency=3, on_progress=on_progress))
+    assert seen == len(results) == 30 and all(r.status == "ok" for r in results)
+    assert 1 < server.max_in_flight <= 3
+
+
+def test_an_unreachable_server_fails_every_image_without_raising():
+    client = EndpointClient(EndpointSpec("http", url="http://127.0.0.1:9", **FAST), TAXONOMY)
+    result = client.classify(sized_image(40, 20), key="x")
+    assert result.status == "failed" and result.attempts == 3 and result.error.startswith("connection error")
+
+
+def test_images_are_resized_to_the_budget_before_sending():
+    jpeg = encode_image(sized_image(1600, 1200), ResizePolicy(1200))
+    assert Image.open(io.BytesIO(jpeg)).size == (336, 336)
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "error"),
+    [
+        (b'{"choices": [{"message": {"content": null}}]}', "invalid", "no text answer"),
+        (b'{"error": "CUDA out of memory", "code": 424}', "failed", "server error in body: CUDA out of memory"),
+        (b"[1, 2]", "failed", "malformed response (no choices): [1, 2]"),
+        (b'{"choices": [{"message": {"content": "this is a photo of seven."}}]}', "ok", None),
+    ],
+)
+def test_parse_response_edge_cases(payload, status, error):
+    result = parse_response("k", payload, TAXONOMY)
+    assert (result.status, result.error) == (status, error)
+    if status == "ok":
+        assert result.label == "7" and result.prompt_tokens is None
+
+
+# --- SageMaker runtime, through the Amazon provider's hook with a botocore Stubber on its client ---------------
+
+
+@pytest.fixture
+def stubbed_sagemaker(monkeypatch):
+    """Queue responses for the client the hook builds; yields (queue, clients built)."""
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+    from botocore.stub import Stubber
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_DEFAULT",
+        json.dumps(
+            {"conn_type": "aws", "login": "testing", "password": "testing", "extra": {"region_name": "us-east-1"}}
+        ),
+    )
+    queue: list[tuple[str, dict]] = []
+    stubbers: list[Stubber] = []
+    real_get_conn = AwsBaseHook.get_conn
+
+    def get_conn(self):
+        client = real_get_conn(self)
+        stubber = Stubber(client)
+        for kind, kwargs in queue:
+            getattr(stubber, kind)("invoke_endpoint", **kwargs)
+        stubber.activate()
+        stubbers.append(stubber)
+        return client
+
+    monkeypatch.setattr(AwsBaseHook, "get_conn", get_conn)
+    yield queue, stubbers
+    for stubber in stubbers:
+        stubber.assert_no_pending_responses()
+
+
+def sagemaker_ok(expected_params: dict | None = None) -> tuple[str, dict]:
+    from botocore.response import StreamingBody
+
+    body = ok_body()
+    response = {"Body": StreamingBody(io.BytesIO(body), len(body)), "ContentType": "application/json"}
+    return "add_response", {"service_response": response, "expected_params": expected_params}
+
+
+def sagemaker_error(code: str, status: int, **modeled) -> tuple[str, dict]:
+    kwargs = {"service_error_code": code, "service_message": f"scripted {code}", "http_status_code": status}
+    return "add_client_error", kwargs | ({"modeled_fields": modeled} if modeled else {})
+
+
+def sagemaker_client() -> EndpointClient:
+    spec = EndpointSpec("sagemaker", endpoint_name="llava-v3", **FAST)
+    return EndpointClient(spec, TAXONOMY)
+
+
+def test_sagemaker_success_sends_the_exact_body(stubbed_sagemaker):
+    queue, stubbers = stubbed_sagemaker
+    image = sized_image(800, 600)
+    client = sagemaker_client()
+    body = build_request(client.prompt, encode_image(image, client.policy), client.spec, client.choices)
+    queue.append(
+        sagemaker_ok(
+            {
+                "EndpointName": "llava-v3",
+                "ContentType": "application/json",
+                "Accept": "application/json",
+                "Body": json.dumps(body).encode(),
+            }
+        )
+    )
+    result = client.classify(image, key="s3://bucket/a.jpg")
+    assert (result.status, result.label, result.attempts, result.prompt_tokens) == ("ok", "3", 1, 80)
+    config = stubbers[0].client.meta.config
+    assert config.retries["total_max_attempts"] == 1 and config.read_timeout == CLIENT_TIMEOUT_S
+
+
+def test_sagemaker_throttling_and_overloaded_model_are_retried(stubbed_sagemaker):
+    queue, _ = stubbed_sagemaker
+    queue += [
+        sagemaker_error("ThrottlingException", 400),
+        sagemaker_error("ModelError", 424, OriginalStatusCode=503, OriginalMessage="busy"),
+        sagemaker_ok(),
+    ]
+    result = sagemaker_client().classify(sized_image(64, 48))
+    assert (result.status, result.attempts) == ("ok", 3)
+
+
+def test_sagemaker_model_error_from_a_bad_request_is_not_retried(stubbed_sagemaker):
+    queue, _ = stubbed_sagemaker
+    queue.append(sagemaker_error("ModelError", 424, OriginalStatusCode=424, OriginalMessage="Input parsing failed"))
+    result = sagemaker_client().classify(sized_image(64, 48))
+    assert (result.status, result.attempts) == ("failed", 1)
+    assert result.error == "ModelError (model returned 424): Input parsing failed"
+
+
+def test_sagemaker_gives_up_after_the_retry_budget(stubbed_sagemaker):
+    queue, _ = stubbed_sagemaker
+    queue += [sagemaker_error("ThrottlingException", 400)] * 3
+    result = sagemaker_client().classify(sized_image(64, 48))
+    assert (result.status, result.attempts) == ("failed", 3)
+    assert result.error == "ThrottlingException: scripted ThrottlingException (gave up after 3 attempts)"
+
+
+def test_a_bug_on_one_image_is_recorded_not_raised(server):
+    inputs = [("fine", sized_image(40, 20)), ("not-bytes", "a str where bytes belong")]
+    results = {r.key: r for r in asyncio.run(collect(http_client(server), inputs, concurrency=2))}
+    assert results["fine"].status == "ok"
+    assert results["not-bytes"].status == "failed" and results["not-bytes"].error.startswith("internal error: ")
