@@ -7,6 +7,7 @@ from airflow.sdk import Param, dag, task
 from tasks.assets import CURATED_DATASET
 from tasks.defaults import SETTINGS, TAGS, default_args
 from tasks.taxonomy import DEFAULT_PROMPT_TEMPLATE, available_taxonomies
+from tasks.vision_tokens import DEFAULT_MAX_IMAGE_TOKENS
 
 DOC = """
 ### Curate dataset
@@ -48,6 +49,12 @@ and label conflicts are *rejected with a reason*; hidden/system files are *ignor
         "test_fraction": Param(0.2, type="number", minimum=0, maximum=0.9),
         "val_fraction": Param(0.1, type="number", minimum=0, maximum=0.9),
         "seed": Param(42, type="integer"),
+        "max_image_tokens": Param(
+            DEFAULT_MAX_IMAGE_TOKENS,
+            type=["integer", "null"],
+            description="Vision-token budget per image; images are stored resized exactly as they will be served "
+            "(null = no budget). See the README's token table.",
+        ),
         "prompt_template": Param(
             DEFAULT_PROMPT_TEMPLATE,
             type="string",
@@ -60,6 +67,7 @@ def curate_dataset():
     def curate(params=None, ts_nodash=None, outlet_events=None) -> dict:
         from tasks.curation import CurationOptions, curate_uri
         from tasks.taxonomy import load_taxonomy
+        from tasks.vision_tokens import ResizePolicy, geometry_for_backend
 
         dataset_uri = params["dataset_uri"] or f"{SETTINGS.storage_uri}/datasets/{params['taxonomy']}-{ts_nodash}"
         opts = CurationOptions(
@@ -67,6 +75,7 @@ def curate_dataset():
             val_fraction=params["val_fraction"],
             seed=params["seed"],
             prompt_template=params["prompt_template"],
+            resize_policy=ResizePolicy(params["max_image_tokens"], geometry_for_backend(SETTINGS.backend)),
         )
         result = curate_uri(
             params["raw_uri"],

@@ -30,6 +30,7 @@ from tasks.images import (
 )
 from tasks.progress import Progress
 from tasks.taxonomy import DEFAULT_PROMPT_TEMPLATE, Taxonomy
+from tasks.vision_tokens import DEFAULT_POLICY, ResizePolicy, prepare_image
 
 if TYPE_CHECKING:
     from datasets import Dataset, Features
@@ -49,6 +50,9 @@ class CurationOptions:
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     min_side: int = DEFAULT_MIN_SIDE
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # Images are stored exactly as the endpoint client will send them (same token budget and geometry), so the
+    # model is fine-tuned on the pictures it will be asked about.
+    resize_policy: ResizePolicy = DEFAULT_POLICY
 
     def __post_init__(self) -> None:
         if not (0 <= self.test_fraction < 1 and 0 <= self.val_fraction < 1):
@@ -136,6 +140,7 @@ def _scan(
             ledger.rejected.append({"path": rel, "reason": str(exc)})
             continue
         sha = content_hash(image)
+        image = prepare_image(image, opts.resize_policy)
         ledger.labels_by_sha[sha].setdefault(label, rel)
         if sha in ledger.kept:
             ledger.duplicates.append((rel, sha))
@@ -273,7 +278,11 @@ def _report(
     report = {
         "taxonomy": taxonomy.name,
         "prompt": prompt,
-        "options": {k: getattr(opts, k) for k in ("test_fraction", "val_fraction", "seed", "min_side", "max_pixels")},
+        "options": {
+            **{k: getattr(opts, k) for k in ("test_fraction", "val_fraction", "seed", "min_side", "max_pixels")},
+            "max_image_tokens": opts.resize_policy.max_image_tokens,
+            "vision_tile_size": opts.resize_policy.geometry.tile_size,
+        },
         "total": ledger.total,
         "counts": {"kept": len(kept), "rejected": len(ledger.rejected), "ignored": len(ledger.ignored)},
         "splits": {split: sum(c[split] for c in per_label.values()) for split in SPLITS},

@@ -14,14 +14,13 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from tasks.vision_tokens import TINY_GEOMETRY, VisionGeometry
+
 MANIFEST_NAME = "tiny_build_manifest.json"
 BUILD_VERSION = 2  # bump when the architecture or tokenizer recipe changes, so old builds are rebuilt
 
 IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
-IMAGE_SIZE = 32
-PATCH_SIZE = 8
-GRID_PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
 
 # Mistral's LLaVA-NeXT format ("[INST] <image>\nprompt [/INST] answer</s>") with two changes: the assistant turn
 # sits in {% generation %} (assistant-only loss), and `image_url` parts become <image> too (`transformers serve`
@@ -70,7 +69,7 @@ def build_tiny_llava(out_dir: Path, corpus: Sequence[str], *, seed: int = 0) -> 
     staging = out_dir.with_name(f".{out_dir.name}.building-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    processor = _build_processor(corpus)
+    processor = build_processor(corpus)
     _save_in_hub_layout(_build_model(processor.tokenizer, seed), staging)
     processor.save_pretrained(staging)
     (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -126,21 +125,23 @@ def _build_tokenizer(corpus: Sequence[str]):
     )
 
 
-def _build_processor(corpus: Sequence[str]):
+def build_processor(corpus: Sequence[str], geometry: VisionGeometry = TINY_GEOMETRY):
+    """A LLaVA-NeXT processor for `geometry` (the tiny model's by default) over the vocabulary of `corpus`."""
     from transformers import LlavaNextProcessor
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
+    tile = geometry.tile_size
     image_processor = LlavaNextImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE},
-        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        image_grid_pinpoints=GRID_PINPOINTS,
+        size={"shortest_edge": tile},
+        crop_size={"height": tile, "width": tile},
+        image_grid_pinpoints=[list(pin) for pin in geometry.grid_pinpoints],
     )
     return LlavaNextProcessor(
         image_processor=image_processor,
         tokenizer=_build_tokenizer(corpus),
-        patch_size=PATCH_SIZE,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # CLIP's CLS token
+        patch_size=geometry.patch_size,
+        vision_feature_select_strategy=geometry.feature_select_strategy,
+        num_additional_image_tokens=geometry.num_additional_image_tokens,  # CLIP's CLS token
         chat_template=CHAT_TEMPLATE,
     )
 
@@ -166,15 +167,15 @@ def _build_model(tokenizer, seed: int):
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
+        image_size=TINY_GEOMETRY.tile_size,
+        patch_size=TINY_GEOMETRY.patch_size,
         projection_dim=64,
     )
     config = LlavaNextConfig(
         text_config=text_config,
         vision_config=vision_config,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_grid_pinpoints=GRID_PINPOINTS,
+        image_grid_pinpoints=[list(pin) for pin in TINY_GEOMETRY.grid_pinpoints],
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,  # production uses -2 of 24 layers; with 2 layers -2 would leave one unused
     )

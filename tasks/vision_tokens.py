@@ -49,6 +49,14 @@ PRODUCTION_GEOMETRY = VisionGeometry(
     grid_pinpoints=((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)),
 )
 
+# The offline tiny LLaVA-NeXT of local runs (tasks/tiny_model.py builds its processor from this).
+TINY_GEOMETRY = VisionGeometry(tile_size=32, patch_size=8, grid_pinpoints=((32, 32), (32, 64), (64, 32), (64, 64)))
+
+
+def geometry_for_backend(backend: str) -> VisionGeometry:
+    """The geometry of the model a backend trains and serves: production LLaVA-NeXT, or the local tiny one."""
+    return TINY_GEOMETRY if backend == "local" else PRODUCTION_GEOMETRY
+
 
 def best_resolution(width: int, height: int, geometry: VisionGeometry) -> tuple[int, int]:
     """The pinpoint (height, width) the processor resizes an image into: most image pixels kept, least padding."""

@@ -9,6 +9,7 @@ from datasets import load_from_disk
 from tasks.curation import REPORT_NAME, CurationOptions, assign_splits, curate
 from tasks.storage import read_json, storage_path
 from tasks.taxonomy import load_taxonomy
+from tasks.vision_tokens import PRODUCTION_GEOMETRY, ResizePolicy, image_tokens
 from tests.conftest import EXPECTED_IGNORED, EXPECTED_KEPT, encode, hostile_files, pattern, write_tree
 
 DIGITS = load_taxonomy("digits")
@@ -143,3 +144,14 @@ def test_a_drop_with_nothing_usable_fails_clearly_and_keeps_the_report(tmp_path:
     assert "not in taxonomy 'digits'" in str(err.value)
     report = read_json(storage_path((tmp_path / "ds" / REPORT_NAME).as_uri()))
     assert report["counts"] == {"kept": 0, "rejected": 2, "ignored": 0}
+
+
+def test_images_are_stored_as_they_will_be_served(tmp_path: Path) -> None:
+    """Train/serve parity: under the production budget a 4:3 photo is letterboxed into one 336 px tile."""
+    write_tree(tmp_path / "raw", {"3/photo.jpg": encode(pattern((800, 600), seed=1), "JPEG")})
+    policy = ResizePolicy(max_image_tokens=1200, geometry=PRODUCTION_GEOMETRY)
+    curate(storage_path((tmp_path / "raw").as_uri()), storage_path((tmp_path / "ds").as_uri()), DIGITS,
+           CurationOptions(test_fraction=0, val_fraction=0, resize_policy=policy))  # fmt: skip
+    stored = load_from_disk(str(tmp_path / "ds"))["train"][0]["images"][0]
+    assert stored.size == (336, 336)
+    assert image_tokens(*stored.size, PRODUCTION_GEOMETRY) <= 1200

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.tiny_model import build_tokenizer
+from tasks.tiny_model import build_processor
 from tasks.vision_tokens import (
     PRODUCTION_GEOMETRY,
+    TINY_GEOMETRY,
     ResizePolicy,
     VisionGeometry,
     image_tokens,
@@ -18,31 +19,10 @@ from tasks.vision_tokens import (
     prepare_image,
 )
 
-TINY_GEOMETRY = VisionGeometry(tile_size=32, patch_size=8, grid_pinpoints=((32, 32), (32, 64), (64, 32), (64, 64)))
-
-
-def _processor(geometry: VisionGeometry):
-    from transformers import LlavaNextProcessor
-    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
-
-    tile = geometry.tile_size
-    image_processor = LlavaNextImageProcessorPil(
-        size={"shortest_edge": tile},
-        crop_size={"height": tile, "width": tile},
-        image_grid_pinpoints=[list(p) for p in geometry.grid_pinpoints],
-    )
-    return LlavaNextProcessor(
-        image_processor=image_processor,
-        tokenizer=build_tokenizer(["a"]),
-        patch_size=geometry.patch_size,
-        vision_feature_select_strategy=geometry.feature_select_strategy,
-        num_additional_image_tokens=geometry.num_additional_image_tokens,
-    )
-
 
 @pytest.fixture(scope="module", params=[PRODUCTION_GEOMETRY, TINY_GEOMETRY], ids=["production", "tiny"])
 def processor_and_geometry(request):
-    return _processor(request.param), request.param
+    return build_processor(["a"], request.param), request.param
 
 
 def processor_tokens(processor, img: Image.Image) -> int:
@@ -123,7 +103,7 @@ def test_budget_below_one_square_tile_is_refused():
 
 
 def test_prepared_image_costs_what_the_plan_says_in_the_real_processor():
-    processor = _processor(PRODUCTION_GEOMETRY)
+    processor = build_processor(["a"], PRODUCTION_GEOMETRY)
     img = Image.new("RGB", (1600, 1200), (255, 255, 255))
     prepared = prepare_image(img, ResizePolicy(1200))
     assert prepared.size == (336, 336)
