@@ -26,6 +26,7 @@ class Settings:
     region: str
     sagemaker_role_arn: str
     taxonomy: str
+    alert_sns_topic_arn: str = ""  # empty: alerts go to the log and $AIRFLOW_HOME/alerts/failures.jsonl
 
     @property
     def is_local(self) -> bool:
@@ -48,4 +49,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         region=env.get("PIPELINE_REGION", "us-east-1"),
         sagemaker_role_arn=env.get("PIPELINE_SAGEMAKER_ROLE_ARN", ""),
         taxonomy=env.get("PIPELINE_TAXONOMY", "digits" if backend == "local" else "hotel"),
+        alert_sns_topic_arn=env.get("PIPELINE_ALERT_SNS_TOPIC_ARN", "").strip(),
     )

@@ -22,10 +22,13 @@ t = time.perf_counter()
 bag = DagBag(dag_folder=sys.argv[1])
 parse = time.perf_counter() - t
 dags = {}
+def callbacks(cb):  # a list, or (mapped operators) the bare value from default_args
+    return [type(c).__name__ for c in (cb if isinstance(cb, list) else [cb] if cb else [])]
 for dag_id, dag in bag.dags.items():
     dags[dag_id] = {
         "tags": sorted(dag.tags), "doc_md": bool(dag.doc_md),
-        "tasks": {t.task_id: {"owner": t.owner, "retries": t.retries, "doc": bool(t.doc_md or t.doc)}
+        "tasks": {t.task_id: {"owner": t.owner, "retries": t.retries, "doc": bool(t.doc_md or t.doc),
+                              "alerts": callbacks(t.on_failure_callback)}
                   for t in dag.tasks},
     }
 print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "parse_s": parse, "dags": dags,
@@ -54,7 +57,7 @@ def test_parsing_is_fast_and_light(dagbag: dict) -> None:
     assert dagbag["heavy"] == [], f"heavy modules imported at parse time: {dagbag['heavy']}"
 
 
-def test_dags_and_tasks_carry_owner_retries_tags_and_docs(dagbag: dict) -> None:
+def test_dags_and_tasks_carry_owner_retries_tags_docs_and_alerting(dagbag: dict) -> None:
     for dag_id, dag in dagbag["dags"].items():
         assert dag["tags"], f"{dag_id} has no tags"
         assert dag["doc_md"], f"{dag_id} has no doc_md runbook"
@@ -62,3 +65,4 @@ def test_dags_and_tasks_carry_owner_retries_tags_and_docs(dagbag: dict) -> None:
             assert task["owner"] == "ml-platform", f"{dag_id}.{task_id} owner"
             assert task["retries"] >= 1, f"{dag_id}.{task_id} has no retries"
             assert task["doc"], f"{dag_id}.{task_id} has no doc_md"
+            assert task["alerts"] in (["LocalAlertNotifier"], ["SnsAlertNotifier"]), f"{dag_id}.{task_id} alerting"

@@ -1,0 +1,210 @@
+"""The "Costs & quality" view on a real Airflow stack, after a real run: anonymous requests are refused, and a user who
+logs in through Airflow's login page in headless Chromium sees the numbers of the cost ledger and the model registry.
+
+The screenshot lands in test-artifacts/costs_view.png.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from tasks import costs_report
+from tasks.costs import Kind, LedgerEntry, hourly_price, query, record
+from tasks.endpoint_client import ClassificationResult, EndpointClient, EndpointSpec
+from tasks.storage import storage_path
+from tasks.taxonomy import load_taxonomy
+from tests.e2e.airflow_stack import ADMIN_USER, LOCAL_SQLITE, AirflowStack, running_stack
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+SCREENSHOT = ARTIFACTS / "costs_view.png"
+CHROMIUM = "/usr/bin/chromium"
+# Without the background-networking flags Chromium keeps dialling Google on a machine with no network.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+VIEW = "/costs-quality/"
+MODEL_VERSION = "tiny-untrained"
+PARTITIONS = {"2026-11-01": range(1000, 1006), "2026-11-02": range(1100, 1104)}  # dt -> demo digit indices
+
+
+# -- the demo run ---------------------------------------------------------------------------------------------------
+
+
+def run_demo(stack: AirflowStack) -> None:
+    """Produce what a night of the pipeline leaves in storage: ledger rows and a promoted model.
+
+    THE SEAM: until finetune_llava / deploy_endpoint / classify_images land, this runs their real pieces at task
+    level (real curation, a real `transformers serve`, real classification requests, real ledger writes). Replace
+    this body with triggering curate_dataset → … → classify_images through `stack.client()`; the tests below only
+    read what lands in `stack.storage_root`.
+    """
+    from datasets import load_from_disk
+
+    from tasks.curation import CurationOptions, curate_uri
+    from tasks.demo_data import digits, write_labelled
+    from tasks.evaluation import compute_metrics
+    from tasks.images import encode_png
+    from tasks.registry import promote_if_better, register_version
+    from tasks.serving import start_local_server, stop_local_server
+    from tasks.tiny_model import build_tiny_llava
+    from tasks.vision_tokens import ResizePolicy, geometry_for_backend
+
+    local, store = stack.storage_root, storage_path(stack.storage_uri)
+    taxonomy = load_taxonomy("digits")
+    policy = ResizePolicy(geometry=geometry_for_backend("local"))
+    raw, dataset = local / "raw/digits", local / "datasets/digits-demo"
+    write_labelled(store / "raw/digits", range(40))
+    curate_uri(raw.as_uri(), dataset.as_uri(), taxonomy, CurationOptions(resize_policy=policy))
+
+    started = time.monotonic()
+    corpus = [taxonomy.prompt(), *(taxonomy.answer(label) for label in taxonomy.labels)]
+    model_dir = build_tiny_llava(local / "models" / MODEL_VERSION / "model", corpus)
+    record_cost(store / "costs", "training", f"finetune-{MODEL_VERSION}", time.monotonic() - started, [])
+
+    server_state = local / "serving/local_server.json"
+    server = start_local_server(model_dir, server_state)
+    try:
+        client = EndpointClient(EndpointSpec("http", url=server.base_url), taxonomy, policy=policy)
+        test_rows = list(load_from_disk(str(dataset))["test"])
+        evaluation = classify(client, [(str(i), encode_png(row["images"][0])) for i, row in enumerate(test_rows)])
+        answers = [{"label": test_rows[int(r.key)]["label"], "answer": r.raw_answer} for r in evaluation.results]
+        entry = {"model_uri": model_dir.as_uri(), "taxonomy": taxonomy.name, "prompt": taxonomy.prompt()}
+        register_version(store / "models", MODEL_VERSION, {**entry, "metrics": compute_metrics(answers, taxonomy)})
+        promote_if_better(store / "models", MODEL_VERSION, min_accuracy=0.0, tolerance=1.0)
+        for dt, indices in PARTITIONS.items():
+            night = classify(client, [(f"dt={dt}/digit-{d.index}.png", encode_png(d.image)) for d in digits(indices)])
+            record_cost(store / "costs", "classification", dt, night.seconds, night.results)
+    finally:
+        stop_local_server(server_state)
+
+
+@dataclass(frozen=True)
+class Classified:
+    results: list[ClassificationResult]
+    seconds: float  # wall clock: what an endpoint is billed for
+
+
+def classify(client: EndpointClient, images: list[tuple[str, bytes]]) -> Classified:
+    async def run() -> list[ClassificationResult]:
+        return [result async for result in client.classify_many(images, concurrency=2)]
+
+    started = time.monotonic()
+    results = asyncio.run(run())
+    return Classified(results, time.monotonic() - started)
+
+
+def record_cost(
+    costs_root: ObjectStoragePath, kind: Kind, key: str, seconds: float, results: list[ClassificationResult]
+) -> None:
+    """A ledger row the way the pipelines write them, priced as the local backend (`local` in the price table)."""
+    statuses = [result.status for result in results]
+    entry = LedgerEntry(
+        kind=kind,
+        key=key,
+        backend="local",
+        region="local",
+        instance_type="local",
+        instance_count=1,
+        billable_seconds=seconds,
+        price_per_hour_usd=hourly_price("local", "local", "training" if kind == "training" else "inference"),
+        model_version=MODEL_VERSION,
+        images=len(results),
+        images_ok=statuses.count("ok"),
+        images_invalid=statuses.count("invalid"),
+        images_rejected=statuses.count("rejected"),
+        images_failed=statuses.count("failed"),
+        prompt_tokens=sum(result.prompt_tokens or 0 for result in results),
+        completion_tokens=sum(result.completion_tokens or 0 for result in results),
+        run_id="e2e-demo",
+    )
+    record(costs_root, entry)
+
+
+# -- the stack and the browser ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack_after_demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
+    with running_stack(LOCAL_SQLITE, tmp_path_factory.mktemp("costs-view")) as stack:
+        run_demo(stack)
+        yield stack
+
+
+def expected_texts(stack: AirflowStack) -> dict[str, list[str]]:
+    """What the page must show, per section, computed from the ledger and the registry directly (not by the view)."""
+    store = storage_path(stack.storage_uri)
+    rows = query(store / "costs", "SELECT * FROM ledger WHERE kind = 'classification' ORDER BY key DESC")
+    assert [row["key"] for row in rows] == sorted(PARTITIONS, reverse=True)
+    registry = json.loads((stack.storage_root / "models/registry.json").read_text())
+    model = registry["versions"][registry["production"]]["metrics"]
+    partitions = [
+        [
+            row["key"],
+            costs_report.thousands(row["images"]),
+            costs_report.percent(row["images_invalid"] / row["images"]),
+            costs_report.usd(row["cost_usd"]),
+            costs_report.usd(row["usd_per_1000_images"]),
+        ]
+        for row in rows
+    ]
+    assert all(row["images"] == len(PARTITIONS[row["key"]]) for row in rows)
+    return {
+        "#partitions": [text for row in partitions for text in row],
+        "#last-partition": [f"dt={rows[0]['key']}", costs_report.usd(rows[0]["usd_per_1000_images"])],
+        "#model": [costs_report.percent(model["accuracy"]), registry["production"]],
+        "#training": [f"finetune-{MODEL_VERSION}"],
+    }
+
+
+def test_anonymous_requests_are_refused(stack_after_demo_run: AirflowStack) -> None:
+    url = stack_after_demo_run.api_url + VIEW
+    assert httpx.get(url, timeout=30).status_code == 401
+    assert httpx.get(url, headers={"Authorization": "Bearer not-a-jwt"}, timeout=30).status_code == 403
+    assert httpx.get(url, cookies={"_token": "forged"}, timeout=30).status_code in (401, 403)
+    authorised = httpx.get(url, headers={"Authorization": f"Bearer {stack_after_demo_run.token()}"}, timeout=60)
+    assert authorised.status_code == 200 and "Costs &amp; quality" in authorised.text
+
+
+def test_a_logged_in_user_sees_the_real_numbers_in_the_airflow_ui(stack_after_demo_run: AirflowStack) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run bin/test-setup (Debian package chromium)"
+    stack = stack_after_demo_run
+    expected = expected_texts(stack)
+    ARTIFACTS.mkdir(exist_ok=True)
+    SCREENSHOT.unlink(missing_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1100})
+            page.set_default_timeout(30_000)
+            page.goto(stack.api_url + "/plugin/costs-quality")  # not logged in: Airflow sends us to its login page
+            page.get_by_label("Username").fill(ADMIN_USER)
+            page.get_by_label("Password").fill(stack.password)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url("**/plugin/costs-quality")
+            view = page.frame_locator("iframe")
+            for section, texts in expected.items():
+                for text in texts:
+                    expect(view.locator(section)).to_contain_text(text)
+            expect(view.locator(".chart svg")).to_be_visible()
+            page.screenshot(path=SCREENSHOT, full_page=True)
+        finally:
+            browser.close()
+    png = SCREENSHOT.read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 30_000, f"suspicious screenshot: {len(png)} bytes"

@@ -1,0 +1,83 @@
+"""The "Costs & quality" plugin without a running Airflow: how Airflow loads it, what the page renders, and that the
+app refuses anonymous requests (the logged-in path runs on a real stack in tests/e2e/test_costs_view.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.unit.test_costs_report import storage_root  # noqa: F401 — a fixture: two nights and a promoted model
+
+PLUGINS = REPO_ROOT / "plugins"
+
+# Load the plugins folder the way every Airflow process does (each task's too), and report what that imported.
+_PROBE = r"""
+import json, sys
+from airflow import plugins_manager
+before = set(sys.modules)
+plugins, errors = plugins_manager._get_plugins()
+apps, _ = plugins_manager.get_fastapi_plugins()
+views, _ = plugins_manager._get_ui_plugins()
+heavy = ("fastapi", "starlette", "duckdb", "pyarrow", "matplotlib", "tasks", "airflow.api_fastapi.core_api.security")
+print(json.dumps({
+    "errors": errors,
+    "apps": [{k: str(v) for k, v in app.items()} for app in apps],
+    "views": views,
+    "heavy": sorted(m for m in set(sys.modules) - before if m.startswith(heavy)),
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def plugin() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("costs_quality", PLUGINS / "costs_quality.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_airflow_loads_the_plugin_without_importing_anything_heavy() -> None:
+    env = {**os.environ, "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS), "PYTHONPATH": str(REPO_ROOT)}
+    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert loaded["errors"] == {}
+    assert [(app["url_prefix"], app["name"]) for app in loaded["apps"]] == [("/costs-quality", "Costs & quality")]
+    assert loaded["views"] == [
+        {"name": "Costs & quality", "href": "costs-quality/", "url_route": "costs-quality", "destination": "nav",
+         "nav_top_level": True}
+    ]  # fmt: skip
+    assert loaded["heavy"] == []
+
+
+def test_anonymous_and_forged_requests_are_refused(plugin: ModuleType) -> None:
+    from fastapi.testclient import TestClient
+
+    client = TestClient(plugin.build_app())
+    assert client.get("/").status_code == 401
+    assert client.get("/", headers={"Authorization": "Basic YWRtaW46YWRtaW4="}).status_code == 401
+    assert client.get("/openapi.json").status_code == 404  # no unauthenticated side door
+
+
+def test_the_page_shows_the_numbers_and_a_chart(plugin: ModuleType, storage_root) -> None:  # noqa: F811
+    html = plugin.render_page(storage_root)
+    for text in ("2026-11-02", "1,000", "0.5%", "$0.2636", "97.2%", "v2", "2 × ml.g5.12xlarge (spot)", "$21.27"):
+        assert text in html, text
+    assert html.count("<svg") == 1 and "<?xml" not in html
+
+
+def test_an_empty_storage_root_renders_empty_states(plugin: ModuleType, tmp_path: Path) -> None:
+    from tasks.storage import storage_path
+
+    html = plugin.render_page(storage_path(tmp_path.as_uri()))
+    assert "No model promoted yet." in html and "No classification rows in the ledger yet." in html
+    assert "<svg" not in html
