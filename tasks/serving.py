@@ -31,6 +31,7 @@ import psutil
 from tasks.settings import INCLUDE_DIR
 
 DJL_IMAGE_TABLE = INCLUDE_DIR / "serving" / "djl_lmi_image.json"
+SERVING_PROPERTIES_TEMPLATE = INCLUDE_DIR / "serving" / "serving.properties"
 # LMI async mode passes vLLM-native request fields through (`structured_outputs`); rolling-batch mode does not.
 ASYNC_ENTRYPOINT = "djl_python.lmi_vllm.vllm_async_service"
 ARCHIVE_DIR = "code"  # model.tar.gz holds code/serving.properties; SageMaker unpacks it under /opt/ml/model
@@ -93,8 +94,11 @@ def _property_value(key: str, value: OptionValue) -> str:
 
 
 def render_serving_properties(config: ServingConfig) -> str:
-    lines = ["engine=Python"] + [f"option.{key}={value}" for key, value in config.options().items()]
-    return "\n".join(lines) + "\n"
+    """The file's layout lives in the shipped template (include/serving/); its values come from `config`."""
+    import jinja2
+
+    template = jinja2.Template(SERVING_PROPERTIES_TEMPLATE.read_text(encoding="utf-8"), keep_trailing_newline=True)
+    return template.render(options=config.options())
 
 
 def package_model_tar(serving_properties: str) -> bytes:
@@ -116,16 +120,9 @@ def package_model_tar(serving_properties: str) -> bytes:
 
 def djl_lmi_image_uri(region: str) -> str:
     """The DJL LMI (vLLM) container for `region`, from the committed table (see its `_source`)."""
-    from botocore.loaders import create_loader
-    from botocore.regions import EndpointResolver
+    from tasks.ecr_images import ecr_image_uri
 
-    table = json.loads(DJL_IMAGE_TABLE.read_text(encoding="utf-8"))
-    account = table["accounts"].get(region)
-    if account is None:
-        raise ValueError(f"no DJL LMI image known for region {region!r}; see {DJL_IMAGE_TABLE}")
-    resolver = EndpointResolver(create_loader().load_data("endpoints"))
-    suffix = resolver.get_partition_dns_suffix(resolver.get_partition_for_region(region))
-    return f"{account}.dkr.ecr.{region}.{suffix}/{table['repository']}:{table['tag']}"
+    return ecr_image_uri(DJL_IMAGE_TABLE, region)
 
 
 # --- the local backend: one managed `transformers serve` process -------------------------------------------------

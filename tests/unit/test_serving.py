@@ -12,6 +12,7 @@ import tarfile
 import pytest
 
 from tasks.serving import (
+    SERVING_PROPERTIES_TEMPLATE,
     ServingConfig,
     djl_lmi_image_uri,
     local_server_status,
@@ -20,6 +21,7 @@ from tasks.serving import (
     start_local_server,
     stop_local_server,
 )
+from tests.conftest import REPO_ROOT
 
 MODEL_URI = "s3://bucket/pipeline/models/v7/"
 
@@ -41,6 +43,17 @@ def test_seed_defaults():
         "option.max_model_len=7200\n"
     )
     assert not ServingConfig(MODEL_URI).supports_choice
+
+
+def test_the_shipped_template_is_what_renders_the_file(tmp_path, monkeypatch):
+    assert SERVING_PROPERTIES_TEMPLATE == REPO_ROOT / "include" / "serving" / "serving.properties"
+    custom = tmp_path / "serving.properties"
+    custom.write_text(
+        "engine=Python\noption.trust_remote_code=false\n{% for k, v in options.items() %}{{ k }}:{{ v }}\n{% endfor %}"
+    )
+    monkeypatch.setattr("tasks.serving.SERVING_PROPERTIES_TEMPLATE", custom)
+    rendered = render_serving_properties(ServingConfig(MODEL_URI))
+    assert rendered.startswith("engine=Python\noption.trust_remote_code=false\nmodel_id:s3://")
 
 
 def test_async_mode_enables_structured_outputs():

@@ -1,0 +1,105 @@
+"""Serve the promoted model behind an endpoint (pipeline 3 of 4)."""
+
+from __future__ import annotations
+
+from airflow.sdk import Param, TriggerRule, chain, dag, task
+
+from tasks.assets import PROMOTED_MODEL, SERVING_ENDPOINT
+from tasks.defaults import SETTINGS, TAGS, default_args
+from tasks.deploy_steps import steps_for
+from tasks.deployment import DEFAULT_ENDPOINT_NAME
+from tasks.vision_tokens import DEFAULT_MAX_IMAGE_TOKENS
+
+STEPS = steps_for(SETTINGS.backend)
+
+DOC = """
+### Deploy endpoint
+Serves the registry's production model (or the `model_version` param) and, once a known image comes back as a
+taxonomy label, records it in `<storage>/serving/endpoint.json` and emits the **serving_endpoint** asset, which
+the nightly `classify_images` reads. Runs on every **promoted_model** event, or manually.
+
+**SageMaker**: `serving.properties` (from `include/serving/serving.properties`) → `model.tar.gz` in
+`<storage>/serving/<endpoint>/<name>/` → model → endpoint config → endpoint create-or-update (blue/green, deferred
+wait) → smoke test → autoscaling. Model and config share the name `<endpoint>-<version>-<digest>`; existing ones
+are skipped, so retries and reruns never duplicate. **Local**: `transformers serve` on 127.0.0.1.
+
+**Runbook**
+- *smoke_test failed*: the endpoint answered something that is not a label (log shows the answer); `roll_back`
+  restored the previous config/server (or removed what this run created). Check the model's evaluation.
+- *deploy_endpoint failed*: SageMaker's FailureReason is in the log; a failed update leaves the old config serving.
+- *An endpoint stuck in `Failed`* (a failed first create) cannot be updated: run `teardown_endpoint`, then deploy.
+- `delete_superseded` always runs last and removes this endpoint's unused configs and models.
+- Turning it off: `teardown_endpoint` with the same endpoint name.
+"""
+
+
+@dag(
+    dag_id="deploy_endpoint",
+    schedule=[PROMOTED_MODEL],
+    catchup=False,
+    max_active_runs=1,  # two deploys of one endpoint would roll each other back
+    tags=[*TAGS, "serving"],
+    doc_md=DOC,
+    default_args=default_args(),
+    params={
+        "endpoint_name": Param(DEFAULT_ENDPOINT_NAME, type="string", description="SageMaker endpoint name."),
+        "model_version": Param("", type="string", description="Empty: the registry's production model."),
+        "instance_type": Param("ml.g5.xlarge", type="string", description="SageMaker only."),
+        "instance_count": Param(1, type="integer", minimum=1),
+        "min_instances": Param(1, type="integer", minimum=1, description="Autoscaling lower bound."),
+        "max_instances": Param(2, type="integer", minimum=1, description="Autoscaling upper bound."),
+        "target_invocations_per_instance": Param(50, type="integer", minimum=1, description="Per minute."),
+        "async_mode": Param(False, type="boolean", description="LMI async mode: enables structured outputs."),
+        "enable_prefix_caching": Param(False, type="boolean"),
+        "images_per_prompt": Param(1, type="integer", minimum=1, description="vLLM limit_mm_per_prompt."),
+        "extra_options": Param({}, type="object", description="More serving.properties option.* entries."),
+        "max_image_tokens": Param(DEFAULT_MAX_IMAGE_TOKENS, type=["integer", "null"], description="Per image."),
+        "smoke_image_uri": Param("", type="string", description="Probe image; empty: a fixed digit."),
+        "ready_timeout_s": Param(180, type="integer", minimum=10, description="Local server start limit."),
+    },
+)
+def deploy_endpoint():
+    @task(
+        trigger_rule=TriggerRule.NONE_FAILED,  # deploy_endpoint is skipped when the endpoint was already right
+        doc_md="""Classify one known image through the endpoint client; the answer must parse as a taxonomy
+        label (whether it is the right one is logged). Fails with the raw answer otherwise.""",
+    )
+    def smoke_test(plan: dict, url: str | None) -> str:
+        from tasks import deployment
+        from tasks.taxonomy import load_taxonomy
+
+        record = deployment.endpoint_record(plan, url)
+        image, expected = deployment.smoke_image(plan["smoke_image_uri"], SETTINGS.aws_conn_id)
+        spec = deployment.endpoint_spec(record, SETTINGS.aws_conn_id)
+        policy = deployment.resize_policy(record)
+        return deployment.smoke_test(
+            spec, load_taxonomy(plan["taxonomy"]), image, prompt=plan["prompt"], policy=policy, expected=expected
+        )
+
+    @task(
+        outlets=[SERVING_ENDPOINT],
+        doc_md="Write `serving/endpoint.json` (what classify_images calls) and emit the serving_endpoint asset.",
+    )
+    def publish_endpoint(plan: dict, url: str | None, outlet_events=None) -> dict:
+        from tasks import deployment
+
+        record = deployment.endpoint_record(plan, url)
+        deployment.publish_record(deployment.serving_root(SETTINGS), record)
+        outlet_events[SERVING_ENDPOINT].extra = {
+            key: record[key] for key in ("backend", "endpoint_name", "model_version", "url", "config_name")
+        }
+        return record
+
+    plan = STEPS.plan()
+    serving, url = STEPS.bring_up(plan)
+    smoke = smoke_test(plan, url)
+    published = publish_endpoint(plan, url)
+    rolled_back = STEPS.roll_back()
+    scaled = STEPS.scale(plan)
+    chain(serving, smoke, published, *scaled)
+    [serving, smoke] >> rolled_back
+    for cleanup in STEPS.clean_up():  # after everything, whatever happened
+        [published, rolled_back, *scaled] >> cleanup
+
+
+deploy_endpoint()

@@ -1,0 +1,46 @@
+"""Take an endpoint down completely: the manual off switch of deploy_endpoint."""
+
+from __future__ import annotations
+
+from airflow.sdk import Param, dag, task
+
+from tasks.defaults import SETTINGS, TAGS, default_args
+from tasks.deploy_steps import steps_for
+from tasks.deployment import DEFAULT_ENDPOINT_NAME
+
+STEPS = steps_for(SETTINGS.backend)
+
+DOC = """
+### Teardown endpoint
+Removes the endpoint record first (so `classify_images` stops calling it), then everything behind the endpoint.
+**SageMaker**: autoscaling target and policy, the endpoint, and every endpoint config and model tagged with its
+name — including ones a crashed run leaked. **Local**: the `transformers serve` process and all its children.
+
+**Runbook**
+- Safe to rerun; a missing endpoint or server is not an error.
+- *tear_down failed with "still Updating"*: a deploy is rolling; let it finish (or fail), then rerun.
+- Deploying again later: trigger `deploy_endpoint`; nothing from the old endpoint is reused.
+"""
+
+
+@dag(
+    dag_id="teardown_endpoint",
+    schedule=None,
+    catchup=False,
+    max_active_runs=1,
+    tags=[*TAGS, "serving"],
+    doc_md=DOC,
+    default_args=default_args(),
+    params={"endpoint_name": Param(DEFAULT_ENDPOINT_NAME, type="string", description="The endpoint to remove.")},
+)
+def teardown_endpoint():
+    @task(doc_md="Delete `serving/endpoint.json` if it names this endpoint, so no one calls it any more.")
+    def forget_endpoint(params: dict | None = None) -> bool:
+        from tasks import deployment
+
+        return deployment.remove_record(deployment.serving_root(SETTINGS), params["endpoint_name"])
+
+    forget_endpoint() >> STEPS.tear_down()
+
+
+teardown_endpoint()

@@ -1,0 +1,116 @@
+"""deploy_endpoint and teardown_endpoint on the local backend through `bin/airflow dags test`: a really trained tiny
+model is served and passes the smoke test; a killed server comes back on the recorded URL; an untrained model fails the
+smoke test and the previous server comes back on that URL too; teardown leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tasks import registry
+from tasks.deployment import current_endpoint, endpoint_spec, resize_policy, smoke_image, smoke_test
+from tasks.local_endpoint import ensure_serving
+from tasks.serving import local_server_status
+from tasks.storage import MODELS, SERVING, storage_path
+from tasks.taxonomy import load_taxonomy
+from tests.fixtures_training import digits_dataset_dict, tiny_digits_model
+from tests.integration.conftest import AirflowRunner
+from tests.integration.test_local_server import group_gone
+
+pytestmark = pytest.mark.slow
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TAXONOMY = load_taxonomy("digits")
+TRAIN_STEPS = "30"  # enough for the tiny model to answer "this is a photo of <digit>." (right or not)
+
+
+@pytest.fixture(scope="module")
+def runner(local_airflow: AirflowRunner, tmp_path_factory) -> AirflowRunner:
+    """The session's Airflow, with a storage root of our own: the fine-tuning tests own the shared one's registry."""
+    storage = tmp_path_factory.mktemp("deploy-storage")
+    return AirflowRunner({**local_airflow.env, "PIPELINE_STORAGE_URI": storage.as_uri()})
+
+
+@pytest.fixture(scope="module")
+def storage(runner: AirflowRunner) -> Path:
+    return Path(storage_path(runner.env["PIPELINE_STORAGE_URI"]).path)
+
+
+@pytest.fixture(scope="module")
+def models(storage: Path, tmp_path_factory) -> dict[str, Path]:
+    """A tiny model trained for a few dozen steps with the shipped script, and the same model untrained."""
+    work = tmp_path_factory.mktemp("deploy-training")
+    base, data = tiny_digits_model(work / "base"), digits_dataset_dict(work / "data", count=100)
+    trained = storage / MODELS / "trained" / "model"
+    command = [sys.executable, str(REPO_ROOT / "include" / "training" / "train.py"), "--model_id", str(base),
+               "--dataset_path", str(data), "--model_dir", str(trained), "--output_data_dir", str(work / "out"),
+               "--checkpoint_dir", str(work / "checkpoints"), "--max_steps", TRAIN_STEPS, "--eval_strategy", "no",
+               "--per_device_train_batch_size", "8", "--learning_rate", "1e-3", "--bf16", "false",
+               "--gradient_checkpointing", "false", "--save_steps", "1000"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")} | {"HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    untrained = shutil.copytree(base, storage / MODELS / "untrained" / "model")
+    return {"trained": trained, "untrained": untrained}
+
+
+def promote(storage: Path, version: str, model_dir: Path) -> None:
+    models = storage_path((storage / MODELS).as_uri())
+    entry = {"model_uri": model_dir.as_uri(), "taxonomy": "digits", "prompt": TAXONOMY.prompt(),
+             "metrics": {"accuracy": 1.0}}  # fmt: skip
+    registry.register_version(models, version, entry)
+    assert registry.promote_if_better(models, version, min_accuracy=0.0, tolerance=1.0).promoted
+
+
+def servers_of(model_dir: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if str(model_dir) in (proc.info["cmdline"] or []) and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found
+
+
+def test_deploy_serves_rolls_back_and_tears_down_without_orphans(runner, storage, models):
+    state = storage / SERVING / "local_server.json"
+    serving = storage_path((storage / SERVING).as_uri())
+    promote(storage, "trained", models["trained"])
+    try:
+        deployed = runner.dags_test("deploy_endpoint")
+        assert deployed.succeeded, deployed.output[-6000:]
+        record = current_endpoint(serving)
+        first = local_server_status(state)
+        assert record["model_version"] == "trained" and record["url"] == first.base_url
+        assert first.model_dir == str(models["trained"])
+        # The record is all a caller needs: the same spec, policy and prompt answer with a label.
+        image, _ = smoke_image("", None)
+        spec, policy = endpoint_spec(record, "aws_default"), resize_policy(record)
+        assert smoke_test(spec, TAXONOMY, image, prompt=record["prompt"], policy=policy) in TAXONOMY.labels
+        # A server that died after the deploy comes back on the recorded URL for the next caller.
+        os.kill(first.pid, signal.SIGKILL)
+        assert ensure_serving(record, state) == record["url"]
+        first = local_server_status(state)
+        assert first.model_dir == str(models["trained"])
+
+        promote(storage, "untrained", models["untrained"])
+        failed = runner.dags_test("deploy_endpoint")
+        assert not failed.succeeded and "state=failed, run_type" in failed.output, failed.output[-6000:]
+        assert "SmokeTestFailed" in failed.output and "serving " + str(models["trained"]) + " again" in failed.output
+        back = local_server_status(state)
+        assert back.model_dir == str(models["trained"]) and back.base_url == record["url"]  # the record stays true
+        assert current_endpoint(serving) == record and not servers_of(models["untrained"])
+        assert group_gone(first)
+
+        torn = runner.dags_test("teardown_endpoint")
+        assert torn.succeeded, torn.output[-6000:]
+    finally:
+        from tasks.serving import stop_local_server
+
+        stop_local_server(state)  # never leave a server behind, even when an assertion above failed
+    assert current_endpoint(serving) is None and not state.exists()
+    assert group_gone(back) and not servers_of(models["trained"]) and not servers_of(models["untrained"])

@@ -1,0 +1,145 @@
+"""The deployment plan, the endpoint record the classification DAG reads, and the smoke test against a real server."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import pytest
+
+from tasks import deployment, local_endpoint, registry
+from tasks.endpoint_client import EndpointSpec
+from tasks.settings import load_settings
+from tasks.storage import MODELS, SERVING, storage_path
+from tasks.taxonomy import load_taxonomy
+from tasks.vision_tokens import PRODUCTION_GEOMETRY, TINY_GEOMETRY
+from tests.unit.test_endpoint_client import FAST, NO_BUDGET, ScriptedServer, sized_image
+
+TAXONOMY = load_taxonomy("digits")
+PARAMS = {"endpoint_name": "llava-classifier", "model_version": "", "max_image_tokens": 1200, "smoke_image_uri": ""}
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return load_settings({"PIPELINE_BACKEND": "local", "PIPELINE_STORAGE_URI": tmp_path.as_uri()})
+
+
+def promote(settings, version: str, model_uri: str) -> None:
+    models = storage_path(settings.storage_uri) / MODELS
+    entry = {"model_uri": model_uri, "taxonomy": "digits", "prompt": TAXONOMY.prompt(), "metrics": {"accuracy": 0.9}}
+    registry.register_version(models, version, entry)
+    registry.promote_if_better(models, version, min_accuracy=0.0, tolerance=1.0)
+
+
+def test_the_plan_deploys_the_production_model(settings):
+    promote(settings, "v1", "file:///models/v1/model")
+    promote(settings, "v2", "file:///models/v2/model")
+    plan = deployment.base_plan(settings, PARAMS)
+    assert plan == {
+        "backend": "local",
+        "endpoint_name": "llava-classifier",
+        "model_version": "v2",
+        "model_uri": "file:///models/v2/model",
+        "taxonomy": "digits",
+        "prompt": TAXONOMY.prompt(),
+        "max_image_tokens": 1200,
+        "smoke_image_uri": "",
+    }
+    assert deployment.base_plan(settings, PARAMS | {"model_version": "v2"})["model_version"] == "v2"
+    with pytest.raises(LookupError, match="not the promoted one"):
+        deployment.base_plan(settings, PARAMS | {"model_version": "v1"})
+
+
+def test_no_promoted_model_and_bad_names_are_refused(settings):
+    with pytest.raises(LookupError, match="no promoted model"):
+        deployment.base_plan(settings, PARAMS)
+    for name in ("-leading-hyphen", "under_score", "x" * 64, ""):
+        with pytest.raises(ValueError, match="endpoint name"):
+            deployment.base_plan(settings, PARAMS | {"endpoint_name": name})
+
+
+def test_record_round_trip_and_teardown(settings):
+    promote(settings, "v1", "file:///models/v1/model")
+    plan = local_endpoint.plan(deployment.base_plan(settings, PARAMS), settings)
+    root = deployment.serving_root(settings)
+    assert deployment.current_endpoint(root) is None
+
+    record = deployment.endpoint_record(plan, "http://127.0.0.1:8123")
+    assert set(record) == set(deployment.RECORD_FIELDS) and record["url"] == "http://127.0.0.1:8123"
+    path = deployment.publish_record(root, record)
+    assert path == storage_path(settings.storage_uri) / SERVING / "endpoint.json"
+    assert deployment.current_endpoint(root) == record
+
+    assert deployment.remove_record(root, "another-endpoint") is False  # a teardown of another name keeps it
+    assert deployment.remove_record(root, "llava-classifier") is True
+    assert deployment.current_endpoint(root) is None and deployment.remove_record(root, "llava-classifier") is False
+
+
+def test_record_to_spec_and_resize_policy():
+    local = {"backend": "local", "url": "http://127.0.0.1:8123", "supports_choice": False, "max_image_tokens": 900}
+    assert deployment.endpoint_spec(local, "aws_default") == EndpointSpec("http", url="http://127.0.0.1:8123")
+    assert deployment.resize_policy(local).geometry == TINY_GEOMETRY
+    assert deployment.resize_policy(local).max_image_tokens == 900
+
+    remote = {"backend": "sagemaker", "endpoint_name": "llava-classifier", "url": None, "supports_choice": True}
+    spec = deployment.endpoint_spec(remote | {"max_image_tokens": 1200}, "prod_aws")
+    assert (spec.backend, spec.endpoint_name, spec.aws_conn_id, spec.supports_choice) == (
+        "sagemaker",
+        "llava-classifier",
+        "prod_aws",
+        True,
+    )
+    assert deployment.resize_policy(remote | {"max_image_tokens": None}).geometry == PRODUCTION_GEOMETRY
+
+
+def test_smoke_image_is_a_fixed_digit_or_the_given_file(tmp_path):
+    image, label = deployment.smoke_image("", None)
+    assert image.startswith(b"\x89PNG") and label == "0"
+    assert deployment.smoke_image("", None) == (image, label)
+    (tmp_path / "lobby.jpg").write_bytes(b"jpeg bytes")
+    assert deployment.smoke_image((tmp_path / "lobby.jpg").as_uri(), None) == (b"jpeg bytes", None)
+
+
+@pytest.fixture
+def server():
+    srv = ScriptedServer()
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def smoke(server: ScriptedServer, width: int, expected: str | None = None) -> str:
+    spec = EndpointSpec("http", url=server.url, **FAST)
+    return deployment.smoke_test(
+        spec, TAXONOMY, sized_image(width, 30), prompt="p", policy=NO_BUDGET, expected=expected
+    )
+
+
+def test_smoke_test_returns_the_label_right_or_not(server, caplog):
+    caplog.set_level("INFO")
+    assert smoke(server, 40, expected="3") == "3"
+    assert smoke(server, 40, expected="7") == "3"  # a wrong label passes: it is logged, accuracy is not its job
+    assert "differs from the expected '7'" in caplog.text
+    assert server.bodies[-1]["messages"][0]["content"][0]["text"] == "p"  # the record's prompt, not a default
+
+
+def test_smoke_test_fails_for_good_on_a_non_label_and_retryably_without_an_answer(server):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(deployment.SmokeTestFailed, match="a cat, probably") as failed:
+        smoke(server, 47)
+    assert isinstance(failed.value, AirflowFailException)  # no task retry: the same model answers the same
+    with pytest.raises(RuntimeError, match="no usable answer") as unanswered:
+        smoke(server, 44)  # 503 on every attempt
+    assert not isinstance(unanswered.value, AirflowFailException)
+
+
+def test_local_state_lives_on_local_disk(settings, monkeypatch, tmp_path):
+    assert local_endpoint.state_path(settings) == tmp_path / SERVING / local_endpoint.STATE_NAME
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "home"))
+    on_s3 = dataclasses.replace(settings, storage_uri="s3://bucket/prefix")
+    assert local_endpoint.state_path(on_s3) == tmp_path / "home" / SERVING / local_endpoint.STATE_NAME
+    with pytest.raises(ValueError, match="local disk"):
+        local_endpoint.model_dir("s3://bucket/prefix/models/v1/model")
+    assert local_endpoint.model_dir("file:///models/v1/model").as_posix() == "/models/v1/model"
