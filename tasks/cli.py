@@ -25,6 +25,119 @@ def _curation_summary(args: argparse.Namespace) -> None:
     print(summary(report))
 
 
+def _model_summary(args: argparse.Namespace) -> None:
+    from tasks import storage
+    from tasks.evaluation import CONFUSION_MATRIX_FILE, METRICS_FILE, summary
+    from tasks.registry import read_registry
+
+    settings = load_settings()
+    models = storage.root(settings) / storage.MODELS
+    versions = read_registry(models)["versions"]
+    if not versions:
+        raise SystemExit(f"no model versions registered under {models}: run finetune_llava first")
+    version = args.version or max(versions, key=lambda v: versions[v]["created_at"])
+    metrics = read_json(models / version / METRICS_FILE)
+    if metrics is None:
+        raise SystemExit(f"no {METRICS_FILE} for {version} under {models}")
+    entry = versions.get(version, {})
+    print(f"Model {version}: {entry.get('status', 'unregistered')} ({entry.get('decision', 'no decision yet')})")
+    print(summary(metrics))
+    print(f"held-out accuracy: {metrics['accuracy']:.4f}   train_seconds: {metrics['train_seconds']:.1f}")
+    print(f"model:            {metrics['model_uri']}")
+    print(f"confusion matrix: {models / version / CONFUSION_MATRIX_FILE}")
+    if metrics["accuracy"] < args.min_accuracy or metrics["train_seconds"] > args.max_train_seconds:
+        raise SystemExit(f"expected accuracy >= {args.min_accuracy} in <= {args.max_train_seconds} s of training")
+
+
+def _dates(first: str, last: str) -> list[str]:
+    from datetime import date, timedelta
+
+    start, end = date.fromisoformat(first), date.fromisoformat(last)
+    return [(start + timedelta(days=n)).isoformat() for n in range((end - start).days + 1)]
+
+
+def _write_incoming(args: argparse.Namespace) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tasks import storage
+    from tasks.curation import REPORT_NAME
+    from tasks.demo_data import held_out_indices, write_incoming
+
+    settings = load_settings()
+    report = read_json(storage_path(args.dataset_uri, settings.aws_conn_id) / REPORT_NAME)
+    if report is None:
+        raise SystemExit(f"no {REPORT_NAME} under {args.dataset_uri}: curate first")
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    days = _dates(args.from_date or (yesterday - timedelta(days=args.days - 1)).isoformat(),
+                  args.to_date or yesterday.isoformat())  # fmt: skip
+    counts = write_incoming(storage.root(settings) / storage.INCOMING, days, held_out_indices(report))
+    for day, n in counts.items():
+        print(f"dt={day}: {n} held-out test digits")
+    print(f"FROM_DATE={days[0]} TO_DATE={days[-1]}")
+
+
+def _estimate_cost(args: argparse.Namespace) -> None:
+    from tasks.costs import BudgetExceeded
+    from tasks.nightly import estimate_backfill
+
+    params = {
+        "incoming_uri": args.incoming_uri or f"{load_settings().storage_uri}/incoming/dt={{dt}}/",
+        "budget_usd": args.budget_usd,
+        "assumed_images_per_second": args.assumed_images_per_second,
+    }
+    try:
+        result = estimate_backfill(load_settings(), _dates(args.from_date, args.to_date), params)
+    except BudgetExceeded as exc:
+        raise SystemExit(f"REFUSED: {exc}") from None
+    for day, n in result["per_day"].items():
+        print(f"dt={day}: {n} images")
+    print(f"estimate: ${result['usd']:.4f} for {result['images']} images at {result['images_per_second']:.2f} "
+          f"images/s ({result['throughput']}), budget ${result['budget_usd']:.2f}: OK")  # fmt: skip
+
+
+def _predictions_summary(args: argparse.Namespace) -> None:
+    from tasks import costs, predictions, storage
+    from tasks.daily_costs import REPORTS_DIR
+    from tasks.demo_data import score
+
+    settings = load_settings()
+    root = storage.root(settings)
+    ledger = {row["key"]: row for row in costs.query(root / storage.COSTS, "SELECT * FROM ledger")}
+    for day in _dates(args.from_date, args.to_date):
+        partition = predictions.partition_dir(root / storage.PREDICTIONS, day)
+        manifest = predictions.read_success(partition)
+        if manifest is None:
+            print(f"dt={day}: not committed")
+            continue
+        stats = manifest["stats"]
+        line = f"dt={day}: {stats['rows']} rows {stats['statuses']} (carried {manifest['carried']})"
+        if args.demo_accuracy:
+            correct, asked = score(predictions.read_partition(partition).to_pylist())
+            line += f", accuracy {correct}/{asked} = {correct / asked:.3f}" if asked else ""
+        busy = ledger.get(day, {})
+        idle = ledger.get(f"{manifest['endpoint']}/{day}", {})
+        if busy.get("images"):
+            all_in = 1000 * (busy["cost_usd"] + idle.get("cost_usd", 0.0)) / busy["images"]
+            line += f", ${busy['usd_per_1000_images']:.5f}/1000 images busy (${all_in:.5f} all-in with idle time)"
+        print(line)
+        print("    labels: " + ", ".join(f"{label}={n}" for label, n in stats["labels"].items()))
+    report = root / storage.COSTS / REPORTS_DIR / f"day={args.to_date}"
+    print(f"cost report: {report}/costs.png (table: costs.md, costs.csv)")
+
+
+def _cost_report(args: argparse.Namespace) -> None:
+    from datetime import UTC, datetime
+
+    from tasks import storage
+    from tasks.daily_costs import write_report
+
+    day = args.day or datetime.now(UTC).date().isoformat()
+    paths = write_report(storage.root(load_settings()) / storage.COSTS, day, args.window_days)
+    print(storage_path(paths["markdown"]).read_text())
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(prog="python -m tasks.cli", description=__doc__)
@@ -37,6 +150,38 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("curation-summary", help="print the readable summary of a curated dataset")
     p.add_argument("dataset_uri")
     p.set_defaults(func=_curation_summary)
+
+    p = sub.add_parser("model-summary", help="print a model version's held-out metrics (default: the newest)")
+    p.add_argument("version", nargs="?", help="a version under <storage>/models/")
+    p.add_argument("--min-accuracy", type=float, default=0.0, help="exit 1 below this held-out accuracy")
+    p.add_argument("--max-train-seconds", type=float, default=float("inf"), help="exit 1 above this training time")
+    p.set_defaults(func=_model_summary)
+
+    p = sub.add_parser("write-incoming", help="write a curated dataset's held-out test digits as incoming/dt=…/")
+    p.add_argument("dataset_uri", help="a curated dataset (its curation_report.json lists the test split)")
+    p.add_argument("--days", type=int, default=3, help="this many days ending yesterday (UTC)")
+    p.add_argument("--from-date", help="or an explicit range")
+    p.add_argument("--to-date")
+    p.set_defaults(func=_write_incoming)
+
+    p = sub.add_parser("estimate-cost", help="budget guard for a backfill range, before `backfill create`")
+    p.add_argument("--from-date", required=True)
+    p.add_argument("--to-date", required=True)
+    p.add_argument("--budget-usd", type=float, required=True)
+    p.add_argument("--assumed-images-per-second", type=float, default=1.0, help="until a throughput is measured")
+    p.add_argument("--incoming-uri", default="", help="template with {dt}; default <storage>/incoming/dt={dt}/")
+    p.set_defaults(func=_estimate_cost)
+
+    p = sub.add_parser("predictions-summary", help="per-partition counts, labels and $/1000 images")
+    p.add_argument("--from-date", required=True)
+    p.add_argument("--to-date", required=True)
+    p.add_argument("--demo-accuracy", action="store_true", help="score against the known digits of demo files")
+    p.set_defaults(func=_predictions_summary)
+
+    p = sub.add_parser("cost-report", help="write the daily cost table and chart under costs/reports/")
+    p.add_argument("--day", help="last day of the report (default: today, UTC)")
+    p.add_argument("--window-days", type=int, default=30)
+    p.set_defaults(func=_cost_report)
 
     args = parser.parse_args(argv)
     args.func(args)

@@ -1,15 +1,18 @@
 """Digits data and the tiny model in the training script's input format, shared by the training tests and bench.
 
-Built straight with `datasets` (not through the curation pipeline) so the training tests depend only on the format.
+`digits_dataset_dict` builds the format straight with `datasets` (bench); `curated_digits` goes through
+tasks/curation.py, so the training tests train on exactly what the pipeline produces.
 """
 
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from tasks.local_training import tiny_model_corpus
 from tasks.taxonomy import Taxonomy, load_taxonomy
 from tasks.tiny_model import build_tiny_llava
 
@@ -71,9 +74,26 @@ def digits_dataset_dict(out_dir: Path, *, count: int | None = None, test_fractio
 
 def digits_corpus() -> list[str]:
     """Every text the tiny model must be able to tokenise for the digits task."""
-    taxonomy = load_taxonomy("digits")
-    return [taxonomy.prompt(), *taxonomy.labels, *(taxonomy.answer(label) for label in taxonomy.labels)]
+    return tiny_model_corpus("digits", load_taxonomy("digits").prompt())
 
 
 def tiny_digits_model(out_dir: Path) -> Path:
     return build_tiny_llava(out_dir, digits_corpus(), seed=0)
+
+
+def curated_digits(dataset: Path, count: int) -> Path:
+    """The first `count` digits as a raw drop, curated by tasks/curation.py into `dataset`: exactly what
+    finetune_llava trains on. Curated with the local backend's resize policy (the tiny model's vision geometry), as
+    curate_dataset does there.
+    """
+    from tasks.curation import CurationOptions, curate
+    from tasks.demo_data import write_labelled
+    from tasks.storage import storage_path
+    from tasks.vision_tokens import DEFAULT_MAX_IMAGE_TOKENS, ResizePolicy, geometry_for_backend
+
+    policy = ResizePolicy(DEFAULT_MAX_IMAGE_TOKENS, geometry_for_backend("local"))
+    with tempfile.TemporaryDirectory(prefix="raw-digits-") as raw_dir:
+        raw = storage_path(Path(raw_dir).as_uri())
+        write_labelled(raw, range(count))
+        curate(raw, storage_path(dataset.as_uri()), load_taxonomy("digits"), CurationOptions(resize_policy=policy))
+    return dataset

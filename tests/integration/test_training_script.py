@@ -1,4 +1,5 @@
-"""The shipped training script, run as SageMaker runs it (a subprocess with string flags) on the tiny model.
+"""The shipped training script, run as SageMaker runs it (a subprocess with string flags) on the tiny model and a
+digits drop curated by tasks/curation.py (what finetune_llava trains on).
 
 Trains a few steps, checks what it leaves behind, then runs again with more steps and checks it resumed from the
 checkpoint instead of starting over: the managed-spot restart.
@@ -17,7 +18,7 @@ import pytest
 from datasets import load_from_disk
 from safetensors import safe_open
 
-from tests.fixtures_training import digits_dataset_dict, tiny_digits_model
+from tests.fixtures_training import curated_digits, tiny_digits_model
 
 pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +30,7 @@ CPU_FLAGS = ["--bf16", "false", "--gradient_checkpointing", "false", "--learning
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("training")
-    return tiny_digits_model(root / "model"), digits_dataset_dict(root / "data", count=60)
+    return tiny_digits_model(root / "model"), curated_digits(root / "data", 60)
 
 
 def run_training(model: Path, data: Path, work: Path, *flags: str, script: Path = TRAIN_SCRIPT, **env: str) -> str:

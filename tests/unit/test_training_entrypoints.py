@@ -92,3 +92,17 @@ def test_several_gpus_go_through_accelerate_with_zero3_config():
 def test_gpu_count_comes_from_sagemaker(monkeypatch):
     monkeypatch.setenv("SM_NUM_GPUS", "8")
     assert launch.process_count() == 8
+
+
+def test_several_instances_run_one_launcher_per_host_coordinated_by_the_first(monkeypatch):
+    monkeypatch.setenv("SM_HOSTS", '["algo-1", "algo-2"]')
+    monkeypatch.setenv("SM_CURRENT_HOST", "algo-2")
+    command = launch.command(["--max_steps", "5"], 8, *launch.cluster())
+    flags = dict(zip(command[3:-3:2], command[4:-3:2], strict=True))
+    assert (flags["--num_processes"], flags["--num_machines"], flags["--machine_rank"]) == ("16", "2", "1")
+    assert (flags["--main_process_ip"], flags["--main_process_port"]) == ("algo-1", "29500")
+
+
+def test_one_gpu_on_each_of_several_instances_still_goes_through_accelerate():
+    command = launch.command([], 1, ["algo-1", "algo-2"], "algo-1")
+    assert command[command.index("--num_processes") + 1] == "2" and command[command.index("--machine_rank") + 1] == "0"

@@ -1,0 +1,99 @@
+"""Held-out metrics with the strict answer parser, the confusion matrix plot, and what evaluation writes."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from tasks.evaluation import compute_metrics, confusion_matrix_png, evaluate_version
+from tasks.settings import load_settings
+from tasks.taxonomy import Taxonomy, load_taxonomy
+from tasks.training import TrainingOutcome, plan_training
+
+TAXONOMY = Taxonomy("rooms", ("Room", "Terrace/Patio", "Spa"))
+
+
+def rows(*pairs: tuple[str, str | None]) -> list[dict]:
+    return [{"index": i, "label": label, "answer": answer} for i, (label, answer) in enumerate(pairs)]
+
+
+def test_accuracy_per_class_and_invalid_answers():
+    metrics = compute_metrics(
+        rows(
+            ("Room", "this is a photo of Room."),
+            ("Room", "This is a photo of a room"),  # case, article and missing period are fine
+            ("Room", "this is a photo of Spa."),
+            ("Spa", "this is a photo of Spa."),
+            ("Terrace/Patio", "this is a photo of Terrace/Patio."),
+            ("Terrace/Patio", "Terrace"),  # a bare word is not an answer
+            ("Spa", "this is a photo of Spa or Room."),  # a label merely mentioned is not an answer
+            ("Spa", None),
+        ),
+        TAXONOMY,
+    )
+    assert metrics["n_test"] == 8 and metrics["n_invalid"] == 3
+    assert metrics["accuracy"] == pytest.approx(4 / 8) and metrics["invalid_rate"] == pytest.approx(3 / 8)
+    room, spa, patio = (metrics["per_class"][label] for label in ("Room", "Spa", "Terrace/Patio"))
+    assert room == {"precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8), "support": 3}
+    assert (spa["precision"], spa["recall"], spa["support"]) == (0.5, pytest.approx(1 / 3), 3)
+    assert (patio["precision"], patio["recall"]) == (1.0, 0.5)
+    cm = metrics["confusion_matrix"]
+    assert cm["columns"] == ["Room", "Terrace/Patio", "Spa", "invalid"]
+    assert cm["counts"] == [[2, 0, 1, 0], [0, 1, 0, 1], [0, 0, 1, 2]]
+
+
+def test_a_class_never_predicted_has_zero_precision_not_an_error():
+    metrics = compute_metrics(rows(("Room", "this is a photo of Spa.")), TAXONOMY)
+    assert metrics["per_class"]["Room"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert metrics["macro_f1"] == 0.0  # averaged over labels present in the test split
+
+
+def test_unknown_truth_labels_and_empty_predictions_are_errors():
+    with pytest.raises(ValueError, match="Kitchen"):
+        compute_metrics(rows(("Kitchen", "this is a photo of Room.")), TAXONOMY)
+    with pytest.raises(ValueError, match="no test predictions"):
+        compute_metrics([], TAXONOMY)
+
+
+def test_confusion_matrix_png():
+    metrics = compute_metrics(rows(("Room", "this is a photo of Room."), ("Spa", "?")), TAXONOMY)
+    assert confusion_matrix_png(metrics, "v1").startswith(b"\x89PNG\r\n\x1a\n")
+
+
+@pytest.fixture
+def plan(tmp_path):
+    settings = load_settings({"PIPELINE_STORAGE_URI": tmp_path.as_uri()})
+    dataset = {"dataset_uri": f"{tmp_path.as_uri()}/datasets/d", "taxonomy": "digits", "prompt": "P"}
+    params = {"base_model": "", "hyperparameters": {}, "instance_type": "", "instance_count": 1, "spot": False,
+              "max_run_seconds": 60, "max_wait_seconds": 60, "local_processes": 1}  # fmt: skip
+    return plan_training(settings, params, dataset, dag_id="d", run_key="r", run_time=datetime(2026, 1, 1, tzinfo=UTC))
+
+
+OUTCOME = TrainingOutcome("job", "local", "local", 1, False, 80.0, 0.115, 75.0)
+
+
+def test_evaluate_version_writes_metrics_and_plot_beside_the_model(plan, tmp_path):
+    root = tmp_path / "models" / plan.version
+    root.mkdir(parents=True)
+    answers = [{"label": d, "answer": load_taxonomy("digits").answer(d)} for d in "0123456789"]
+    (root / "eval_predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in answers))
+    (root / "train_summary.json").write_text(json.dumps({"train_seconds": 71.5, "global_step": 400}))
+    small = evaluate_version(plan, OUTCOME)
+    written = json.loads((root / "metrics.json").read_text())
+    assert {"accuracy", "per_class", "invalid_rate", "n_test", "train_seconds"} <= set(written)
+    assert (written["accuracy"], written["n_test"], written["train_seconds"], written["global_step"]) == (
+        1,
+        10,
+        71.5,
+        400,
+    )
+    assert (root / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
+    assert "per_class" not in small and small["accuracy"] == 1.0  # the XCom copy stays small
+
+
+def test_missing_predictions_fail_clearly_without_retries(plan):
+    with pytest.raises(AirflowFailException, match=f"no eval_predictions.jsonl at {plan.predictions_uri}"):
+        evaluate_version(plan, OUTCOME)
