@@ -1,19 +1,25 @@
-"""Cost accounting: a dated price table, one Parquet ledger for training and inference, DuckDB to query it.
+"""Cost accounting: a dated price table, one Parquet ledger for training and inference, DuckDB to query it, and the
+budget guard that estimates a classification before it spends anything.
 
 Ledger rows are stored one file per (kind, key) — a training job, a classified partition, a day of endpoint idle
 time — so recording the same thing twice replaces the row instead of duplicating it.
+
+A persistent endpoint (a SageMaker real-time endpoint, the local server) bills every hour it is up. The day `dt`
+of such an endpoint is split into two rows: the busy seconds that produced partition dt (kind "classification",
+keyed by dt) and the rest of the hours it was up that day (kind "endpoint_idle", keyed by endpoint and dt).
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from typing import Any, Literal
 
 import yaml
 from airflow.sdk import ObjectStoragePath
+from airflow.sdk.exceptions import AirflowFailException
 
 from tasks import storage
 from tasks.settings import INCLUDE_DIR
@@ -63,6 +69,7 @@ class LedgerEntry:
     completion_tokens: int = 0
     spot: bool = False
     run_id: str = ""
+    day: str = ""  # the UTC day the cost belongs to; empty: the day it was recorded
     price_table_as_of: str = field(default_factory=lambda: str(price_table()["as_of"]))
     recorded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
@@ -107,18 +114,145 @@ def read_ledger(costs_root: ObjectStoragePath):
     tables = [pq.read_table(io.BytesIO(p.read_bytes())) for p in files]
     if not tables:
         return pa.table({name: pa.array([], pa.string()) for name in LEDGER_COLUMNS})
-    return pa.concat_tables(tables, promote_options="default")
+    return pa.concat_tables(tables, promote_options="permissive")  # e.g. 3600 (int64) and 3600.5 (double)
 
 
-def query(costs_root: ObjectStoragePath, sql: str) -> list[dict[str, Any]]:
-    """Run DuckDB SQL over the ledger, exposed as the table `ledger`."""
+def query(costs_root: ObjectStoragePath, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Run DuckDB SQL over the ledger, exposed as the table `ledger`; `params` fill `$name` placeholders."""
     import duckdb
 
     ledger = read_ledger(costs_root)  # noqa: F841 — DuckDB finds the Arrow table by its variable name
     con = duckdb.connect()
     try:
-        result = con.execute(sql)
+        result = con.execute(sql, params)
         names = [d[0] for d in result.description]
         return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
     finally:
         con.close()
+
+
+# --- classification: pricing an endpoint, the partition's rows, and the budget guard ------------------------------
+
+THROUGHPUT_SAMPLE = 14  # recent classified partitions that say how fast an endpoint is
+
+
+class BudgetExceeded(AirflowFailException):
+    """Refused before spending: retrying would refuse again."""
+
+
+@dataclass(frozen=True)
+class EndpointPricing:
+    backend: str
+    region: str  # "local" for the local backend: the price table prices it as a small CPU instance
+    instance_type: str
+    instance_count: int
+
+    @classmethod
+    def of_record(cls, record: dict[str, Any], region: str) -> EndpointPricing:
+        """From an endpoint record (tasks.deployment)."""
+        backend = record["backend"]
+        return cls(
+            backend=backend,
+            region="local" if backend == "local" else region,
+            instance_type=record["instance_type"],
+            instance_count=int(record["instance_count"]),
+        )
+
+    @property
+    def price_per_hour_usd(self) -> float:
+        return hourly_price(self.region, self.instance_type, "inference")
+
+    def usd(self, seconds: float) -> float:
+        return seconds / 3600 * self.price_per_hour_usd * self.instance_count
+
+
+def uptime_seconds(day: str, deployed_at: str, now: datetime) -> float:
+    """Seconds of `day` (UTC) during which an endpoint deployed at `deployed_at` was up, until `now`."""
+    start = datetime.combine(date.fromisoformat(day), datetime.min.time(), UTC)
+    up_from = max(start, datetime.fromisoformat(deployed_at))
+    up_to = min(start + timedelta(days=1), now)
+    return max(0.0, (up_to - up_from).total_seconds())
+
+
+def partition_entries(
+    dt: str,
+    pricing: EndpointPricing,
+    *,
+    endpoint: str,
+    model_version: str,
+    stats: dict[str, Any],
+    busy_seconds: float,
+    deployed_at: str,
+    run_id: str,
+    now: datetime | None = None,
+) -> list[LedgerEntry]:
+    """The classification row of partition dt and the endpoint's idle row for day dt. `stats` is a RowStats
+    dict (tasks.predictions)."""
+    statuses = stats["statuses"]
+    common = {
+        "backend": pricing.backend,
+        "region": pricing.region,
+        "instance_type": pricing.instance_type,
+        "instance_count": pricing.instance_count,
+        "price_per_hour_usd": pricing.price_per_hour_usd,
+        "model_version": model_version,
+        "endpoint": endpoint,
+        "run_id": run_id,
+        "day": dt,
+    }
+    classification = LedgerEntry(
+        kind="classification",
+        key=dt,
+        billable_seconds=busy_seconds,
+        images=stats["rows"],
+        images_ok=statuses["ok"],
+        images_invalid=statuses["invalid"],
+        images_rejected=statuses["rejected"],
+        images_failed=statuses["failed"],
+        prompt_tokens=stats["prompt_tokens"],
+        completion_tokens=stats["completion_tokens"],
+        **common,
+    )
+    up = uptime_seconds(dt, deployed_at, now or datetime.now(UTC))
+    idle = LedgerEntry(kind="endpoint_idle", key=f"{endpoint}/{dt}", billable_seconds=max(0.0, up - busy_seconds),
+                       **common)  # fmt: skip
+    return [classification, idle]
+
+
+def measured_images_per_second(costs_root: ObjectStoragePath, instance_type: str, instance_count: int) -> float | None:
+    """Throughput of recent classified partitions on the same kind of endpoint (images the endpoint answered or
+    failed per busy second); None before the first one."""
+    rows = query(
+        costs_root,
+        f"""
+        SELECT SUM(CAST(images_ok AS BIGINT) + CAST(images_invalid AS BIGINT) + CAST(images_failed AS BIGINT))
+                   AS images,
+               SUM(CAST(billable_seconds AS DOUBLE)) AS seconds
+        FROM (SELECT * FROM ledger WHERE kind = 'classification' AND instance_type = $type
+              AND CAST(instance_count AS BIGINT) = $count AND CAST(billable_seconds AS DOUBLE) > 0
+              ORDER BY key DESC LIMIT {THROUGHPUT_SAMPLE})
+        """,
+        {"type": instance_type, "count": instance_count},
+    )
+    images, seconds = rows[0]["images"], rows[0]["seconds"]
+    return images / seconds if images and seconds else None
+
+
+def check_budget(images: int, images_per_second: float, pricing: EndpointPricing, budget_usd: float, what: str) -> dict:
+    """Estimate what classifying `images` costs and refuse when it is above `budget_usd`."""
+    seconds = images / images_per_second if images else 0.0
+    estimate = {
+        "images": images,
+        "images_per_second": images_per_second,
+        "seconds": seconds,
+        "usd": pricing.usd(seconds),
+        "budget_usd": budget_usd,
+        "price_per_hour_usd": pricing.price_per_hour_usd,
+    }
+    if estimate["usd"] > budget_usd:
+        raise BudgetExceeded(
+            f"{what}: estimated ${estimate['usd']:.4f} for {images:,} images at {images_per_second:.2f} images/s "
+            f"on {pricing.instance_count} x {pricing.instance_type} (${pricing.price_per_hour_usd}/h) is above the "
+            f"budget of ${budget_usd:.4f}. Raise the budget param or classify fewer images."
+        )
+    return estimate

@@ -1,0 +1,177 @@
+"""Classify each day's new images through the serving endpoint, with cost accounting (pipeline 4 of 4)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, TriggerRule, dag, task
+
+from tasks.assets import PREDICTIONS
+from tasks.defaults import SETTINGS, TAGS, default_args
+from tasks.partitions import NightlySchedule
+from tasks.quality import QualityThresholds
+
+SCHEDULE = NightlySchedule.from_env()
+POKE_INTERVAL_S = 300
+
+DOC = f"""
+### Classify images (nightly, `{SCHEDULE.cron}` UTC, from {SCHEDULE.start_date})
+**Which day:** a run processes **dt = the UTC day of its logical date** (`incoming/dt=D/` →
+`predictions/dt=D/`). Scheduled runs have the data interval [D, D+1 day) and logical date D and start when D is
+over, so `bin/airflow backfill create --dag-id classify_images --from-date A --to-date B` makes exactly one run per
+dt in [A, B], and `bin/airflow dags test classify_images D` processes D. A manual run without a logical date
+processes the last complete day. Catchup covers every dt from `PIPELINE_CLASSIFY_START_DATE`; older days need a
+backfill (`--max-active-runs 1` or 2: the pool, not the backfill, protects the endpoint).
+
+`wait_for_partition` → `plan_partition` → `check_budget` → `classify_shard` ×N (pool `endpoint_inference`) →
+`collect_shards` → `quality_gate` → `publish_partition` (asset **predictions**) ‖ `record_costs` → `cost_report`
+
+Each image gets one row (ok | invalid | rejected | failed, with a reason). A run writes under
+`predictions/dt=D/run=<token>/` and becomes visible only when `_SUCCESS` lists its files; a rerun replaces the
+partition atomically and deletes the replaced files. Reruns skip images already classified by the same model
+version (same key, size and version of the file) unless `reclassify` is set; `failed` rows are always retried.
+
+**Runbook**
+- *plan_partition: no endpoint recorded*: run `deploy_endpoint`. *wants endpoint …*: the run is pinned to another
+  endpoint (params `endpoint_name`/`endpoint_backend`); clear them or redeploy.
+- *check_budget: estimated $… above the budget*: nothing was spent. Raise `budget_usd` for this run if expected.
+  Before a long backfill: `python -m tasks.cli estimate-cost --from-date A --to-date B --budget-usd X`.
+- *classify_shard failed*: the endpoint is down or the task timed out; retries resume (a shard rewrites only its
+  own file). Throttling and bad answers do not fail a shard: they become `failed`/`invalid` rows.
+- *collect_shards: accounting is off*: a bug, never data: open an issue with the log. Nothing was published.
+- *quality_gate failed*: invalid/failed rate or label shift over its threshold (values in the log); the new rows
+  are NOT published, the previous version of dt stays. Fix the endpoint/model and clear the run, or rerun with
+  `quality.on_violation = warn` to publish anyway.
+- Late data: an empty partition is waited for until `late_data_wait_minutes` after the day ends, then committed
+  as zero images. Images that arrive later: clear the run (only the new images are classified).
+- Query: `python -m tasks.cli predictions-summary --from-date A --to-date B`; costs:
+  `python -m tasks.cli cost-report`. Read predictions only through `_SUCCESS` (tasks.predictions.read_partition).
+"""
+
+
+@dag(
+    dag_id="classify_images",
+    schedule=CronDataIntervalTimetable(SCHEDULE.cron, timezone="UTC"),
+    start_date=datetime.combine(SCHEDULE.start_date, datetime.min.time(), UTC),
+    catchup=True,
+    max_active_runs=2,  # the endpoint_inference pool bounds the load on the endpoint across runs
+    dagrun_timeout=timedelta(hours=12),  # a hung night fails instead of blocking the next ones
+    tags=[*TAGS, "classification"],
+    doc_md=DOC,
+    default_args=default_args(execution_timeout=timedelta(minutes=30)),
+    params={
+        "incoming_uri": Param(
+            f"{SETTINGS.storage_uri}/incoming/dt={{dt}}/",
+            type="string",
+            description="The day's images; {dt} becomes YYYY-MM-DD.",
+        ),
+        "endpoint_name": Param("", type="string", description="Empty: the deployed one; set: refuse any other."),
+        "endpoint_backend": Param("", enum=["", "local", "sagemaker"], description="Empty: the deployed one's."),
+        "shard_size": Param(500, type="integer", minimum=1, description="Images per mapped classify_shard task."),
+        "concurrency": Param(8, type="integer", minimum=1, maximum=256, description="Requests in flight per shard."),
+        "budget_usd": Param(25.0, type="number", minimum=0, description="Refuse a partition estimated above this."),
+        "assumed_images_per_second": Param(
+            1.0, type="number", exclusiveMinimum=0, description="Throughput estimate until one is measured."
+        ),
+        "late_data_wait_minutes": Param(120, type="integer", minimum=0, description="After the day, for late data."),
+        "reclassify": Param(False, type="boolean", description="Ignore rows already classified by this model."),
+        "request_timeout_s": Param(60.0, type="number", exclusiveMinimum=0, description="Per endpoint request."),
+        "max_retries": Param(4, type="integer", minimum=0, description="Per image: throttling, 5xx, timeouts."),
+        "quality": Param(
+            QualityThresholds().__dict__,
+            type="object",
+            description="Gate thresholds; on_violation: warn (publish, record) or fail (do not publish).",
+        ),
+    },
+)
+def classify_images():
+    @task.sensor(
+        poke_interval=POKE_INTERVAL_S,
+        timeout=timedelta(hours=24).total_seconds(),
+        mode="reschedule",
+        doc_md="Waits for the first image of dt, at most until `late_data_wait_minutes` after the day; never fails "
+        "for a missing partition (that is a day with zero images).",
+    )
+    def wait_for_partition(params=None, logical_date=None, data_interval_start=None) -> PokeReturnValue:
+        from tasks.nightly import has_images
+        from tasks.partitions import partition_dt
+
+        dt = partition_dt(logical_date, data_interval_start)
+        present = has_images(SETTINGS, params["incoming_uri"].format(dt=dt))
+        day_end = datetime.fromisoformat(dt).replace(tzinfo=UTC) + timedelta(days=1)
+        deadline = day_end + timedelta(minutes=params["late_data_wait_minutes"])
+        done = present or datetime.now(UTC) >= deadline
+        return PokeReturnValue(is_done=done, xcom_value={"dt": dt, "present": present})
+
+    @task(doc_md="Lists dt into a manifest, carries over rows already classified by this model, and shards the rest.")
+    def plan_partition(found: dict, params=None) -> dict:
+        from tasks.nightly import plan
+
+        return plan(SETTINGS, found["dt"], found["present"], params)
+
+    @task(
+        doc_md="Estimates the partition's cost from measured throughput and the price table; refuses (no retry) "
+        "above `budget_usd` before anything is spent. Returns the shards it approves."
+    )
+    def check_budget(planned: dict, params=None) -> list[dict]:
+        from tasks.nightly import check_budget
+
+        return check_budget(SETTINGS, planned, params)
+
+    @task(
+        pool="endpoint_inference",
+        execution_timeout=timedelta(hours=2),
+        map_index_template="{{ task.op_kwargs['shard']['index'] }}",
+        doc_md="Classifies one shard (manifest rows offset..offset+count) with bounded concurrency; logs progress "
+        "and writes its rows as one Parquet file. Bad images and bad answers are rows, not failures.",
+    )
+    def classify_shard(job: dict, shard: dict) -> dict:
+        from tasks.nightly import classify
+
+        return classify(job, shard)
+
+    @task(
+        trigger_rule=TriggerRule.NONE_FAILED,  # a partition with nothing to classify maps zero shards
+        doc_md="Verifies that shard rows + carried rows == images listed, and sums up the statistics.",
+    )
+    def collect_shards(planned: dict, results: list[dict]) -> dict:
+        from tasks.nightly import collect
+
+        return collect(planned, results)
+
+    @task(doc_md="Invalid rate, failed rate and label shift against trailing partitions; warn or fail per params.")
+    def quality_gate(planned: dict, staged: dict, params=None) -> dict:
+        from tasks.nightly import quality_gate
+
+        return quality_gate(SETTINGS, planned, staged, params["quality"])
+
+    @task(outlets=[PREDICTIONS], doc_md="Writes `_SUCCESS` (the commit), deletes replaced runs, emits the asset.")
+    def publish_partition(planned: dict, staged: dict, verdict: dict, outlet_events=None) -> dict:
+        from tasks.nightly import publish
+
+        summary = publish(planned, staged, verdict)
+        outlet_events[PREDICTIONS].extra = summary
+        return summary
+
+    @task(doc_md="Ledger rows for dt: the classification (busy time, images, tokens) and the endpoint's idle time.")
+    def record_costs(planned: dict, staged: dict, run_id=None) -> list[str]:
+        from tasks.nightly import record_costs
+
+        return record_costs(SETTINGS, planned, staged, run_id)
+
+    @task(doc_md="Writes `costs/reports/day=<dt>/costs.{csv,md,png}` for the 30 days up to dt.")
+    def cost_report(planned: dict, recorded: list[str]) -> dict:
+        from tasks import storage
+        from tasks.daily_costs import write_report
+
+        return write_report(storage.root(SETTINGS) / storage.COSTS, planned["plan"]["dt"])
+
+    found = wait_for_partition()
+    planned = plan_partition(found)
+    results = classify_shard.partial(job=planned["job"]).expand(shard=check_budget(planned))
+    staged = collect_shards(planned, results)
+    publish_partition(planned, staged, quality_gate(planned, staged))
+    cost_report(planned, record_costs(planned, staged))
+
+
+classify_images()

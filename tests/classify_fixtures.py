@@ -1,0 +1,45 @@
+"""What classification tests share: a deployed local endpoint as deploy_endpoint records it, and committed rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tasks import predictions, storage
+from tasks.local_endpoint import state_path
+from tasks.serving import start_local_server
+from tasks.settings import Settings
+from tasks.taxonomy import load_taxonomy
+
+# The columns a rerun must reproduce (latency and attempts vary from run to run).
+STABLE = ["key", "content_sha256", "source_size", "source_version", "status", "label", "raw_answer", "model_version"]
+
+
+def endpoint_record(
+    url: str, *, model_version: str = "v1", model_uri: str = "file:///unused", max_image_tokens: int | None = 1200
+) -> dict[str, Any]:
+    """A local endpoint record with every field of tasks.deployment.RECORD_FIELDS."""
+    return {
+        "backend": "local", "endpoint_name": "llava-classifier", "url": url, "model_version": model_version,
+        "model_uri": model_uri, "taxonomy": "digits", "prompt": load_taxonomy("digits").prompt(),
+        "instance_type": "local", "instance_count": 1, "supports_choice": False,
+        "max_image_tokens": max_image_tokens, "config_name": None, "deployed_at": "2026-11-01T00:00:00+00:00",
+    }  # fmt: skip
+
+
+def deploy_locally(settings: Settings, model: Path, model_version: str) -> dict[str, Any]:
+    """What deploy_endpoint leaves behind on the local backend: a running server and its endpoint record."""
+    server = start_local_server(model, state_path(settings))
+    record = endpoint_record(server.base_url, model_version=model_version, model_uri=model.as_uri())
+    storage.write_json(storage.root(settings) / storage.SERVING / "endpoint.json", record)
+    return record
+
+
+def committed(storage_root: Path, day: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The `_SUCCESS` manifest of dt=day and its rows sorted by key."""
+    partition = predictions.partition_dir(storage.storage_path(f"file://{storage_root}/predictions"), day)
+    return predictions.read_success(partition), predictions.read_partition(partition).sort_by("key").to_pylist()
+
+
+def stable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: row[k] for k in STABLE} for row in rows]
