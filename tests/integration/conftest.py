@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 import urllib.request
@@ -16,15 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.e2e.processes import free_port
 
 BIN_AIRFLOW = REPO_ROOT / "bin" / "airflow"
 MOTO_SERVER = REPO_ROOT / ".venv" / "bin" / "moto_server"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
