@@ -111,7 +111,7 @@ def read_ledger(costs_root: ObjectStoragePath):
 
     ledger = costs_root / LEDGER_DIR
     files = sorted(p for p in ledger.rglob("*.parquet")) if ledger.exists() else []
-    tables = [pq.read_table(io.BytesIO(p.read_bytes())) for p in files]
+    tables = [pq.read_table(io.BytesIO(p.read_bytes()), use_threads=False) for p in files]  # see predictions.read_table
     if not tables:
         return pa.table({name: pa.array([], pa.string()) for name in LEDGER_COLUMNS})
     return pa.concat_tables(tables, promote_options="permissive")  # e.g. 3600 (int64) and 3600.5 (double)

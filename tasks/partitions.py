@@ -271,7 +271,7 @@ def _merge_join(listing: Path, prior: list[Path], todo: Path, carried: Path, sha
         pq.ParquetWriter(todo, listing_file.schema_arrow) as todo_writer,
         pq.ParquetWriter(carried, predictions.row_schema()) as carried_writer,
     ):
-        for batch in listing_file.iter_batches(batch_size=LISTING_BATCH):
+        for batch in listing_file.iter_batches(batch_size=LISTING_BATCH, use_threads=False):
             for entry in zip(*(batch.column(c).to_pylist() for c in ("key", "size", "version")), strict=True):
                 while current is not None and current[0] < entry[0]:
                     current = next(prior_rows, None)
@@ -294,7 +294,8 @@ def _final_rows(path: Path) -> Iterator[tuple[str, int, str, Any, int]]:
     import pyarrow.parquet as pq
 
     previous = ""
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=predictions.row_schema().names):
+    names = predictions.row_schema().names
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=names, use_threads=False):
         columns = (batch.column(c).to_pylist() for c in ("key", "source_size", "source_version", "status"))
         for index, (key, size, version, status) in enumerate(zip(*columns, strict=True)):
             if key <= previous:  # every committed file is written in key order; a merge needs that
@@ -348,7 +349,7 @@ def read_shard(shard: Shard, conn_id: str | None = None) -> list[tuple[str, int,
         for group in range(parquet.num_row_groups):
             n = parquet.metadata.row_group(group).num_rows
             if start < end and start + n > shard.offset:
-                table = parquet.read_row_group(group)
+                table = parquet.read_row_group(group, use_threads=False)
                 lo, hi = max(shard.offset - start, 0), min(end - start, n)
                 rows += zip(*(table.column(c).to_pylist()[lo:hi] for c in ("key", "size", "version")), strict=True)
             start += n

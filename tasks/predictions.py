@@ -88,7 +88,7 @@ class RowStats:
 
         stats = cls()
         columns = ["status", "label", "prompt_tokens", "completion_tokens"]
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=columns):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=columns, use_threads=False):
             stats.add(batch)
         return stats
 
@@ -155,7 +155,8 @@ def write_table(path: ObjectStoragePath, table: pa.Table) -> None:
 def read_table(path: ObjectStoragePath) -> pa.Table:
     import pyarrow.parquet as pq
 
-    return pq.read_table(io.BytesIO(path.read_bytes()), schema=row_schema())
+    # No reader threads: Arrow's can abort the interpreter at exit (apache/arrow#34314), and files are small.
+    return pq.read_table(io.BytesIO(path.read_bytes()), schema=row_schema(), use_threads=False)
 
 
 def read_partition(partition: ObjectStoragePath) -> pa.Table:
