@@ -29,14 +29,14 @@ from pathlib import Path
 
 import httpx
 
-from tasks import deployment
-from tasks.classification import PartitionJob, ShardResult, classify_shard
-from tasks.endpoint_client import build_request, encode_image
-from tasks.images import encode_png
-from tasks.partitions import plan_partition
-from tasks.serving import start_local_server, stop_local_server
-from tasks.storage import storage_path
-from tasks.taxonomy import load_taxonomy
+from tasks.common.storage import storage_path
+from tasks.model.images import encode_png
+from tasks.model.taxonomy import load_taxonomy
+from tasks.nightly.classification import PartitionJob, ShardResult, classify_shard
+from tasks.nightly.partitions import plan_partition
+from tasks.serving import deployment
+from tasks.serving.client import build_request, encode_image
+from tasks.serving.local_server import start_local_server, stop_local_server
 from tests.classify_fixtures import endpoint_record
 from tests.fixtures_training import digit_images, tiny_digits_model
 

@@ -37,8 +37,8 @@ def commit_everything(incoming: Path, partition: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tasks import partitions, predictions
-    from tasks.storage import storage_path
+    from tasks.common.storage import storage_path
+    from tasks.nightly.steps import partitions, predictions
 
     listing = partition.parent / "listing.parquet"
     partitions.write_listing(storage_path(f"file://{incoming}"), listing)
@@ -76,8 +76,8 @@ def child(incoming: Path, partition: Path) -> None:
     import duckdb  # noqa: F401 — imported before the baseline, so the difference is the plan's own memory
     import pyarrow.parquet  # noqa: F401
 
-    from tasks.partitions import plan_partition
-    from tasks.storage import storage_path
+    from tasks.common.storage import storage_path
+    from tasks.nightly.partitions import plan_partition
 
     baseline = peak_rss_mb()
     started = time.perf_counter()

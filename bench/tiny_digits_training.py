@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.taxonomy import load_taxonomy
+from tasks.model.taxonomy import load_taxonomy
 from tests.fixtures_training import digits_dataset_dict, tiny_digits_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

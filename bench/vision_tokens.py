@@ -8,7 +8,7 @@ Pure arithmetic (verified against the real processor in tests/unit/test_vision_t
 
 from __future__ import annotations
 
-from tasks.vision_tokens import ResizePlan, ResizePolicy, plan_resize
+from tasks.model.vision_tokens import ResizePlan, ResizePolicy, plan_resize
 
 PHOTO_SIZES = [
     (4032, 3024),  # phone, 4:3 landscape

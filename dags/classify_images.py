@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, TriggerRule, dag, task
 
-from tasks.assets import PREDICTIONS
-from tasks.defaults import SETTINGS, TAGS, default_args
-from tasks.partitions import NightlySchedule
-from tasks.quality import QualityThresholds
+from tasks.common.assets import PREDICTIONS
+from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
+from tasks.nightly.partitions import NightlySchedule
+from tasks.nightly.quality import QualityThresholds
 
 SCHEDULE = NightlySchedule.from_env()
 POKE_INTERVAL_S = 300
@@ -93,8 +93,8 @@ def classify_images():
         "for a missing partition (that is a day with zero images).",
     )
     def wait_for_partition(params=None, logical_date=None, data_interval_start=None) -> PokeReturnValue:
-        from tasks.nightly import has_images
-        from tasks.partitions import partition_dt
+        from tasks.nightly.partitions import partition_dt
+        from tasks.nightly.steps import has_images
 
         dt = partition_dt(logical_date, data_interval_start)
         present = has_images(SETTINGS, params["incoming_uri"].format(dt=dt))
@@ -105,7 +105,7 @@ def classify_images():
 
     @task(doc_md="Lists dt into a manifest, carries over rows already classified by this model, and shards the rest.")
     def plan_partition(found: dict, params=None) -> dict:
-        from tasks.nightly import plan
+        from tasks.nightly.steps import plan
 
         return plan(SETTINGS, found["dt"], found["present"], params)
 
@@ -114,7 +114,7 @@ def classify_images():
         "above `budget_usd` before anything is spent. Returns the shards it approves."
     )
     def check_budget(planned: dict, params=None) -> list[dict]:
-        from tasks.nightly import check_budget
+        from tasks.nightly.steps import check_budget
 
         return check_budget(SETTINGS, planned, params)
 
@@ -126,7 +126,7 @@ def classify_images():
         "and writes its rows as one Parquet file. Bad images and bad answers are rows, not failures.",
     )
     def classify_shard(job: dict, shard: dict) -> dict:
-        from tasks.nightly import classify
+        from tasks.nightly.steps import classify
 
         return classify(job, shard)
 
@@ -135,19 +135,19 @@ def classify_images():
         doc_md="Verifies that shard rows + carried rows == images listed, and sums up the statistics.",
     )
     def collect_shards(planned: dict, results: list[dict]) -> dict:
-        from tasks.nightly import collect
+        from tasks.nightly.steps import collect
 
         return collect(planned, results)
 
     @task(doc_md="Invalid rate, failed rate and label shift against trailing partitions; warn or fail per params.")
     def quality_gate(planned: dict, staged: dict, params=None) -> dict:
-        from tasks.nightly import quality_gate
+        from tasks.nightly.steps import quality_gate
 
         return quality_gate(SETTINGS, planned, staged, params["quality"])
 
     @task(outlets=[PREDICTIONS], doc_md="Writes `_SUCCESS` (the commit), deletes replaced runs, emits the asset.")
     def publish_partition(planned: dict, staged: dict, verdict: dict, outlet_events=None) -> dict:
-        from tasks.nightly import publish
+        from tasks.nightly.steps import publish
 
         summary = publish(planned, staged, verdict)
         outlet_events[PREDICTIONS].extra = summary
@@ -155,14 +155,14 @@ def classify_images():
 
     @task(doc_md="Ledger rows for dt: the classification (busy time, images, tokens) and the endpoint's idle time.")
     def record_costs(planned: dict, staged: dict, run_id=None) -> list[str]:
-        from tasks.nightly import record_costs
+        from tasks.nightly.steps import record_costs
 
         return record_costs(SETTINGS, planned, staged, run_id)
 
     @task(doc_md="Writes `costs/reports/day=<dt>/costs.{csv,md,png}` for the 30 days up to dt.")
     def cost_report(planned: dict, recorded: list[str]) -> dict:
-        from tasks import storage
-        from tasks.daily_costs import write_report
+        from tasks.common import storage
+        from tasks.costs.daily_report import write_report
 
         return write_report(storage.root(SETTINGS) / storage.COSTS, planned["plan"]["dt"])
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from tasks.assets import CURATED_DATASET
-from tasks.defaults import SETTINGS, TAGS, default_args
-from tasks.taxonomy import DEFAULT_PROMPT_TEMPLATE, available_taxonomies
-from tasks.vision_tokens import DEFAULT_MAX_IMAGE_TOKENS
+from tasks.common.assets import CURATED_DATASET
+from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
+from tasks.model.taxonomy import DEFAULT_PROMPT_TEMPLATE, available_taxonomies
+from tasks.model.vision_tokens import DEFAULT_MAX_IMAGE_TOKENS
 
 DOC = """
 ### Curate dataset
@@ -65,9 +65,9 @@ and label conflicts are *rejected with a reason*; hidden/system files are *ignor
 def curate_dataset():
     @task(outlets=[CURATED_DATASET], doc_md="Decode, validate, dedupe, split and save; see the DAG runbook.")
     def curate(params=None, ts_nodash=None, outlet_events=None) -> dict:
-        from tasks.curation import CurationOptions, curate_uri
-        from tasks.taxonomy import load_taxonomy
-        from tasks.vision_tokens import ResizePolicy, geometry_for_backend
+        from tasks.curation.curate import CurationOptions, curate_uri
+        from tasks.model.taxonomy import load_taxonomy
+        from tasks.model.vision_tokens import ResizePolicy, geometry_for_backend
 
         dataset_uri = params["dataset_uri"] or f"{SETTINGS.storage_uri}/datasets/{params['taxonomy']}-{ts_nodash}"
         opts = CurationOptions(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from airflow.sdk import Param, TriggerRule, chain, dag, task
 
-from tasks.assets import PROMOTED_MODEL, SERVING_ENDPOINT
-from tasks.defaults import SETTINGS, TAGS, default_args
-from tasks.deploy_steps import steps_for
-from tasks.deployment import DEFAULT_ENDPOINT_NAME
-from tasks.vision_tokens import DEFAULT_MAX_IMAGE_TOKENS
+from tasks.common.assets import PROMOTED_MODEL, SERVING_ENDPOINT
+from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
+from tasks.model.vision_tokens import DEFAULT_MAX_IMAGE_TOKENS
+from tasks.serving.deployment import DEFAULT_ENDPOINT_NAME
+from tasks.serving.steps import steps_for
 
 STEPS = steps_for(SETTINGS.backend)
 
@@ -65,8 +65,8 @@ def deploy_endpoint():
         label (whether it is the right one is logged). Fails with the raw answer otherwise.""",
     )
     def smoke_test(plan: dict, url: str | None) -> str:
-        from tasks import deployment
-        from tasks.taxonomy import load_taxonomy
+        from tasks.model.taxonomy import load_taxonomy
+        from tasks.serving import deployment
 
         record = deployment.endpoint_record(plan, url)
         image, expected = deployment.smoke_image(plan["smoke_image_uri"], SETTINGS.aws_conn_id)
@@ -81,7 +81,7 @@ def deploy_endpoint():
         doc_md="Write `serving/endpoint.json` (what classify_images calls) and emit the serving_endpoint asset.",
     )
     def publish_endpoint(plan: dict, url: str | None, outlet_events=None) -> dict:
-        from tasks import deployment
+        from tasks.serving import deployment
 
         record = deployment.endpoint_record(plan, url)
         deployment.publish_record(deployment.serving_root(SETTINGS), record)

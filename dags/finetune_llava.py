@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from tasks.assets import CURATED_DATASET, PROMOTED_MODEL
-from tasks.defaults import SETTINGS, TAGS, default_args
-from tasks.training import default_hyperparameters
-from tasks.training_backend import training_steps
+from tasks.common.assets import CURATED_DATASET, PROMOTED_MODEL
+from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
+from tasks.training.plan import default_hyperparameters
+from tasks.training.steps import training_steps
 
 DOC = f"""
 ### Fine-tune LLaVA-NeXT (backend: `{SETTINGS.backend}`)
@@ -64,7 +64,7 @@ backend, the **same script as a subprocess** on an offline tiny LLaVA-NeXT on th
 def finetune_llava():
     @task(doc_md="Resolves the dataset and fixes this run's version, job name and paths (see the DAG runbook).")
     def plan(params=None, dag=None, dag_run=None, triggering_asset_events=None) -> dict:
-        from tasks.training import find_dataset, plan_training, run_identity
+        from tasks.training.plan import find_dataset, plan_training, run_identity
 
         events = triggering_asset_events.get(CURATED_DATASET, []) if triggering_asset_events else []
         dataset = find_dataset(params["dataset_uri"], [event.extra for event in events], SETTINGS)
@@ -73,17 +73,18 @@ def finetune_llava():
 
     @task(doc_md="Writes the job's billable time × the price table into the shared cost ledger (one row per job).")
     def record_cost(plan: dict, outcome: dict, run_id=None) -> dict:
-        from tasks import costs, storage
-        from tasks.training import TrainingOutcome, TrainingPlan, ledger_entry
+        from tasks.common import storage
+        from tasks.costs import ledger
+        from tasks.training.plan import TrainingOutcome, TrainingPlan, ledger_entry
 
         entry = ledger_entry(TrainingPlan.from_dict(plan), TrainingOutcome(**outcome), run_id)
-        path = costs.record(storage.root(SETTINGS) / storage.COSTS, entry)
+        path = ledger.record(storage.root(SETTINGS) / storage.COSTS, entry)
         return {"cost_usd": entry.cost_usd, "ledger_row": str(path)}
 
     @task(doc_md="Scores the test split's answers with the strict parser; writes metrics.json and the plot.")
     def evaluate(plan: dict, outcome: dict) -> dict:
-        from tasks.evaluation import evaluate_version
-        from tasks.training import TrainingOutcome, TrainingPlan
+        from tasks.training.evaluation import evaluate_version
+        from tasks.training.plan import TrainingOutcome, TrainingPlan
 
         training = TrainingPlan.from_dict(plan)
         return evaluate_version(training, TrainingOutcome(**outcome), SETTINGS.aws_conn_id)
@@ -92,9 +93,9 @@ def finetune_llava():
     def promote(plan: dict, metrics: dict, params=None, outlet_events=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from tasks import storage
-        from tasks.registry import register_and_gate
-        from tasks.training import TrainingPlan
+        from tasks.common import storage
+        from tasks.training.plan import TrainingPlan
+        from tasks.training.registry import register_and_gate
 
         training = TrainingPlan.from_dict(plan)
         models = storage.root(SETTINGS) / storage.MODELS

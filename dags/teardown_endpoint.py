@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from tasks.defaults import SETTINGS, TAGS, default_args
-from tasks.deploy_steps import steps_for
-from tasks.deployment import DEFAULT_ENDPOINT_NAME
+from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
+from tasks.serving.deployment import DEFAULT_ENDPOINT_NAME
+from tasks.serving.steps import steps_for
 
 STEPS = steps_for(SETTINGS.backend)
 
@@ -36,7 +36,7 @@ name — including ones a crashed run leaked. **Local**: the `transformers serve
 def teardown_endpoint():
     @task(doc_md="Delete `serving/endpoint.json` if it names this endpoint, so no one calls it any more.")
     def forget_endpoint(params: dict | None = None) -> bool:
-        from tasks import deployment
+        from tasks.serving import deployment
 
         return deployment.remove_record(deployment.serving_root(SETTINGS), params["endpoint_name"])
 

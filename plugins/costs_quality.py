@@ -20,7 +20,7 @@ from airflow.plugins_manager import AirflowPlugin
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
-    from tasks.costs_report import PartitionRow
+    from tasks.costs.view_data import PartitionRow
 
 URL_PREFIX = "/costs-quality"
 TEMPLATES = Path(__file__).parent / "templates"
@@ -61,8 +61,8 @@ def build_app() -> ASGIApp:
 
     @app.get("/", response_class=HTMLResponse)
     def costs_quality_page() -> HTMLResponse:  # sync: DuckDB and matplotlib block, FastAPI runs it in a thread
-        from tasks.settings import load_settings
-        from tasks.storage import root
+        from tasks.common.settings import load_settings
+        from tasks.common.storage import root
 
         return HTMLResponse(render_page(root(load_settings())))
 
@@ -72,11 +72,11 @@ def build_app() -> ASGIApp:
 def render_page(storage_root: ObjectStoragePath) -> str:
     import jinja2
 
-    from tasks import costs_report
+    from tasks.costs import view_data
 
-    report = costs_report.build_report(storage_root)
+    report = view_data.build_report(storage_root)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
-    env.filters.update(usd=costs_report.usd, percent=costs_report.percent, thousands=costs_report.thousands)
+    env.filters.update(usd=view_data.usd, percent=view_data.percent, thousands=view_data.thousands)
     return env.get_template("costs_quality.html").render(
         report=report, chart_svg=chart_svg(report.partitions), storage_uri=str(storage_root)
     )

@@ -5,19 +5,19 @@ from __future__ import annotations
 import argparse
 import logging
 
-from tasks.settings import load_settings
-from tasks.storage import read_json, storage_path
+from tasks.common.settings import load_settings
+from tasks.common.storage import read_json, storage_path
 
 
 def _write_digits(args: argparse.Namespace) -> None:
-    from tasks.demo_data import write_labelled
+    from tasks.common.demo_data import write_labelled
 
     n = write_labelled(storage_path(args.dest, load_settings().aws_conn_id))
     print(f"wrote {n} digit images under {args.dest}")
 
 
 def _curation_summary(args: argparse.Namespace) -> None:
-    from tasks.curation import REPORT_NAME, summary
+    from tasks.curation.curate import REPORT_NAME, summary
 
     report = read_json(storage_path(args.dataset_uri, load_settings().aws_conn_id) / REPORT_NAME)
     if report is None:
@@ -26,9 +26,9 @@ def _curation_summary(args: argparse.Namespace) -> None:
 
 
 def _model_summary(args: argparse.Namespace) -> None:
-    from tasks import storage
-    from tasks.evaluation import CONFUSION_MATRIX_FILE, METRICS_FILE, summary
-    from tasks.registry import read_registry
+    from tasks.common import storage
+    from tasks.training.evaluation import CONFUSION_MATRIX_FILE, METRICS_FILE, summary
+    from tasks.training.registry import read_registry
 
     settings = load_settings()
     models = storage.root(settings) / storage.MODELS
@@ -62,9 +62,9 @@ def _dates(first: str, last: str) -> list[str]:
 def _write_incoming(args: argparse.Namespace) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from tasks import storage
-    from tasks.curation import REPORT_NAME
-    from tasks.demo_data import held_out_indices, write_incoming
+    from tasks.common import storage
+    from tasks.common.demo_data import held_out_indices, write_incoming
+    from tasks.curation.curate import REPORT_NAME
 
     settings = load_settings()
     report = read_json(storage_path(args.dataset_uri, settings.aws_conn_id) / REPORT_NAME)
@@ -80,8 +80,8 @@ def _write_incoming(args: argparse.Namespace) -> None:
 
 
 def _estimate_cost(args: argparse.Namespace) -> None:
-    from tasks.costs import BudgetExceeded
-    from tasks.nightly import estimate_backfill
+    from tasks.costs.budget import BudgetExceeded
+    from tasks.nightly.steps import estimate_backfill
 
     params = {
         "incoming_uri": args.incoming_uri or f"{load_settings().storage_uri}/incoming/dt={{dt}}/",
@@ -99,13 +99,15 @@ def _estimate_cost(args: argparse.Namespace) -> None:
 
 
 def _predictions_summary(args: argparse.Namespace) -> None:
-    from tasks import costs, predictions, storage
-    from tasks.daily_costs import REPORTS_DIR
-    from tasks.demo_data import score
+    from tasks.common import storage
+    from tasks.common.demo_data import score
+    from tasks.costs import ledger
+    from tasks.costs.daily_report import REPORTS_DIR
+    from tasks.nightly import predictions
 
     settings = load_settings()
     root = storage.root(settings)
-    ledger = {row["key"]: row for row in costs.query(root / storage.COSTS, "SELECT * FROM ledger")}
+    ledger = {row["key"]: row for row in ledger.query(root / storage.COSTS, "SELECT * FROM ledger")}
     for day in _dates(args.from_date, args.to_date):
         partition = predictions.partition_dir(root / storage.PREDICTIONS, day)
         manifest = predictions.read_success(partition)
@@ -131,8 +133,8 @@ def _predictions_summary(args: argparse.Namespace) -> None:
 def _cost_report(args: argparse.Namespace) -> None:
     from datetime import UTC, datetime
 
-    from tasks import storage
-    from tasks.daily_costs import write_report
+    from tasks.common import storage
+    from tasks.costs.daily_report import write_report
 
     day = args.day or datetime.now(UTC).date().isoformat()
     paths = write_report(storage.root(load_settings()) / storage.COSTS, day, args.window_days)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tasks import predictions, storage
-from tasks.local_endpoint import state_path
-from tasks.serving import start_local_server
-from tasks.settings import Settings
-from tasks.taxonomy import load_taxonomy
+from tasks.common import storage
+from tasks.common.settings import Settings
+from tasks.model.taxonomy import load_taxonomy
+from tasks.nightly import predictions
+from tasks.serving.local import state_path
+from tasks.serving.local_server import start_local_server
 
 # The columns a rerun must reproduce (latency and attempts vary from run to run).
 STABLE = ["key", "content_sha256", "source_size", "source_version", "status", "label", "raw_answer", "model_version"]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.local_training import tiny_model_corpus
-from tasks.taxonomy import Taxonomy, load_taxonomy
-from tasks.tiny_model import build_tiny_llava
+from tasks.model.taxonomy import Taxonomy, load_taxonomy
+from tasks.model.tiny_model import build_tiny_llava
+from tasks.training.local import tiny_model_corpus
 
 
 def digit_images(count: int | None = None) -> tuple[list, list[str]]:
@@ -86,10 +86,10 @@ def curated_digits(dataset: Path, count: int) -> Path:
     finetune_llava trains on. Curated with the local backend's resize policy (the tiny model's vision geometry), as
     curate_dataset does there.
     """
-    from tasks.curation import CurationOptions, curate
-    from tasks.demo_data import write_labelled
-    from tasks.storage import storage_path
-    from tasks.vision_tokens import DEFAULT_MAX_IMAGE_TOKENS, ResizePolicy, geometry_for_backend
+    from tasks.common.demo_data import write_labelled
+    from tasks.common.storage import storage_path
+    from tasks.curation.curate import CurationOptions, curate
+    from tasks.model.vision_tokens import DEFAULT_MAX_IMAGE_TOKENS, ResizePolicy, geometry_for_backend
 
     policy = ResizePolicy(DEFAULT_MAX_IMAGE_TOKENS, geometry_for_backend("local"))
     with tempfile.TemporaryDirectory(prefix="raw-digits-") as raw_dir:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tasks.settings import load_settings
+from tasks.common.settings import load_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 AIRFLOW_SERVICES = {

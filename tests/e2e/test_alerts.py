@@ -26,7 +26,7 @@ from datetime import timedelta
 
 from airflow.sdk import dag, task
 
-from tasks.defaults import default_args, nightly_deadline
+from tasks.common.dag_defaults import default_args, nightly_deadline
 
 
 @dag(dag_id="{DAG_ID}", schedule=None, deadline=nightly_deadline(timedelta(seconds=5)),

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from tasks import costs_report
-from tasks.costs import Kind, LedgerEntry, hourly_price, query, record
-from tasks.endpoint_client import ClassificationResult, EndpointClient, EndpointSpec
-from tasks.storage import storage_path
-from tasks.taxonomy import load_taxonomy
+from tasks.common.storage import storage_path
+from tasks.costs import view_data
+from tasks.costs.ledger import Kind, LedgerEntry, query, record
+from tasks.costs.pricing import hourly_price
+from tasks.model.taxonomy import load_taxonomy
+from tasks.serving.client import ClassificationResult, EndpointClient, EndpointSpec
 from tests.e2e.airflow_stack import ADMIN_USER, LOCAL_SQLITE, AirflowStack, running_stack
 
 if TYPE_CHECKING:
@@ -55,14 +56,14 @@ def run_demo(stack: AirflowStack) -> None:
     """
     from datasets import load_from_disk
 
-    from tasks.curation import CurationOptions, curate_uri
-    from tasks.demo_data import digits, write_labelled
-    from tasks.evaluation import compute_metrics
-    from tasks.images import encode_png
-    from tasks.registry import promote_if_better, register_version
-    from tasks.serving import start_local_server, stop_local_server
-    from tasks.tiny_model import build_tiny_llava
-    from tasks.vision_tokens import ResizePolicy, geometry_for_backend
+    from tasks.common.demo_data import digits, write_labelled
+    from tasks.curation.curate import CurationOptions, curate_uri
+    from tasks.model.images import encode_png
+    from tasks.model.tiny_model import build_tiny_llava
+    from tasks.model.vision_tokens import ResizePolicy, geometry_for_backend
+    from tasks.serving.local_server import start_local_server, stop_local_server
+    from tasks.training.evaluation import compute_metrics
+    from tasks.training.registry import promote_if_better, register_version
 
     local, store = stack.storage_root, storage_path(stack.storage_uri)
     taxonomy = load_taxonomy("digits")
@@ -155,18 +156,18 @@ def expected_texts(stack: AirflowStack) -> dict[str, list[str]]:
     partitions = [
         [
             row["key"],
-            costs_report.thousands(row["images"]),
-            costs_report.percent(row["images_invalid"] / row["images"]),
-            costs_report.usd(row["cost_usd"]),
-            costs_report.usd(row["usd_per_1000_images"]),
+            view_data.thousands(row["images"]),
+            view_data.percent(row["images_invalid"] / row["images"]),
+            view_data.usd(row["cost_usd"]),
+            view_data.usd(row["usd_per_1000_images"]),
         ]
         for row in rows
     ]
     assert all(row["images"] == len(PARTITIONS[row["key"]]) for row in rows)
     return {
         "#partitions": [text for row in partitions for text in row],
-        "#last-partition": [f"dt={rows[0]['key']}", costs_report.usd(rows[0]["usd_per_1000_images"])],
-        "#model": [costs_report.percent(model["accuracy"]), registry["production"]],
+        "#last-partition": [f"dt={rows[0]['key']}", view_data.usd(rows[0]["usd_per_1000_images"])],
+        "#model": [view_data.percent(model["accuracy"]), registry["production"]],
         "#training": [f"finetune-{MODEL_VERSION}"],
     }
 

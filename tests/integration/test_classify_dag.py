@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tasks import costs, storage
-from tasks.demo_data import write_incoming
-from tasks.local_endpoint import state_path
-from tasks.serving import stop_local_server
-from tasks.settings import load_settings
+from tasks.common import storage
+from tasks.common.demo_data import write_incoming
+from tasks.common.settings import load_settings
+from tasks.costs import ledger
+from tasks.serving.local import state_path
+from tasks.serving.local_server import stop_local_server
 from tests.classify_fixtures import committed, deploy_locally, stable
 from tests.fixtures_training import tiny_digits_model
 from tests.integration.conftest import AirflowRunner
@@ -63,11 +64,11 @@ def test_three_partitions_then_reruns_reproduce_them(airflow: AirflowRunner, dep
     assert next(r for r in rows if r["key"] == "broken.png")["status"] == "rejected"
 
     costs_root = storage.storage_path(f"file://{deployed}/costs")
-    ledger = costs.query(costs_root, "SELECT kind, key, images, billable_seconds FROM ledger ORDER BY kind, key")
-    assert [(r["kind"], r["key"]) for r in ledger] == [("classification", d) for d in DAYS] + [
+    rows = ledger.query(costs_root, "SELECT kind, key, images, billable_seconds FROM ledger ORDER BY kind, key")
+    assert [(r["kind"], r["key"]) for r in rows] == [("classification", d) for d in DAYS] + [
         ("endpoint_idle", f"llava-classifier/{d}") for d in DAYS
     ]
-    assert [r["images"] for r in ledger[:3]] == [6, 5, 5] and all(r["billable_seconds"] > 0 for r in ledger[:3])
+    assert [r["images"] for r in rows[:3]] == [6, 5, 5] and all(r["billable_seconds"] > 0 for r in rows[:3])
     assert (deployed / "costs" / "reports" / f"day={DAYS[-1]}" / "costs.png").is_file()
 
     # Rerun: everything is carried over (same model version, same files): identical rows, byte for byte.

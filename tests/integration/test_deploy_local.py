@@ -14,12 +14,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tasks import registry
-from tasks.deployment import current_endpoint, endpoint_spec, resize_policy, smoke_image, smoke_test
-from tasks.local_endpoint import ensure_serving
-from tasks.serving import local_server_status
-from tasks.storage import MODELS, SERVING, storage_path
-from tasks.taxonomy import load_taxonomy
+from tasks.common.storage import MODELS, SERVING, storage_path
+from tasks.model.taxonomy import load_taxonomy
+from tasks.serving.deployment import current_endpoint, endpoint_spec, resize_policy, smoke_image, smoke_test
+from tasks.serving.local import ensure_serving
+from tasks.serving.local_server import local_server_status
+from tasks.training import registry
 from tests.fixtures_training import digits_dataset_dict, tiny_digits_model
 from tests.integration.conftest import AirflowRunner
 from tests.integration.test_local_server import group_gone
@@ -109,7 +109,7 @@ def test_deploy_serves_rolls_back_and_tears_down_without_orphans(runner, storage
         torn = runner.dags_test("teardown_endpoint")
         assert torn.succeeded, torn.output[-6000:]
     finally:
-        from tasks.serving import stop_local_server
+        from tasks.serving.local_server import stop_local_server
 
         stop_local_server(state)  # never leave a server behind, even when an assertion above failed
     assert current_endpoint(serving) is None and not state.exists()

@@ -15,13 +15,13 @@ import urllib.request
 
 import pytest
 
-from tasks import registry
-from tasks.demo_data import digits
-from tasks.deployment import current_endpoint
-from tasks.images import encode_png
-from tasks.serving import djl_lmi_image_uri
-from tasks.storage import MODELS, SERVING, storage_path
-from tasks.taxonomy import load_taxonomy
+from tasks.common.demo_data import digits
+from tasks.common.storage import MODELS, SERVING, storage_path
+from tasks.model.images import encode_png
+from tasks.model.taxonomy import load_taxonomy
+from tasks.serving.deployment import current_endpoint
+from tasks.serving.runtime import djl_lmi_image_uri
+from tasks.training import registry
 from tests.integration.conftest import AirflowRunner, Moto
 
 pytestmark = pytest.mark.slow

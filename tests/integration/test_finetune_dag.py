@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from tasks.curation import CurationOptions, curate_uri
-from tasks.demo_data import write_labelled
-from tasks.storage import fsspec_options, plain_uri, storage_path
-from tasks.taxonomy import load_taxonomy
-from tasks.training import PRODUCTION_BASE_MODEL
+from tasks.common.demo_data import write_labelled
+from tasks.common.storage import fsspec_options, plain_uri, storage_path
+from tasks.curation.curate import CurationOptions, curate_uri
+from tasks.model.taxonomy import load_taxonomy
+from tasks.training.plan import PRODUCTION_BASE_MODEL
 from tests.fixtures_training import curated_digits
 from tests.integration.conftest import AirflowRunner, Moto
 

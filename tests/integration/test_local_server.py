@@ -11,11 +11,11 @@ import httpx
 import psutil
 import pytest
 
-from tasks.endpoint_client import EndpointClient, EndpointSpec
-from tasks.serving import ServerInfo, local_server_status, start_local_server, stop_local_server
-from tasks.taxonomy import load_taxonomy
-from tasks.tiny_model import build_tiny_llava
-from tasks.vision_tokens import ResizePolicy, VisionGeometry, prepare_image
+from tasks.model.taxonomy import load_taxonomy
+from tasks.model.tiny_model import build_tiny_llava
+from tasks.model.vision_tokens import ResizePolicy, VisionGeometry, prepare_image
+from tasks.serving.client import EndpointClient, EndpointSpec
+from tasks.serving.local_server import ServerInfo, local_server_status, start_local_server, stop_local_server
 from tests.conftest import encode, pattern
 
 pytestmark = pytest.mark.slow

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tasks.partitions import iter_files, plan_partition, read_shard
-from tasks.storage import storage_path
+from tasks.common.storage import storage_path
+from tasks.nightly.partitions import iter_files, plan_partition, read_shard
 from tests.integration.conftest import Moto
 
 PAGE = 1000  # ListObjectsV2 returns at most this many keys per page

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tasks.notifications import SnsAlertNotifier
+from tasks.common.notifications import SnsAlertNotifier
 from tests.integration.conftest import Moto
 from tests.unit.test_notifications import LOG_URL, fire_deadline, task_failure_context
 

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tasks import costs
-from tasks.costs import BudgetExceeded, EndpointPricing, LedgerEntry, partition_entries, uptime_seconds
-from tasks.daily_costs import daily_costs, write_report
-from tasks.storage import storage_path
+from tasks.common.storage import storage_path
+from tasks.costs import budget, ledger
+from tasks.costs.budget import BudgetExceeded
+from tasks.costs.daily_report import daily_costs, write_report
+from tasks.costs.ledger import LedgerEntry, partition_entries, uptime_seconds
+from tasks.costs.pricing import EndpointPricing
 
 SAGEMAKER = EndpointPricing(backend="sagemaker", region="us-east-1", instance_type="ml.g5.xlarge", instance_count=2)
 STATS = {
@@ -48,32 +50,32 @@ def test_idle_time_counts_only_while_the_endpoint_was_up() -> None:
     assert entries("2026-11-01", 100.0, "2026-11-02T06:00:00+00:00", now=now)[1].billable_seconds == 0
 
 
-def ledger(tmp_path: Path):
+def costs_root(tmp_path: Path):
     return storage_path(f"file://{tmp_path}/costs")
 
 
 def test_the_budget_guard_uses_measured_throughput_and_refuses_above_budget(tmp_path: Path) -> None:
-    root = ledger(tmp_path)
-    assert costs.measured_images_per_second(root, "ml.g5.xlarge", 2) is None  # nothing measured yet
+    root = costs_root(tmp_path)
+    assert budget.measured_images_per_second(root, "ml.g5.xlarge", 2) is None  # nothing measured yet
     for entry in entries("2026-11-02", 495.0):  # 990 images answered or failed in 495 s: 2 images/s
-        costs.record(root, entry)
-    assert costs.measured_images_per_second(root, "ml.g5.xlarge", 2) == pytest.approx(2.0)
-    assert costs.measured_images_per_second(root, "ml.g5.xlarge", 1) is None  # another endpoint shape
+        ledger.record(root, entry)
+    assert budget.measured_images_per_second(root, "ml.g5.xlarge", 2) == pytest.approx(2.0)
+    assert budget.measured_images_per_second(root, "ml.g5.xlarge", 1) is None  # another endpoint shape
 
-    estimate = costs.check_budget(7200, 2.0, SAGEMAKER, budget_usd=3.0, what="dt=2026-11-03")
+    estimate = budget.check_budget(7200, 2.0, SAGEMAKER, budget_usd=3.0, what="dt=2026-11-03")
     assert estimate["seconds"] == 3600 and estimate["usd"] == pytest.approx(2 * 1.408)
     with pytest.raises(BudgetExceeded, match=r"dt=2026-11-03: estimated \$2.8160 for 7,200 images .* \$1.0000"):
-        costs.check_budget(7200, 2.0, SAGEMAKER, budget_usd=1.0, what="dt=2026-11-03")
+        budget.check_budget(7200, 2.0, SAGEMAKER, budget_usd=1.0, what="dt=2026-11-03")
 
 
 def test_the_daily_report_splits_spend_by_kind_and_writes_a_table_and_a_chart(tmp_path: Path) -> None:
-    root = ledger(tmp_path)
+    root = costs_root(tmp_path)
     for entry in entries("2026-11-02", 674.0, now=datetime(2026, 11, 5, tzinfo=UTC)):
-        costs.record(root, entry)
+        ledger.record(root, entry)
     training = LedgerEntry(kind="training", key="job-1", backend="sagemaker", region="us-east-1",
                            instance_type="ml.g5.2xlarge", instance_count=1, billable_seconds=3600,
                            price_per_hour_usd=1.515, recorded_at="2026-11-02T09:00:00+00:00")  # fmt: skip
-    costs.record(root, training)
+    ledger.record(root, training)
 
     [day] = daily_costs(root, "2026-11-03")
     assert day.day == "2026-11-02" and day.images == 1000

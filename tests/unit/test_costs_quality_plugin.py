@@ -76,7 +76,7 @@ def test_the_page_shows_the_numbers_and_a_chart(plugin: ModuleType, storage_root
 
 
 def test_an_empty_storage_root_renders_empty_states(plugin: ModuleType, tmp_path: Path) -> None:
-    from tasks.storage import storage_path
+    from tasks.common.storage import storage_path
 
     html = plugin.render_page(storage_path(tmp_path.as_uri()))
     assert "No model promoted yet." in html and "No classification rows in the ledger yet." in html

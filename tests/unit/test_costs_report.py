@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from airflow.sdk import ObjectStoragePath
 
-from tasks import costs_report
-from tasks.costs import LedgerEntry, record
-from tasks.registry import promote_if_better, register_version
-from tasks.storage import storage_path
+from tasks.common.storage import storage_path
+from tasks.costs import view_data
+from tasks.costs.ledger import LedgerEntry, record
+from tasks.training.registry import promote_if_better, register_version
 
 
 def classification(dt: str, images: int, invalid: int, seconds: float) -> LedgerEntry:
@@ -44,7 +44,7 @@ def storage_root(tmp_path: Path) -> ObjectStoragePath:
 
 
 def test_the_report_reads_partitions_training_spend_and_the_production_model(storage_root: ObjectStoragePath) -> None:
-    report = costs_report.build_report(storage_root)
+    report = view_data.build_report(storage_root)
 
     newest, oldest = report.partitions
     assert (newest.dt, newest.images, newest.images_invalid) == ("2026-11-02", 1000, 5)
@@ -57,18 +57,18 @@ def test_the_report_reads_partitions_training_spend_and_the_production_model(sto
 
     assert set(report.spend_by_kind) == {"classification", "training", "endpoint_idle"}
     assert report.spend_by_kind["endpoint_idle"] == pytest.approx(1.408)
-    assert report.model == costs_report.ModelSummary(version="v2", accuracy=0.9721, invalid_rate=0.0028)
+    assert report.model == view_data.ModelSummary(version="v2", accuracy=0.9721, invalid_rate=0.0028)
     assert report.prices_as_of
 
 
 def test_an_empty_storage_root_is_an_empty_report(tmp_path: Path) -> None:
-    report = costs_report.build_report(storage_path(tmp_path.as_uri()))
+    report = view_data.build_report(storage_path(tmp_path.as_uri()))
     assert (report.partitions, report.training, report.spend_by_kind, report.model) == ([], [], {}, None)
 
 
 def test_numbers_are_formatted_for_both_local_cents_and_production_dollars() -> None:
-    assert costs_report.usd(0.26395) == "$0.2640"
-    assert costs_report.usd(0.0000642) == "$0.0001"
-    assert costs_report.usd(21.27) == "$21.27" and costs_report.usd(12345.6) == "$12,345.60"
-    assert costs_report.usd(None) == costs_report.percent(None) == "—"
-    assert costs_report.percent(0.0028) == "0.3%" and costs_report.thousands(1234567) == "1,234,567"
+    assert view_data.usd(0.26395) == "$0.2640"
+    assert view_data.usd(0.0000642) == "$0.0001"
+    assert view_data.usd(21.27) == "$21.27" and view_data.usd(12345.6) == "$12,345.60"
+    assert view_data.usd(None) == view_data.percent(None) == "—"
+    assert view_data.percent(0.0028) == "0.3%" and view_data.thousands(1234567) == "1,234,567"

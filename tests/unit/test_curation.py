@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from tasks.curation import REPORT_NAME, CurationOptions, assign_splits, curate
-from tasks.storage import read_json, storage_path
-from tasks.taxonomy import load_taxonomy
-from tasks.vision_tokens import PRODUCTION_GEOMETRY, ResizePolicy, image_tokens
+from tasks.common.storage import read_json, storage_path
+from tasks.curation.curate import REPORT_NAME, CurationOptions, assign_splits, curate
+from tasks.model.taxonomy import load_taxonomy
+from tasks.model.vision_tokens import PRODUCTION_GEOMETRY, ResizePolicy, image_tokens
 from tests.conftest import EXPECTED_IGNORED, EXPECTED_KEPT, encode, hostile_files, pattern, write_tree
 
 DIGITS = load_taxonomy("digits")

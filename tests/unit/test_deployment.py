@@ -7,12 +7,13 @@ import threading
 
 import pytest
 
-from tasks import deployment, local_endpoint, registry
-from tasks.endpoint_client import EndpointSpec
-from tasks.settings import load_settings
-from tasks.storage import MODELS, SERVING, storage_path
-from tasks.taxonomy import load_taxonomy
-from tasks.vision_tokens import PRODUCTION_GEOMETRY, TINY_GEOMETRY
+from tasks.common.settings import load_settings
+from tasks.common.storage import MODELS, SERVING, storage_path
+from tasks.model.taxonomy import load_taxonomy
+from tasks.model.vision_tokens import PRODUCTION_GEOMETRY, TINY_GEOMETRY
+from tasks.serving import deployment, local
+from tasks.serving.client import EndpointSpec
+from tasks.training import registry
 from tests.unit.test_endpoint_client import FAST, NO_BUDGET, ScriptedServer, sized_image
 
 TAXONOMY = load_taxonomy("digits")
@@ -60,7 +61,7 @@ def test_no_promoted_model_and_bad_names_are_refused(settings):
 
 def test_record_round_trip_and_teardown(settings):
     promote(settings, "v1", "file:///models/v1/model")
-    plan = local_endpoint.plan(deployment.base_plan(settings, PARAMS), settings)
+    plan = local.plan(deployment.base_plan(settings, PARAMS), settings)
     root = deployment.serving_root(settings)
     assert deployment.current_endpoint(root) is None
 
@@ -136,10 +137,10 @@ def test_smoke_test_fails_for_good_on_a_non_label_and_retryably_without_an_answe
 
 
 def test_local_state_lives_on_local_disk(settings, monkeypatch, tmp_path):
-    assert local_endpoint.state_path(settings) == tmp_path / SERVING / local_endpoint.STATE_NAME
+    assert local.state_path(settings) == tmp_path / SERVING / local.STATE_NAME
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "home"))
     on_s3 = dataclasses.replace(settings, storage_uri="s3://bucket/prefix")
-    assert local_endpoint.state_path(on_s3) == tmp_path / "home" / SERVING / local_endpoint.STATE_NAME
+    assert local.state_path(on_s3) == tmp_path / "home" / SERVING / local.STATE_NAME
     with pytest.raises(ValueError, match="local disk"):
-        local_endpoint.model_dir("s3://bucket/prefix/models/v1/model")
-    assert local_endpoint.model_dir("file:///models/v1/model").as_posix() == "/models/v1/model"
+        local.model_dir("s3://bucket/prefix/models/v1/model")
+    assert local.model_dir("file:///models/v1/model").as_posix() == "/models/v1/model"

@@ -12,7 +12,9 @@ from collections.abc import Iterator
 import pytest
 from PIL import Image
 
-from tasks.endpoint_client import (
+from tasks.model.taxonomy import load_taxonomy
+from tasks.model.vision_tokens import ResizePolicy
+from tasks.serving.client import (
     ClassificationResult,
     EndpointClient,
     EndpointSpec,
@@ -20,8 +22,6 @@ from tasks.endpoint_client import (
     encode_image,
     parse_response,
 )
-from tasks.taxonomy import load_taxonomy
-from tasks.vision_tokens import ResizePolicy
 from tests.fault_server import (
     CLIENT_TIMEOUT_S,
     EXPECTED,

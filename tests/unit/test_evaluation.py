@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from tasks.evaluation import compute_metrics, confusion_matrix_png, evaluate_version
-from tasks.settings import load_settings
-from tasks.taxonomy import Taxonomy, load_taxonomy
-from tasks.training import TrainingOutcome, plan_training
+from tasks.common.settings import load_settings
+from tasks.model.taxonomy import Taxonomy, load_taxonomy
+from tasks.training.evaluation import compute_metrics, confusion_matrix_png, evaluate_version
+from tasks.training.plan import TrainingOutcome, plan_training
 
 TAXONOMY = Taxonomy("rooms", ("Room", "Terrace/Patio", "Spa"))
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from tasks.images import ImageRejected, content_hash, is_ignored, load_image
+from tasks.model.images import ImageRejected, content_hash, is_ignored, load_image
 from tests.conftest import encode, hostile_files, pattern
 
 FILES = hostile_files()

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tasks.notifications import (
+from tasks.common.notifications import (
     ALERT_TOPIC_VAR,
     Alert,
     AlertNotifier,
@@ -20,7 +20,7 @@ from tasks.notifications import (
     alert_notifier,
     default_alerts_path,
 )
-from tasks.settings import load_settings
+from tasks.common.settings import load_settings
 
 LOG_URL = "http://airflow.example/dags/classify_images/runs/scheduled__2026-11-01/tasks/classify?try_number=3"
 
@@ -49,7 +49,7 @@ def read_alerts(path: Path) -> list[dict]:
 def test_a_task_failure_is_written_as_one_json_line_and_logged_loudly(tmp_path: Path, caplog) -> None:
     alerts = tmp_path / "alerts" / "failures.jsonl"
     notifier = LocalAlertNotifier(path=str(alerts))
-    with caplog.at_level(logging.ERROR, logger="tasks.notifications"):
+    with caplog.at_level(logging.ERROR, logger="tasks.common.notificationsNone"):
         notifier(task_failure_context())  # how the task runner calls it
         notifier(task_failure_context(ValueError("second")))
     first, second = read_alerts(alerts)
@@ -98,7 +98,7 @@ def test_a_dag_with_the_nightly_deadline_parses_and_round_trips_through_serialis
     from airflow.sdk import dag, task
     from airflow.serialization.serialized_objects import DagSerialization
 
-    from tasks.defaults import NIGHTLY_RUN_BUDGET, default_args, nightly_deadline
+    from tasks.common.dag_defaults import NIGHTLY_RUN_BUDGET, default_args, nightly_deadline
 
     @dag(dag_id="nightly_probe", schedule="@daily", deadline=nightly_deadline(), default_args=default_args())
     def nightly_probe():
@@ -113,7 +113,7 @@ def test_a_dag_with_the_nightly_deadline_parses_and_round_trips_through_serialis
     assert deadline["reference"] == {"reference_type": "DagRunQueuedAtDeadline"}
     assert deadline["interval"]["__data__"] == NIGHTLY_RUN_BUDGET.total_seconds()
     assert deadline["callback"]["__data__"] == {
-        "path": "tasks.notifications.LocalAlertNotifier",
+        "path": "tasks.common.notifications.LocalAlertNotifier",
         "kwargs": {"path": None},
     }
     assert restored.tasks[0].has_on_failure_callback
@@ -127,7 +127,7 @@ def test_the_deployment_picks_sns_when_a_topic_is_configured(caplog) -> None:
     assert notifier.callback_kwargs() == {"target_arn": topic, "aws_conn_id": "aws_default", "region_name": "eu-west-1"}
 
     assert isinstance(alert_notifier(load_settings({})), LocalAlertNotifier)
-    with caplog.at_level(logging.WARNING, logger="tasks.notifications"):
+    with caplog.at_level(logging.WARNING, logger="tasks.common.notificationsNone"):
         assert isinstance(alert_notifier(load_settings(env)), LocalAlertNotifier)
     assert f"{ALERT_TOPIC_VAR} is not set" in caplog.text
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks import partitions
-from tasks.partitions import NightlySchedule, iter_files, partition_dt, plan_partition, read_shard
-from tasks.storage import storage_path
+from tasks.common.storage import storage_path
+from tasks.nightly import partitions
+from tasks.nightly.partitions import NightlySchedule, iter_files, partition_dt, plan_partition, read_shard
 
 
 def test_a_run_processes_the_day_of_its_logical_date() -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from tasks import predictions, quality
-from tasks.predictions import RowStats
-from tasks.quality import QualityThresholds, evaluate, gate, label_shift
-from tasks.storage import storage_path
+from tasks.common.storage import storage_path
+from tasks.nightly import predictions, quality
+from tasks.nightly.predictions import RowStats
+from tasks.nightly.quality import QualityThresholds, evaluate, gate, label_shift
 
 
 def stats(ok: int = 90, invalid: int = 0, rejected: int = 0, failed: int = 0, labels: dict | None = None) -> RowStats:

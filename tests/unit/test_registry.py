@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tasks.registry import REGISTRY_FILE, gate, production_model, promote_if_better, register_version
-from tasks.storage import storage_path
+from tasks.common.storage import storage_path
+from tasks.training.registry import REGISTRY_FILE, gate, production_model, promote_if_better, register_version
 
 
 @pytest.fixture

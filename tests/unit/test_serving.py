@@ -11,16 +11,14 @@ import tarfile
 
 import pytest
 
-from tasks.serving import (
+from tasks.serving.config import (
     SERVING_PROPERTIES_TEMPLATE,
     ServingConfig,
-    djl_lmi_image_uri,
-    local_server_status,
     package_model_tar,
     render_serving_properties,
-    start_local_server,
-    stop_local_server,
 )
+from tasks.serving.local_server import local_server_status, start_local_server, stop_local_server
+from tasks.serving.runtime import djl_lmi_image_uri
 from tests.conftest import REPO_ROOT
 
 MODEL_URI = "s3://bucket/pipeline/models/v7/"
@@ -51,7 +49,7 @@ def test_the_shipped_template_is_what_renders_the_file(tmp_path, monkeypatch):
     custom.write_text(
         "engine=Python\noption.trust_remote_code=false\n{% for k, v in options.items() %}{{ k }}:{{ v }}\n{% endfor %}"
     )
-    monkeypatch.setattr("tasks.serving.SERVING_PROPERTIES_TEMPLATE", custom)
+    monkeypatch.setattr("tasks.serving.config.SERVING_PROPERTIES_TEMPLATE", custom)
     rendered = render_serving_properties(ServingConfig(MODEL_URI))
     assert rendered.startswith("engine=Python\noption.trust_remote_code=false\nmodel_id:s3://")
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.settings import REPO_ROOT, load_settings
+from tasks.common.settings import REPO_ROOT, load_settings
 
 
 def test_defaults_are_the_local_backend_on_repo_storage() -> None:

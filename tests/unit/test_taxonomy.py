@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.taxonomy import Taxonomy, available_taxonomies, load_taxonomy
+from tasks.model.taxonomy import Taxonomy, available_taxonomies, load_taxonomy
 
 
 def test_shipped_taxonomies() -> None:

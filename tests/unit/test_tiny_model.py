@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from tasks.taxonomy import load_taxonomy
-from tasks.tiny_model import MANIFEST_NAME, build_tiny_llava
+from tasks.model.taxonomy import load_taxonomy
+from tasks.model.tiny_model import MANIFEST_NAME, build_tiny_llava
 
 TAXONOMIES = [load_taxonomy("digits"), load_taxonomy("hotel")]
 CORPUS = [

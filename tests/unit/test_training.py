@@ -13,21 +13,23 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from tasks.local_training import run_streaming
-from tasks.settings import load_settings
-from tasks.training import (
+from tasks.common.settings import load_settings
+from tasks.training.local import run_streaming
+from tasks.training.plan import (
     LOCAL_HYPERPARAMETERS,
     PRODUCTION_BASE_MODEL,
-    create_training_job_request,
     find_dataset,
     ledger_entry,
     model_version,
-    outcome_from_description,
     plan_training,
     run_identity,
+    training_job_name,
+)
+from tasks.training.sagemaker import (
+    create_training_job_request,
+    outcome_from_description,
     source_tarball,
     training_image_uri,
-    training_job_name,
 )
 
 RUN_AFTER = datetime(2026, 11, 1, 12, 30, tzinfo=UTC)

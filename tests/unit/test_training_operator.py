@@ -10,7 +10,7 @@ from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 from botocore.stub import Stubber
 
-from tasks.training_operator import AttachingTrainingOperator
+from tasks.training.sagemaker import AttachingTrainingOperator
 
 JOB = "finetune-llava-manual-2026-11-01-abcdef12"
 CONFIG = {

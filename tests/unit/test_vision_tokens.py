@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.tiny_model import build_processor
-from tasks.vision_tokens import (
+from tasks.model.tiny_model import build_processor
+from tasks.model.vision_tokens import (
     PRODUCTION_GEOMETRY,
     TINY_GEOMETRY,
     ResizePolicy,

@@ -1,0 +1,34 @@
+"""What every DAG of this project shares: settings read once at parse time, default_args, tags, alerting."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import DeadlineAlert
+
+from tasks.common.notifications import alert_notifier
+from tasks.common.settings import load_settings
+
+SETTINGS = load_settings()
+TAGS = ["llava", f"backend:{SETTINGS.backend}"]
+ALERTS = alert_notifier(SETTINGS)  # one notifier for the deployment: every task's failure goes through it
+NIGHTLY_RUN_BUDGET = timedelta(hours=4)
+
+
+def default_args(**overrides: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "owner": "ml-platform",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+        "on_failure_callback": ALERTS,  # after the last retry only: a retried blip pages nobody
+    }
+    args.update(overrides)
+    return args
+
+
+def nightly_deadline(within: timedelta = NIGHTLY_RUN_BUDGET) -> DeadlineAlert:
+    """For the nightly DAG's `deadline=`: alert when a run is still not finished `within` after it was queued — a
+    stuck night (hung endpoint, starved pool) fails no task, so no failure callback would ever fire."""
+    return ALERTS.deadline_alert(within, name="nightly run overdue")

@@ -1,0 +1,53 @@
+"""`PIPELINE_*` environment variables → one typed settings object.
+
+The backend is a property of a deployment: read once at DAG parse time, overridable per run through DAG params.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+INCLUDE_DIR = REPO_ROOT / "include"
+
+Backend = Literal["local", "sagemaker"]
+BACKENDS: tuple[Backend, ...] = ("local", "sagemaker")
+
+
+@dataclass(frozen=True)
+class Settings:
+    backend: Backend
+    storage_uri: str
+    aws_conn_id: str
+    region: str
+    sagemaker_role_arn: str
+    taxonomy: str
+    alert_sns_topic_arn: str = ""  # empty: alerts go to the log and $AIRFLOW_HOME/alerts/failures.jsonl
+
+    @property
+    def is_local(self) -> bool:
+        return self.backend == "local"
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from the environment, with the local backend as the default."""
+    env = os.environ if env is None else env
+    backend = env.get("PIPELINE_BACKEND", "local").strip().lower()
+    if backend not in BACKENDS:
+        raise ValueError(f"PIPELINE_BACKEND must be one of {BACKENDS}, got {backend!r}")
+    storage = env.get("PIPELINE_STORAGE_URI", "").strip() or (REPO_ROOT / ".data").as_uri()
+    if "://" not in storage:  # a plain path: make it absolute, relative to the repo
+        storage = (REPO_ROOT / storage).resolve().as_uri()
+    return Settings(
+        backend=backend,  # type: ignore[arg-type]
+        storage_uri=storage.rstrip("/"),
+        aws_conn_id=env.get("PIPELINE_AWS_CONN_ID", "aws_default"),
+        region=env.get("PIPELINE_REGION", "us-east-1"),
+        sagemaker_role_arn=env.get("PIPELINE_SAGEMAKER_ROLE_ARN", ""),
+        taxonomy=env.get("PIPELINE_TAXONOMY", "digits" if backend == "local" else "hotel"),
+        alert_sns_topic_arn=env.get("PIPELINE_ALERT_SNS_TOPIC_ARN", "").strip(),
+    )

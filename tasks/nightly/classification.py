@@ -1,0 +1,251 @@
+"""Classify a partition: the job shared by its shards, one shard → one Parquet file, and the checks before commit.
+
+Every listed image ends in exactly one row: a shard writes one row per manifest entry (unreadable files become
+`rejected` rows, never an exception), and `collect_shards` refuses to go on unless shard rows + carried rows equal
+the images listed. Rows follow the manifest's key order, so a rerun writes the same files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from airflow.sdk import ObjectStoragePath
+from airflow.sdk.exceptions import AirflowFailException
+
+from tasks.common import storage
+from tasks.common.progress import Progress
+from tasks.common.settings import Settings
+from tasks.nightly import partitions, predictions
+from tasks.nightly.partitions import PartitionPlan, Shard
+from tasks.nightly.predictions import RowStats
+from tasks.serving.client import ClassificationResult, EndpointClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PartitionJob:
+    """What every shard of one run shares; small, so it travels through XCom once per mapped task."""
+
+    dt: str
+    incoming_uri: str
+    partition_uri: str
+    run_token: str
+    record: dict[str, Any] | None  # the endpoint record (tasks.deployment); None when there is nothing to classify
+    concurrency: int
+    conn_id: str
+    client_options: dict[str, Any] = field(default_factory=dict)  # EndpointSpec overrides: timeout_s, max_retries
+
+    @property
+    def run_dir(self) -> ObjectStoragePath:
+        return predictions.run_dir(storage.storage_path(self.partition_uri, self.conn_id), self.run_token)
+
+    @property
+    def model_version(self) -> str:
+        return str(self.record["model_version"]) if self.record else ""
+
+    @property
+    def endpoint_name(self) -> str:
+        return str(self.record["endpoint_name"]) if self.record else ""
+
+    def client(self) -> EndpointClient:
+        from tasks.model.taxonomy import load_taxonomy
+        from tasks.serving import deployment
+
+        assert self.record is not None, "a job without an endpoint has no shards"
+        spec = replace(deployment.endpoint_spec(self.record, self.conn_id), **self.client_options)
+        taxonomy = load_taxonomy(self.record["taxonomy"])
+        policy = deployment.resize_policy(self.record)
+        return EndpointClient(spec, taxonomy, policy=policy, prompt=self.record["prompt"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def deployed_endpoint(settings: Settings, *, name: str = "", backend: str = "", required: bool = True) -> dict | None:
+    """The endpoint record to classify with (None when none is deployed and it is not `required`).
+
+    `name`/`backend`, when set, pin the run to that endpoint: it refuses to classify through another one (e.g. a
+    backfill budgeted for one endpoint, after a redeploy). A required local server that died (reboot, OOM) is
+    restarted on its recorded port.
+    """
+    from tasks.serving import deployment
+
+    record = deployment.current_endpoint(deployment.serving_root(settings))
+    if record is None:
+        if not required:
+            return None
+        raise AirflowFailException(
+            f"no endpoint recorded in {deployment.serving_root(settings)}/{deployment.RECORD_NAME}: "
+            "run deploy_endpoint first"
+        )
+    for param, wanted in (("endpoint_name", name), ("backend", backend)):
+        if wanted and record[param] != wanted:
+            raise AirflowFailException(f"the deployed endpoint has {param}={record[param]!r}; this run: {wanted!r}")
+    if required and record["backend"] == "local":
+        from tasks.serving import local
+
+        local.ensure_serving(record, local.state_path(settings))
+    return record
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    index: int
+    path: str  # relative to the partition
+    rows: int
+    stats: dict[str, Any]  # RowStats
+    started: float  # epoch seconds: busy time is the union of the shards' intervals
+    finished: float
+
+
+def classify_shard(job: PartitionJob, shard: Shard) -> ShardResult:
+    """Classify the shard's images with bounded concurrency and write its rows as one Parquet file."""
+    import pyarrow as pa
+
+    entries = partitions.read_shard(shard, job.conn_id)
+    incoming = storage.storage_path(job.incoming_uri, job.conn_id)
+    digests: dict[str, str] = {}
+    unreadable: dict[str, str] = {}
+
+    def images() -> Iterator[tuple[str, bytes]]:
+        for key, _, _ in entries:
+            try:
+                data = (incoming / key).read_bytes()
+            except OSError as exc:  # vanished or unreadable since listing: a rejected row, not a crash
+                unreadable[key] = f"unreadable: {type(exc).__name__}: {exc}"
+                continue
+            digests[key] = hashlib.sha256(data).hexdigest()
+            yield key, data
+
+    progress = Progress(len(entries), f"dt={job.dt} shard {shard.index}", log=log)
+    started = time.time()
+    results = asyncio.run(_classify_all(job.client(), images(), job.concurrency, progress))
+    finished = time.time()
+    progress.finish()
+    by_key = {result.key: result for result in results}
+    rows = [
+        _row(job, key, size, version, digests.get(key), by_key.get(key) or _rejected(key, unreadable))
+        for key, size, version in entries
+    ]
+    if len(by_key) + len(unreadable) != len(entries):
+        raise RuntimeError(f"shard {shard.index}: {len(by_key)} results + {len(unreadable)} unreadable "
+                           f"!= {len(entries)} images")  # fmt: skip
+    table = pa.Table.from_pylist(rows, schema=predictions.row_schema())
+    name = f"shard-{shard.index:05d}.parquet"
+    predictions.write_table(job.run_dir / name, table)
+    return ShardResult(
+        index=shard.index,
+        path=f"{job.run_dir.name}/{name}",
+        rows=table.num_rows,
+        stats=RowStats().add(table).to_dict(),
+        started=started,
+        finished=finished,
+    )
+
+
+async def _classify_all(client: EndpointClient, images, concurrency: int, progress: Progress):
+    def advance(_: ClassificationResult) -> None:
+        progress.advance()
+
+    return [r async for r in client.classify_many(images, concurrency=concurrency, on_progress=advance)]
+
+
+def _rejected(key: str, unreadable: dict[str, str]) -> ClassificationResult:
+    return ClassificationResult(key, "rejected", error=unreadable[key])
+
+
+def _row(job: PartitionJob, key: str, size: int, version: str, digest: str | None, r: ClassificationResult) -> dict:
+    return {
+        "key": key,
+        "content_sha256": digest,
+        "source_size": size,
+        "source_version": version,
+        "status": r.status,
+        "label": r.label,
+        "raw_answer": r.raw_answer,
+        "reason": r.error,
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "latency_s": r.latency_s,
+        "attempts": r.attempts,
+        "model_version": job.model_version,
+        "endpoint": job.endpoint_name,
+    }
+
+
+@dataclass(frozen=True)
+class StagedPartition:
+    """A fully classified run, verified but not yet visible: what the gate judges and `publish` commits."""
+
+    files: list[dict[str, Any]]  # {"path", "rows"} relative to the partition
+    stats: dict[str, Any]  # RowStats of every row
+    busy_seconds: float  # endpoint time of this run's shards (their union) + the carried rows' share
+    classified: int  # rows made by this run (the rest were carried)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def collect_shards(plan: PartitionPlan, results: list[ShardResult]) -> StagedPartition:
+    """Check that every image is accounted for exactly once, and sum up the rows' statistics.
+
+    Results of another run token are dropped: a cleared run (`backfill --reprocess-behavior completed`) that now
+    maps fewer shards still returns the old shards' XComs (Airflow 3.3 keeps them for removed mapped tasks).
+    """
+    prefix = f"{predictions.RUN_PREFIX}{plan.run_token}/"
+    results = sorted((r for r in results if r.path.startswith(prefix)), key=lambda r: r.index)
+    expected = [shard.index for shard in plan.shards]
+    if [r.index for r in results] != expected:
+        raise RuntimeError(f"expected results of shards {expected}, got {[r.index for r in results]}")
+    for shard, result in zip(plan.shards, results, strict=True):
+        if result.rows != shard.count:
+            raise RuntimeError(f"shard {shard.index} wrote {result.rows} rows for {shard.count} images")
+    stats = RowStats.from_dict(plan.carried_stats)
+    for result in results:
+        stats.merge(RowStats.from_dict(result.stats))
+    if stats.rows != plan.images:
+        raise RuntimeError(f"{stats.rows} rows for {plan.images} images listed in dt={plan.dt}: accounting is off")
+    carried = [{"path": prefix + partitions.CARRIED_NAME, "rows": plan.carried}]
+    return StagedPartition(
+        files=(carried if plan.carried else []) + [{"path": r.path, "rows": r.rows} for r in results],
+        stats=stats.to_dict(),
+        busy_seconds=union_seconds([(r.started, r.finished) for r in results]) + plan.carried_busy_seconds,
+        classified=sum(r.rows for r in results),
+    )
+
+
+def union_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of [start, end] intervals: shards running side by side share the endpoint's time."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def publish(job: PartitionJob, plan: PartitionPlan, staged: StagedPartition, quality: dict[str, Any]) -> dict:
+    """Commit the staged run as the partition's content (tasks.predictions.publish) with its summary."""
+    summary = {
+        "dt": plan.dt,
+        "model_version": job.model_version,
+        "endpoint": job.endpoint_name,
+        "incoming": job.incoming_uri,
+        "listed": plan.listed,
+        "ignored": plan.ignored,
+        "rows": staged.stats["rows"],
+        "carried": plan.carried,
+        "classified": staged.classified,
+        "busy_seconds": staged.busy_seconds,
+        "stats": staged.stats,
+        "quality": quality,
+    }
+    partition = storage.storage_path(job.partition_uri, job.conn_id)
+    return predictions.publish(partition, job.run_token, staged.files, summary)

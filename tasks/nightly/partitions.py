@@ -1,0 +1,359 @@
+"""Which `dt` a run processes, the partition listing as a manifest file, incremental skip, and the shard plan.
+
+Memory stays flat however large a partition grows: the listing streams into a Parquet file in batches, DuckDB sorts
+it on disk under a memory limit, a one-pass merge with the committed (key-sorted) files drops what this model version
+already classified, and shards are small descriptors — (manifest uri, offset, count) — never key lists.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import ObjectStoragePath
+
+from tasks.common import storage
+from tasks.model.images import is_ignored
+from tasks.nightly import predictions
+from tasks.nightly.predictions import RowStats
+
+DT_FORMAT = "%Y-%m-%d"
+DEFAULT_CRON = "0 0 * * *"  # the run for dt=D starts when D has ended, at 00:00 UTC on D+1
+DEFAULT_START_DATE = date(2026, 11, 1)
+MAX_SHARDS = 256  # well under Airflow's max_map_length (1024): a huge partition gets bigger shards instead
+LISTING_BATCH = predictions.ROW_GROUP_ROWS
+DUCKDB_MEMORY_LIMIT = "32MB"  # the listing sort spills to disk beyond this
+MANIFEST_NAME = "_plan/manifest.parquet"
+CARRIED_NAME = "carried.parquet"
+
+
+@dataclass(frozen=True)
+class NightlySchedule:
+    """The DAG's cron and first dt, from PIPELINE_CLASSIFY_CRON / PIPELINE_CLASSIFY_START_DATE."""
+
+    cron: str = DEFAULT_CRON
+    start_date: date = DEFAULT_START_DATE
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> NightlySchedule:
+        env = os.environ if env is None else env
+        return cls(
+            cron=env.get("PIPELINE_CLASSIFY_CRON", DEFAULT_CRON),
+            start_date=date.fromisoformat(env.get("PIPELINE_CLASSIFY_START_DATE", DEFAULT_START_DATE.isoformat())),
+        )
+
+
+def partition_dt(logical_date: datetime | None, data_interval_start: datetime) -> str:
+    """The partition a run processes: the UTC day of its logical date.
+
+    Scheduled and backfill runs of the DAG's CronDataIntervalTimetable have the interval [D, D+1 day) and logical
+    date D, so `backfill create --from-date A --to-date B` makes exactly one run per dt in [A, B], and
+    `dags test classify_images D` processes D too. A manual run without a logical date processes the last complete
+    day (its inferred interval's start).
+    """
+    return (logical_date or data_interval_start).astimezone(UTC).strftime(DT_FORMAT)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows [offset, offset + count) of the manifest: small enough to pass as a mapped task argument."""
+
+    manifest_uri: str
+    offset: int
+    count: int
+    index: int
+
+
+@dataclass(frozen=True)
+class PartitionPlan:
+    dt: str
+    run_token: str
+    listed: int  # files found in the incoming partition
+    ignored: int  # hidden/OS files (.DS_Store, __MACOSX/…): not images, never rows
+    carried: int  # rows kept from the committed partition (same model version, same file)
+    to_classify: int
+    shards: list[Shard]
+    carried_stats: dict[str, Any] = field(default_factory=dict)  # RowStats of the carried rows
+    carried_busy_seconds: float = 0.0
+
+    @property
+    def images(self) -> int:
+        return self.listed - self.ignored
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> PartitionPlan:
+        return cls(**{**doc, "shards": [Shard(**s) for s in doc["shards"]]})
+
+
+def iter_files(root: ObjectStoragePath) -> Iterator[tuple[str, int, str]]:
+    """(key relative to root, size, version) for every file below root, streamed; nothing when root is missing.
+
+    `version` changes when a file is rewritten: the S3 ETag, or the local mtime in nanoseconds.
+    """
+    if not root.exists():
+        return
+    if root.protocol == "file":
+        yield from _walk_local(root.path)
+    elif root.protocol == "s3":
+        yield from _walk_s3(root)
+    else:  # any other fsspec filesystem: a materialised listing
+        base = root.path.rstrip("/") + "/"
+        for name, info in root.fs.find(root.path, detail=True).items():
+            yield name.removeprefix(base), int(info.get("size") or 0), str(info.get("mtime") or info.get("ETag", ""))
+
+
+def image_keys(root: ObjectStoragePath) -> Iterator[str]:
+    """Keys of the files below root that are not hidden/OS bookkeeping, streamed."""
+    return (key for key, _, _ in iter_files(root) if not is_ignored(key))
+
+
+def _walk_local(base: str) -> Iterator[tuple[str, int, str]]:
+    pending = [base]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                elif entry.is_file():
+                    st = entry.stat()
+                    yield os.path.relpath(entry.path, base), st.st_size, str(st.st_mtime_ns)
+
+
+def _walk_s3(root: ObjectStoragePath) -> Iterator[tuple[str, int, str]]:
+    """ListObjectsV2 page by page (s3fs's `find` would hold the whole listing in memory)."""
+    from fsspec.asyn import sync
+
+    fs = root.fs
+    bucket, _, prefix = root.path.partition("/")
+    prefix = prefix.rstrip("/") + "/"
+    pages = fs._iterdir(bucket, delimiter="", prefix=prefix)
+    while True:
+        try:
+            info = sync(fs.loop, pages.__anext__)
+        except StopAsyncIteration:
+            return
+        key = info["name"].removeprefix(f"{bucket}/{prefix}")  # s3fs names objects "bucket/key"
+        if key and not key.endswith("/"):
+            yield key, int(info["Size"]), str(info.get("ETag", "")).strip('"')
+
+
+def write_listing(root: ObjectStoragePath, dest: Path) -> tuple[int, int]:
+    """Stream the listing of `root` into a Parquet file (key, size, version); returns (listed, ignored)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("key", pa.string()), ("size", pa.int64()), ("version", pa.string())])
+    listed = ignored = 0
+    batch: list[tuple[str, int, str]] = []
+    with pq.ParquetWriter(dest, schema) as writer:
+
+        def flush() -> None:
+            if batch:
+                columns = [pa.array(column) for column in zip(*batch, strict=True)]
+                writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+                batch.clear()
+
+        for entry in iter_files(root):
+            listed += 1
+            if is_ignored(entry[0]):
+                ignored += 1
+                continue
+            batch.append(entry)
+            if len(batch) >= LISTING_BATCH:
+                flush()
+        flush()
+    return listed, ignored
+
+
+def plan_partition(
+    incoming: ObjectStoragePath,
+    partition: ObjectStoragePath,
+    *,
+    dt: str,
+    model_version: str,
+    shard_size: int,
+    reclassify: bool = False,
+) -> PartitionPlan:
+    """List `incoming`, carry over what the committed partition already classified with `model_version`, and shard
+    the rest. Writes the manifest (and the carried rows) under a fresh run prefix of `partition`."""
+    if shard_size < 1:
+        raise ValueError("shard_size must be >= 1")
+    token = predictions.new_run_token()
+    run = predictions.run_dir(partition, token)
+    with tempfile.TemporaryDirectory(prefix="plan-") as tmp:
+        work = Path(tmp)
+        listed, ignored = write_listing(incoming, work / "listing.parquet")
+        prior = [] if reclassify else _prior_files(partition, model_version, work)
+        todo, carried = _skip_classified(work, prior, shard_size)
+        manifest = run / MANIFEST_NAME
+        _upload(todo, manifest)
+        carried_stats = RowStats.of_parquet(carried) if carried else RowStats()
+        if carried_stats.rows:
+            _upload(carried, run / CARRIED_NAME)
+    to_classify = listed - ignored - carried_stats.rows
+    size = max(shard_size, math.ceil(to_classify / MAX_SHARDS))
+    shards = [
+        Shard(str(manifest), offset, min(size, to_classify - offset), index)
+        for index, offset in enumerate(range(0, to_classify, size))
+    ]
+    return PartitionPlan(
+        dt=dt,
+        run_token=token,
+        listed=listed,
+        ignored=ignored,
+        carried=carried_stats.rows,
+        to_classify=to_classify,
+        shards=shards,
+        carried_stats=carried_stats.to_dict(),
+        carried_busy_seconds=_carried_busy_seconds(partition, carried_stats.rows),
+    )
+
+
+def _prior_files(partition: ObjectStoragePath, model_version: str, work: Path) -> list[Path]:
+    """Local copies of the committed partition's files when it was made by the same model version."""
+    manifest = predictions.read_success(partition)
+    if manifest is None or manifest.get("model_version") != model_version:
+        return []
+    copies = []
+    for i, (path, _) in enumerate(predictions.committed_files(partition)):
+        copy = work / f"prior-{i:05d}.parquet"
+        with path.open("rb") as src, copy.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+        copies.append(copy)
+    return copies
+
+
+def _skip_classified(work: Path, prior: list[Path], shard_size: int) -> tuple[Path, Path | None]:
+    """(manifest of images still to classify, sorted by key; carried rows sorted by key, or None).
+
+    DuckDB sorts the listing (an external sort: it spills to disk under its memory limit). The committed files are
+    each sorted by key already, so a k-way merge of them, joined with the sorted listing in one pass, decides
+    every image while holding one small batch per file — a hash join would hold the whole partition. A prior row
+    is carried when the same file (key, size, version) is still listed and its status is final; `failed` rows are
+    retried.
+    """
+    import duckdb
+
+    listing, todo, carried = work / "listing.parquet", work / "todo.parquet", work / "carried.parquet"
+    ordered = work / "listing-sorted.parquet" if prior else todo
+    con = duckdb.connect(config={"memory_limit": DUCKDB_MEMORY_LIMIT, "threads": 1, "temp_directory": str(work)})
+    try:
+        con.execute(f"COPY (SELECT * FROM read_parquet('{listing}') ORDER BY key) TO '{ordered}'"
+                    f" (FORMAT parquet, ROW_GROUP_SIZE {shard_size})")  # fmt: skip
+    finally:
+        con.close()
+    if prior:
+        _merge_join(ordered, prior, todo, carried, shard_size)
+    return todo, carried if prior else None
+
+
+def _merge_join(listing: Path, prior: list[Path], todo: Path, carried: Path, shard_size: int) -> None:
+    import heapq
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    listing_file = pq.ParquetFile(listing)
+    prior_rows = heapq.merge(*(_final_rows(path) for path in prior), key=lambda row: row[0])
+    current = next(prior_rows, None)
+    pending: list[tuple[str, int, str]] = []
+    kept: list[tuple[pa.RecordBatch, int]] = []
+    with (
+        pq.ParquetWriter(todo, listing_file.schema_arrow) as todo_writer,
+        pq.ParquetWriter(carried, predictions.row_schema()) as carried_writer,
+    ):
+        for batch in listing_file.iter_batches(batch_size=LISTING_BATCH, use_threads=False):
+            for entry in zip(*(batch.column(c).to_pylist() for c in ("key", "size", "version")), strict=True):
+                while current is not None and current[0] < entry[0]:
+                    current = next(prior_rows, None)
+                if current is not None and current[:3] == entry:
+                    kept.append(current[3:])
+                else:
+                    pending.append(entry)
+            if pending:
+                todo_writer.write_table(pa.Table.from_arrays(
+                    [pa.array(c) for c in zip(*pending, strict=True)], schema=listing_file.schema_arrow),
+                    row_group_size=shard_size)  # fmt: skip
+                pending.clear()
+            if kept:
+                carried_writer.write_table(_take(kept))
+                kept.clear()
+
+
+def _final_rows(path: Path) -> Iterator[tuple[str, int, str, Any, int]]:
+    """(key, size, version, batch, index) of a committed file's non-failed rows, in the file's (key) order."""
+    import pyarrow.parquet as pq
+
+    previous = ""
+    names = predictions.row_schema().names
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=names, use_threads=False):
+        columns = (batch.column(c).to_pylist() for c in ("key", "source_size", "source_version", "status"))
+        for index, (key, size, version, status) in enumerate(zip(*columns, strict=True)):
+            if key <= previous:  # every committed file is written in key order; a merge needs that
+                raise RuntimeError(f"{path.name} is not sorted by key at {key!r}")
+            previous = key
+            if status != "failed":
+                yield key, size, version, batch, index
+
+
+def _take(kept: list[tuple[Any, int]]):
+    """The kept rows, in order, as one table: a `take` per run of rows from the same batch."""
+    import pyarrow as pa
+
+    parts, start = [], 0
+    for end in range(1, len(kept) + 1):
+        if end == len(kept) or kept[end][0] is not kept[start][0]:
+            parts.append(kept[start][0].take([index for _, index in kept[start:end]]))
+            start = end
+    return pa.Table.from_batches(parts).cast(predictions.row_schema())
+
+
+def _upload(local: Path, dest: ObjectStoragePath) -> None:
+    """Copy a local file to storage in chunks; published under its final name only when complete (a local rename,
+    or an S3 upload that becomes visible at the end)."""
+    if dest.protocol != "file":
+        dest.fs.put_file(str(local), dest.path)
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp"
+    shutil.copyfile(local, tmp.path)
+    tmp.rename(dest)
+
+
+def _carried_busy_seconds(partition: ObjectStoragePath, carried_rows: int) -> float:
+    """Carried rows keep their share of the endpoint time that produced them, so a rerun that reclassifies
+    nothing reports the same partition cost instead of $0."""
+    manifest = predictions.read_success(partition) or {}
+    rows = manifest.get("rows", 0)
+    return manifest.get("busy_seconds", 0.0) * carried_rows / rows if rows else 0.0
+
+
+def read_shard(shard: Shard, conn_id: str | None = None) -> list[tuple[str, int, str]]:
+    """The shard's manifest rows (key, size, version), reading only the row groups that overlap it."""
+    import pyarrow.parquet as pq
+
+    with storage.storage_path(shard.manifest_uri, conn_id).open("rb") as f:
+        parquet = pq.ParquetFile(f)
+        rows: list[tuple[str, int, str]] = []
+        start = 0
+        end = shard.offset + shard.count
+        for group in range(parquet.num_row_groups):
+            n = parquet.metadata.row_group(group).num_rows
+            if start < end and start + n > shard.offset:
+                table = parquet.read_row_group(group, use_threads=False)
+                lo, hi = max(shard.offset - start, 0), min(end - start, n)
+                rows += zip(*(table.column(c).to_pylist()[lo:hi] for c in ("key", "size", "version")), strict=True)
+            start += n
+    if len(rows) != shard.count:
+        raise RuntimeError(f"shard {shard.index}: manifest has {len(rows)} rows in its range, expected {shard.count}")
+    return rows

@@ -1,0 +1,151 @@
+"""The task bodies of the `classify_images` DAG: XCom dicts in, XCom dicts out, typed functions in between.
+
+Kept apart from the DAG file so it stays wiring only, and apart from the domain modules (partitions,
+classification, quality, costs) so those never see Airflow's params or XCom shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tasks.common import storage
+from tasks.common.settings import Settings
+from tasks.costs import budget, ledger, pricing
+from tasks.nightly import classification, partitions, predictions, quality
+from tasks.nightly.classification import PartitionJob, ShardResult, StagedPartition
+from tasks.nightly.partitions import PartitionPlan, Shard
+from tasks.nightly.predictions import RowStats
+
+log = logging.getLogger(__name__)
+
+
+def has_images(settings: Settings, incoming_uri: str) -> bool:
+    """At least one file that is not hidden/OS bookkeeping (stops at the first)."""
+    return any(partitions.image_keys(storage.storage_path(incoming_uri, settings.aws_conn_id)))
+
+
+def plan(settings: Settings, dt: str, present: bool, params: dict[str, Any]) -> dict[str, Any]:
+    """The job every shard shares and the plan (with its shards).
+
+    An empty partition needs no endpoint, but prices the deployed one's idle day if there is one.
+    """
+    record = classification.deployed_endpoint(
+        settings, name=params["endpoint_name"], backend=params["endpoint_backend"], required=present
+    )
+    partition = predictions.partition_dir(storage.root(settings) / storage.PREDICTIONS, dt)
+    incoming_uri = params["incoming_uri"].format(dt=dt)
+    partition_plan = partitions.plan_partition(
+        storage.storage_path(incoming_uri, settings.aws_conn_id),
+        partition,
+        dt=dt,
+        model_version=str(record["model_version"]) if record else "",
+        shard_size=params["shard_size"],
+        reclassify=params["reclassify"],
+    )
+    job = PartitionJob(
+        dt=dt,
+        incoming_uri=incoming_uri,
+        partition_uri=str(partition),
+        run_token=partition_plan.run_token,
+        record=record,
+        concurrency=params["concurrency"],
+        conn_id=settings.aws_conn_id,
+        client_options={"timeout_s": params["request_timeout_s"], "max_retries": params["max_retries"]},
+    )
+    log.info(
+        "dt=%s: %d files listed (%d ignored), %d rows carried over, %d images to classify in %d shard(s)",
+        dt, partition_plan.listed, partition_plan.ignored, partition_plan.carried, partition_plan.to_classify,
+        len(partition_plan.shards),
+    )  # fmt: skip
+    return {"job": job.to_dict(), "plan": partition_plan.to_dict()}
+
+
+def check_budget(settings: Settings, planned: dict[str, Any], params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Raise when the estimate is above the budget; else return the shards to classify (what `expand` maps)."""
+    job, plan_ = PartitionJob(**planned["job"]), PartitionPlan.from_dict(planned["plan"])
+    if plan_.to_classify:
+        estimate(settings, job.record, plan_.to_classify, params, f"dt={plan_.dt}")
+    return planned["plan"]["shards"]
+
+
+def estimate(settings: Settings, record: dict[str, Any], images: int, params: dict[str, Any], what: str) -> dict:
+    """The budget guard: cost of `images` at the endpoint's measured throughput (else the assumed one)."""
+    endpoint = pricing.EndpointPricing.of_record(record, settings.region)
+    measured = budget.measured_images_per_second(
+        storage.root(settings) / storage.COSTS, endpoint.instance_type, endpoint.instance_count
+    )
+    speed = measured or params["assumed_images_per_second"]
+    result = budget.check_budget(images, speed, endpoint, params["budget_usd"], what)
+    log.info("%s: estimated $%.4f for %d images (%s throughput %.2f images/s), budget $%.2f", what, result["usd"],
+             images, "measured" if measured else "assumed", speed, params["budget_usd"])  # fmt: skip
+    return result | {"throughput": "measured" if measured else "assumed"}
+
+
+def estimate_backfill(settings: Settings, days: list[str], params: dict[str, Any]) -> dict[str, Any]:
+    """The budget guard for a whole range before `backfill create`: every image of every partition counted (an
+    upper bound: a rerun skips what is already classified). Raises BudgetExceeded above `params["budget_usd"]`."""
+    record = classification.deployed_endpoint(settings, name=params.get("endpoint_name", ""), required=False)
+    if record is None:
+        raise LookupError("no endpoint deployed: nothing to price the range with (run deploy_endpoint first)")
+    per_day = {day: count_images(settings, params["incoming_uri"].format(dt=day)) for day in days}
+    what = f"backfill {days[0]}..{days[-1]}" if days else "backfill"
+    return {"per_day": per_day, **estimate(settings, record, sum(per_day.values()), params, what)}
+
+
+def count_images(settings: Settings, incoming_uri: str) -> int:
+    return sum(1 for _ in partitions.image_keys(storage.storage_path(incoming_uri, settings.aws_conn_id)))
+
+
+def classify(job: dict[str, Any], shard: dict[str, Any]) -> dict[str, Any]:
+    return classification.classify_shard(PartitionJob(**job), Shard(**shard)).__dict__
+
+
+def collect(planned: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
+    staged = classification.collect_shards(
+        PartitionPlan.from_dict(planned["plan"]), [ShardResult(**r) for r in results or []]
+    )
+    return staged.to_dict()
+
+
+def quality_gate(
+    settings: Settings, planned: dict[str, Any], staged: dict[str, Any], thresholds: dict[str, Any]
+) -> dict[str, Any]:
+    verdict = quality.gate(
+        RowStats.from_dict(staged["stats"]),
+        storage.root(settings) / storage.PREDICTIONS,
+        planned["plan"]["dt"],
+        quality.QualityThresholds.from_params(thresholds),
+    )
+    log.log(logging.INFO if verdict["passed"] else logging.WARNING, "quality gate:\n%s", verdict["report"])
+    return verdict
+
+
+def publish(planned: dict[str, Any], staged: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any]:
+    """Commit; returns the asset event's extra."""
+    job = PartitionJob(**planned["job"])
+    manifest = classification.publish(job, PartitionPlan.from_dict(planned["plan"]), StagedPartition(**staged), verdict)
+    log.info("committed %s/%s: %d rows, %s", job.partition_uri, predictions.SUCCESS, manifest["rows"],
+             manifest["stats"]["statuses"])  # fmt: skip
+    return {"dt": manifest["dt"], "rows": manifest["rows"], "model_version": manifest["model_version"]}
+
+
+def record_costs(settings: Settings, planned: dict[str, Any], staged: dict[str, Any], run_id: str) -> list[str]:
+    job = PartitionJob(**planned["job"])
+    if job.record is None:
+        log.info("dt=%s: no images and no endpoint deployed: nothing to price", job.dt)
+        return []
+    entries = ledger.partition_entries(
+        job.dt,
+        pricing.EndpointPricing.of_record(job.record, settings.region),
+        endpoint=job.endpoint_name,
+        model_version=job.model_version,
+        stats=staged["stats"],
+        busy_seconds=staged["busy_seconds"],
+        deployed_at=job.record["deployed_at"],
+        run_id=run_id,
+    )
+    costs_root = storage.root(settings) / storage.COSTS
+    for entry in entries:
+        log.info("%s %s: %.1f s, $%.6f", entry.kind, entry.key, entry.billable_seconds, entry.cost_usd)
+    return [str(ledger.record(costs_root, entry)) for entry in entries]

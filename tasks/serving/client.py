@@ -1,0 +1,340 @@
+"""Classify images through a served LLaVA-NeXT: one client, two transports (SageMaker runtime | OpenAI-compatible HTTP).
+
+Both speak the chat-completions schema, so request building, retries and response parsing exist once. Every image
+yields exactly one `ClassificationResult` (ok | invalid | rejected | failed): a nightly run can account for each
+input, and no bad image, throttled call or garbage body ends a run with an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, Literal, Protocol
+
+import httpx
+
+from tasks.model.images import ImageRejected, load_image
+from tasks.model.taxonomy import Taxonomy
+from tasks.model.vision_tokens import DEFAULT_POLICY, ResizePolicy, prepare_image
+
+Status = Literal["ok", "invalid", "rejected", "failed"]
+JPEG_QUALITY = 90
+_RETRYABLE_HTTP = {429, 500, 502, 503, 504}
+_RETRYABLE_SAGEMAKER = {"ThrottlingException", "ServiceUnavailable", "InternalFailure", "ModelNotReadyException"}
+_END = object()
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """Where and how to send requests. `url` for backend "http", `endpoint_name` for "sagemaker"."""
+
+    backend: Literal["http", "sagemaker"]
+    url: str | None = None  # base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000
+    endpoint_name: str | None = None
+    aws_conn_id: str = "aws_default"
+    model: str | None = None  # the request's `model` field; LMI and a pinned `transformers serve` need none
+    supports_choice: bool = False  # server honours `structured_outputs.choice` (vLLM, LMI async mode)
+    max_tokens: int = 32  # the longest answer ("this is a photo of …") is ~15 tokens
+    timeout_s: float = 60.0  # per attempt (SageMaker's own limit for a real-time invocation is 60 s)
+    max_retries: int = 4
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.backend == "http" and not self.url:
+            raise ValueError("an http endpoint needs a url")
+        if self.backend == "sagemaker" and not self.endpoint_name:
+            raise ValueError("a sagemaker endpoint needs an endpoint_name")
+
+
+@dataclass(frozen=True)
+class ClassificationResult:
+    key: str  # the caller's id of the image (e.g. its storage path)
+    status: Status  # ok: label parsed | invalid: answer is not a label | rejected: bad image | failed: no answer
+    label: str | None = None
+    raw_answer: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float | None = None  # the last attempt's round trip
+    elapsed_s: float = 0.0  # everything: preparing the image, all attempts, backoff
+    attempts: int = 0
+    error: str | None = None
+
+
+class RequestError(Exception):
+    """One failed attempt; `retryable` for throttling, server errors and timeouts."""
+
+    def __init__(self, reason: str, *, retryable: bool) -> None:
+        super().__init__(reason)
+        self.retryable = retryable
+
+
+class Transport(Protocol):
+    async def post(self, body: bytes) -> bytes: ...  # raises RequestError
+    async def aclose(self) -> None: ...
+
+
+def encode_image(data: bytes, policy: ResizePolicy) -> bytes:
+    """Decode (or raise ImageRejected), resize to the token budget, and re-encode as JPEG."""
+    buf = io.BytesIO()
+    prepare_image(load_image(data), policy).save(buf, format="JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
+
+
+def build_request(prompt: str, jpeg: bytes, spec: EndpointSpec, choices: list[str] | None = None) -> dict[str, Any]:
+    """The chat-completions body; `choices` constrain the answer where the server supports it."""
+    image_url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+    body: dict[str, Any] = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": image_url}}],
+            }
+        ],
+        "max_tokens": spec.max_tokens,
+        "temperature": 0,
+    }
+    if spec.model:
+        body["model"] = spec.model
+    if choices and spec.supports_choice:
+        body["structured_outputs"] = {"choice": choices}
+    return body
+
+
+def parse_response(key: str, payload: bytes, taxonomy: Taxonomy) -> ClassificationResult:
+    """Strictly parse a chat.completion body. A malformed body is `failed`; an answer that is not exactly one of
+    the taxonomy's answers is `invalid` (the same parser as evaluation, so "invalid" means one thing)."""
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return ClassificationResult(key, "failed", error=f"malformed response (not JSON): {_snippet(payload)}")
+    try:
+        message = doc["choices"][0]["message"]
+        usage = doc.get("usage") or {}
+    except (KeyError, IndexError, TypeError, AttributeError):
+        detail = doc.get("error") if isinstance(doc, dict) else None
+        reason = (
+            f"server error in body: {detail}" if detail else f"malformed response (no choices): {_snippet(payload)}"
+        )
+        return ClassificationResult(key, "failed", error=reason)
+    answer = message.get("content") if isinstance(message, dict) else None
+    tokens = {
+        "prompt_tokens": _int_or_none(usage.get("prompt_tokens")),
+        "completion_tokens": _int_or_none(usage.get("completion_tokens")),
+    }
+    if not isinstance(answer, str):
+        return ClassificationResult(key, "invalid", error="no text answer", **tokens)
+    label = taxonomy.parse_answer(answer)
+    if label is None:
+        finish = doc["choices"][0].get("finish_reason")
+        return ClassificationResult(
+            key, "invalid", raw_answer=answer, error=f"answer is not a label (finish_reason={finish})", **tokens
+        )
+    return ClassificationResult(key, "ok", label=label, raw_answer=answer, **tokens)
+
+
+class EndpointClient:
+    """Classify image bytes through one endpoint; see `classify` (one image) and `classify_many` (a stream)."""
+
+    def __init__(
+        self,
+        spec: EndpointSpec,
+        taxonomy: Taxonomy,
+        *,
+        policy: ResizePolicy = DEFAULT_POLICY,
+        prompt: str | None = None,
+    ) -> None:
+        self.spec, self.taxonomy, self.policy = spec, taxonomy, policy
+        self.prompt = prompt if prompt is not None else taxonomy.prompt()
+        self.choices = [taxonomy.answer(label) for label in taxonomy.labels]
+
+    def classify(self, image: bytes, key: str = "") -> ClassificationResult:
+        """One image, synchronously (smoke tests, ad-hoc checks); never raises for a bad image or endpoint."""
+
+        async def once() -> ClassificationResult:
+            transport = self._transport(concurrency=1)
+            try:
+                return await self._classify(transport, key, image)
+            finally:
+                await transport.aclose()
+
+        return asyncio.run(once())
+
+    async def classify_many(
+        self,
+        images: Iterable[tuple[str, bytes]],
+        *,
+        concurrency: int = 8,
+        on_progress: Callable[[ClassificationResult], None] | None = None,
+    ) -> AsyncIterator[ClassificationResult]:
+        """Yield one result per (key, image bytes), in completion order, with at most `concurrency` requests in
+        flight. `images` is read lazily (in a thread, so a blocking reader does not stall the loop): at most
+        `concurrency` images are held in memory at once."""
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        transport = self._transport(concurrency)
+        source = iter(images)
+        in_flight: set[asyncio.Task[ClassificationResult]] = set()
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(in_flight) < concurrency:
+                    item = await asyncio.to_thread(next, source, _END)
+                    if item is _END:
+                        exhausted = True
+                    else:
+                        in_flight.add(asyncio.create_task(self._classify(transport, *item)))
+                if not in_flight:
+                    return
+                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    result = task.result()
+                    if on_progress is not None:
+                        on_progress(result)
+                    yield result
+        finally:
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+            await transport.aclose()
+
+    async def _classify(self, transport: Transport, key: str, image: bytes) -> ClassificationResult:
+        started = time.monotonic()
+        try:
+            result = await self._request(transport, key, image)
+        except Exception as exc:  # a per-image bug must not end the run: it is recorded instead
+            result = ClassificationResult(key, "failed", error=f"internal error: {type(exc).__name__}: {exc}")
+        return replace(result, elapsed_s=round(time.monotonic() - started, 4))
+
+    async def _request(self, transport: Transport, key: str, image: bytes) -> ClassificationResult:
+        try:
+            jpeg = await asyncio.to_thread(encode_image, image, self.policy)
+        except ImageRejected as exc:
+            return ClassificationResult(key, "rejected", error=str(exc))
+        body = json.dumps(build_request(self.prompt, jpeg, self.spec, self.choices)).encode("utf-8")
+        spec = self.spec
+        for attempt in range(1, spec.max_retries + 2):
+            sent = time.monotonic()
+            try:
+                payload = await transport.post(body)
+            except RequestError as exc:
+                latency = round(time.monotonic() - sent, 4)
+                if not exc.retryable or attempt > spec.max_retries:
+                    gave_up = f" (gave up after {attempt} attempts)" if exc.retryable else ""
+                    return ClassificationResult(
+                        key, "failed", latency_s=latency, attempts=attempt, error=f"{exc}{gave_up}"
+                    )
+                # full jitter: spreads retries of many throttled requests instead of synchronising them
+                await asyncio.sleep(
+                    random.uniform(0, min(spec.backoff_max_s, spec.backoff_base_s * 2 ** (attempt - 1)))
+                )
+                continue
+            latency = round(time.monotonic() - sent, 4)
+            return replace(parse_response(key, payload, self.taxonomy), latency_s=latency, attempts=attempt)
+        raise AssertionError("unreachable: the last attempt always returns")
+
+    def _transport(self, concurrency: int) -> Transport:
+        if self.spec.backend == "http":
+            return HttpTransport(self.spec, concurrency)
+        return SageMakerTransport(self.spec, concurrency)
+
+
+class HttpTransport:
+    """POST {url}/v1/chat/completions with httpx; `timeout_s` bounds each attempt end to end."""
+
+    def __init__(self, spec: EndpointSpec, concurrency: int) -> None:
+        self.spec = spec
+        self.client = httpx.AsyncClient(
+            base_url=str(spec.url).rstrip("/"),
+            timeout=spec.timeout_s,
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        )
+
+    async def post(self, body: bytes) -> bytes:
+        try:
+            async with asyncio.timeout(self.spec.timeout_s):
+                response = await self.client.post("/v1/chat/completions", content=body)
+        except (TimeoutError, httpx.TimeoutException):
+            raise RequestError(f"timeout after {self.spec.timeout_s}s", retryable=True) from None
+        except httpx.TransportError as exc:
+            raise RequestError(f"connection error: {type(exc).__name__}: {exc}", retryable=True) from None
+        if response.status_code != 200:
+            retryable = response.status_code in _RETRYABLE_HTTP
+            raise RequestError(f"HTTP {response.status_code}: {_snippet(response.content)}", retryable=retryable)
+        return response.content
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class SageMakerTransport:
+    """`invoke_endpoint` through the Amazon provider's hook, in a thread pool sized to the concurrency (the
+    default executor has only cpu+4 threads). botocore's own retries are off: retries happen once, here."""
+
+    def __init__(self, spec: EndpointSpec, concurrency: int) -> None:
+        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+        from botocore.config import Config
+
+        config = Config(
+            retries={"total_max_attempts": 1},
+            read_timeout=spec.timeout_s,
+            connect_timeout=min(10.0, spec.timeout_s),
+            max_pool_connections=concurrency,
+        )
+        hook = AwsBaseHook(aws_conn_id=spec.aws_conn_id, client_type="sagemaker-runtime", config=config)
+        self.client = hook.get_conn()
+        self.endpoint_name = spec.endpoint_name
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="invoke-endpoint")
+
+    async def post(self, body: bytes) -> bytes:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, self._invoke, body)
+
+    def _invoke(self, body: bytes) -> bytes:
+        from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+        try:
+            response = self.client.invoke_endpoint(
+                EndpointName=self.endpoint_name, ContentType="application/json", Accept="application/json", Body=body
+            )
+            return response["Body"].read()
+        except ClientError as exc:
+            raise _sagemaker_error(exc) from None
+        except (ConnectionError, HTTPClientError) as exc:  # timeouts and connection failures
+            raise RequestError(f"connection error: {type(exc).__name__}: {exc}", retryable=True) from None
+
+    async def aclose(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+
+def _sagemaker_error(exc: Any) -> RequestError:
+    """Throttling, 5xx and a model container answering 429/5xx are retried; a 4xx from the model is not."""
+    code = exc.response.get("Error", {}).get("Code", "")
+    message = exc.response.get("Error", {}).get("Message", "")
+    http_status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    if code == "ModelError":
+        original = _int_or_none(exc.response.get("OriginalStatusCode")) or 0
+        detail = exc.response.get("OriginalMessage") or message
+        retryable = original == 429 or original >= 500
+        return RequestError(f"ModelError (model returned {original}): {_snippet(str(detail))}", retryable=retryable)
+    retryable = code in _RETRYABLE_SAGEMAKER or http_status >= 500
+    return RequestError(f"{code or 'ClientError'}: {_snippet(message)}", retryable=retryable)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _snippet(data: bytes | str, limit: int = 200) -> str:
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"

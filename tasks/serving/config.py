@@ -1,0 +1,103 @@
+"""`serving.properties` for the DJL LMI container, rendered from one typed `ServingConfig` per model version, and the
+`model.tar.gz` that carries it.
+
+Production runs vLLM inside AWS's DJL LMI container; its only configuration is `serving.properties`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from tasks.common.settings import INCLUDE_DIR
+
+DJL_IMAGE_TABLE = INCLUDE_DIR / "serving" / "djl_lmi_image.json"
+SERVING_PROPERTIES_TEMPLATE = INCLUDE_DIR / "serving" / "serving.properties"
+# LMI async mode passes vLLM-native request fields through (`structured_outputs`); rolling-batch mode does not.
+ASYNC_ENTRYPOINT = "djl_python.lmi_vllm.vllm_async_service"
+ARCHIVE_DIR = "code"  # model.tar.gz holds code/serving.properties; SageMaker unpacks it under /opt/ml/model
+
+OptionValue = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Everything that goes into `serving.properties` for one model version.
+
+    `enable_prefix_caching=None` leaves vLLM's default: LMI drops `false` booleans instead of passing them on, so
+    only `True` is a real setting. `extra_options` are any further vLLM engine args / LMI options (`option.`
+    prefix optional) and win over the fields above.
+    """
+
+    model_uri: str  # S3 prefix of the promoted model (uncompressed weights + processor)
+    tensor_parallel_degree: int | str = "max"
+    max_rolling_batch_size: int = 64
+    model_loading_timeout_s: int = 600
+    max_model_len: int = 7200
+    async_mode: bool = False
+    enable_prefix_caching: bool | None = None
+    limit_mm_per_prompt: Mapping[str, int] | None = None  # e.g. {"image": 1}; vLLM's default is 1 per modality
+    extra_options: Mapping[str, OptionValue] = field(default_factory=dict)
+
+    @property
+    def supports_choice(self) -> bool:
+        """Whether requests may carry `structured_outputs: {"choice": [...]}` (LMI async mode only)."""
+        return self.async_mode
+
+    def options(self) -> dict[str, str]:
+        """The `option.*` entries, without the prefix, in a stable order."""
+        opts: dict[str, OptionValue] = {
+            "model_id": self.model_uri,
+            "rolling_batch": "disable" if self.async_mode else "vllm",
+            "tensor_parallel_degree": self.tensor_parallel_degree,
+            "max_rolling_batch_size": self.max_rolling_batch_size,
+            "model_loading_timeout": self.model_loading_timeout_s,
+            "max_model_len": self.max_model_len,
+        }
+        if self.async_mode:
+            opts |= {"async_mode": True, "entryPoint": ASYNC_ENTRYPOINT}
+        if self.enable_prefix_caching:
+            opts["enable_prefix_caching"] = True
+        if self.limit_mm_per_prompt is not None:
+            opts["limit_mm_per_prompt"] = json.dumps(dict(self.limit_mm_per_prompt), separators=(",", ":"))
+        opts |= {key.removeprefix("option."): value for key, value in self.extra_options.items()}
+        return {key: _property_value(key, value) for key, value in opts.items()}
+
+
+def _property_value(key: str, value: OptionValue) -> str:
+    """Java-properties-safe text: a key or value that would be split or cut short is refused, not escaped."""
+    if not key or any(c in key for c in "=: \t\r\n#!\\"):
+        raise ValueError(f"invalid serving.properties key {key!r}")
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    if any(c in text for c in "\r\n\\") or text != text.strip() or not text:
+        raise ValueError(f"invalid value for option.{key}: {text!r}")
+    return text
+
+
+def render_serving_properties(config: ServingConfig) -> str:
+    """The file's layout lives in the shipped template (include/serving/); its values come from `config`."""
+    import jinja2
+
+    template = jinja2.Template(SERVING_PROPERTIES_TEMPLATE.read_text(encoding="utf-8"), keep_trailing_newline=True)
+    return template.render(options=config.options())
+
+
+def package_model_tar(serving_properties: str) -> bytes:
+    """model.tar.gz for SageMaker `ModelDataUrl`: `code/serving.properties` only (weights come from model_id).
+
+    Byte-for-byte reproducible (fixed mtimes, no owner names), so the same configuration uploads the same object.
+    """
+    data = serving_properties.encode("utf-8")
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        directory = tarfile.TarInfo(ARCHIVE_DIR)
+        directory.type, directory.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(directory)
+        member = tarfile.TarInfo(f"{ARCHIVE_DIR}/serving.properties")
+        member.size, member.mode = len(data), 0o644
+        tar.addfile(member, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), mtime=0)

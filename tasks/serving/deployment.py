@@ -1,0 +1,160 @@
+"""What a deployment is on either backend: the plan, the smoke test, and the endpoint record.
+
+The record at `<storage>/serving/endpoint.json` is the contract with the nightly classification DAG: which endpoint
+to call, with which taxonomy, prompt and image budget. Deploy writes it only after the endpoint passed its smoke
+test; teardown removes it. Readers go through `current_endpoint` + `endpoint_spec`, never through the raw JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow.sdk import ObjectStoragePath
+from airflow.sdk.exceptions import AirflowFailException
+
+from tasks.common import storage
+from tasks.common.settings import Settings
+from tasks.model.taxonomy import Taxonomy
+from tasks.model.vision_tokens import ResizePolicy, geometry_for_backend
+from tasks.serving.client import EndpointClient, EndpointSpec
+
+log = logging.getLogger(__name__)
+
+RECORD_NAME = "endpoint.json"
+DEFAULT_ENDPOINT_NAME = "llava-classifier"
+SMOKE_DIGIT_INDEX = 0  # a fixed, known image: the answer must parse as a label (right or not, it is logged)
+# SageMaker's rule for endpoint names; applied on both backends so a name that works locally works in production.
+_ENDPOINT_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+RECORD_FIELDS = (
+    "backend", "endpoint_name", "url", "model_version", "model_uri", "taxonomy", "prompt", "instance_type",
+    "instance_count", "supports_choice", "max_image_tokens", "config_name", "deployed_at",
+)  # fmt: skip
+
+
+class SmokeTestFailed(AirflowFailException):
+    """The endpoint answered, but not with a taxonomy label: it must not take traffic. Failing without a retry
+    (the same model gives the same answer) sends the run straight to the rollback."""
+
+
+def serving_root(settings: Settings) -> ObjectStoragePath:
+    return storage.root(settings) / storage.SERVING
+
+
+def base_plan(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
+    """The backend-neutral part of a deployment plan: which model version, under which name, with which budget.
+
+    `params["model_version"]` empty means the registry's production model (what a promotion just published).
+    """
+    name = params["endpoint_name"]
+    if not _ENDPOINT_NAME.match(name):
+        raise ValueError(f"endpoint name {name!r}: 1-63 letters, digits and hyphens, starting with a letter or digit")
+    release = _release(storage.root(settings) / storage.MODELS, params["model_version"])
+    return {
+        "backend": settings.backend,
+        "endpoint_name": name,
+        "model_version": str(release["version"]),
+        "model_uri": release["model_uri"],
+        "taxonomy": release["taxonomy"],
+        "prompt": release["prompt"],
+        "max_image_tokens": params["max_image_tokens"],
+        "smoke_image_uri": params["smoke_image_uri"],
+    }
+
+
+def _release(models_root: ObjectStoragePath, version: str) -> dict[str, Any]:
+    """The registry's production entry; a named version must be that one (the registry exposes no other lookup)."""
+    from tasks.training import registry
+
+    release = registry.production_model(models_root)
+    if release is None:
+        raise LookupError(f"no promoted model in {models_root}/registry.json: run finetune_llava first")
+    if version and str(release["version"]) != version:
+        raise LookupError(f"model version {version!r} is not the promoted one ({release['version']!r})")
+    return release
+
+
+def endpoint_record(plan: dict[str, Any], url: str | None) -> dict[str, Any]:
+    """The record for a plan whose endpoint is up at `url` (local) or under its endpoint name (SageMaker)."""
+    record = {key: plan.get(key) for key in RECORD_FIELDS}
+    record |= {"url": url, "deployed_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    return record
+
+
+def publish_record(root: ObjectStoragePath, record: dict[str, Any]) -> ObjectStoragePath:
+    path = root / RECORD_NAME
+    storage.write_json(path, record)
+    return path
+
+
+def current_endpoint(root: ObjectStoragePath) -> dict[str, Any] | None:
+    """The endpoint that passed its smoke test last and has not been torn down, or None."""
+    return storage.read_json(root / RECORD_NAME)
+
+
+def remove_record(root: ObjectStoragePath, endpoint_name: str) -> bool:
+    """Forget the endpoint if the record is about it (a teardown of another name leaves the record alone)."""
+    record = current_endpoint(root)
+    if record is None or record["endpoint_name"] != endpoint_name:
+        return False
+    (root / RECORD_NAME).unlink()
+    return True
+
+
+def endpoint_spec(record: dict[str, Any], aws_conn_id: str) -> EndpointSpec:
+    """How `EndpointClient` reaches the recorded endpoint."""
+    if record["backend"] == "local":
+        return EndpointSpec("http", url=record["url"], supports_choice=record["supports_choice"])
+    return EndpointSpec(
+        "sagemaker",
+        endpoint_name=record["endpoint_name"],
+        aws_conn_id=aws_conn_id,
+        supports_choice=record["supports_choice"],
+    )
+
+
+def resize_policy(record: dict[str, Any]) -> ResizePolicy:
+    """Images go to the endpoint resized as the model was trained on them (same budget, same geometry)."""
+    return ResizePolicy(record["max_image_tokens"], geometry_for_backend(record["backend"]))
+
+
+def smoke_image(uri: str, conn_id: str | None) -> tuple[bytes, str | None]:
+    """The probe image and its label when known: the image at `uri`, or a fixed digit from scikit-learn."""
+    if uri:
+        return storage.storage_path(uri, conn_id).read_bytes(), None
+    from tasks.common.demo_data import digits
+    from tasks.model.images import encode_png
+
+    digit = next(digits(range(SMOKE_DIGIT_INDEX, SMOKE_DIGIT_INDEX + 1)))
+    return encode_png(digit.image), digit.label
+
+
+def smoke_test(
+    spec: EndpointSpec,
+    taxonomy: Taxonomy,
+    image: bytes,
+    *,
+    prompt: str,
+    policy: ResizePolicy,
+    expected: str | None = None,
+) -> str:
+    """Classify one known image; return its label. Raises `SmokeTestFailed` when the answer is not a label, and a
+    plain (retried) RuntimeError when no answer came back even after the client's own retries.
+
+    Correctness is logged, not required: one image says nothing about accuracy (evaluation did that), but an
+    endpoint that cannot produce a label at all would turn a whole night's images into `invalid` rows.
+    """
+    result = EndpointClient(spec, taxonomy, policy=policy, prompt=prompt).classify(image, key="smoke-test")
+    where = spec.url or spec.endpoint_name
+    if result.status == "invalid":
+        raise SmokeTestFailed(
+            f"smoke test on {where}: the answer {result.raw_answer!r} is not a label ({result.error})"
+        )
+    if result.status != "ok" or result.label is None:
+        raise RuntimeError(f"smoke test on {where}: no usable answer ({result.status}: {result.error})")
+    if expected is not None and taxonomy.match(expected) is not None:
+        verdict = "matches" if result.label == expected else f"differs from the expected {expected!r}"
+        log.info("smoke test label %r %s (%.0f ms)", result.label, verdict, (result.latency_s or 0) * 1000)
+    return result.label

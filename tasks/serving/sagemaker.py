@@ -1,0 +1,272 @@
+"""The SageMaker side of deploy/teardown: deterministic names, create requests, rollback, cleanup, autoscaling.
+
+Every function takes boto3 clients (from the provider's hooks in tasks, from a Stubber in tests). Model and endpoint
+config share one name, a pure function of the endpoint, the model version and everything that goes into them, so a
+retry finds what the first try made, and a changed setting never hides behind an old config of the same version.
+Ownership is a tag, not a name prefix: cleanup and teardown never touch another endpoint's resources.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from typing import Any
+
+from tasks.serving.config import ServingConfig, render_serving_properties
+from tasks.serving.runtime import djl_lmi_image_uri
+
+log = logging.getLogger(__name__)
+
+VARIANT = "AllTraffic"
+OWNER_TAG = "llava-pipeline:endpoint"
+VERSION_TAG = "llava-pipeline:model-version"
+MAX_NAME = 63
+SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+IN_PROGRESS = {"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"}
+# LMI downloads the weights itself (option.model_id) and loads them within model_loading_timeout; SageMaker's
+# health check must wait at least as long, or it kills a container that is still loading.
+STARTUP_MARGIN_S = 300
+NAME_FIELD = {"model": "ModelName", "endpoint_config": "EndpointConfigName", "endpoint": "EndpointName"}
+_LIST = {
+    "model": ("list_models", "Models", "ModelArn"),
+    "endpoint_config": ("list_endpoint_configs", "EndpointConfigs", "EndpointConfigArn"),
+}
+
+
+def resource_name(endpoint_name: str, version: str, digest: str) -> str:
+    """`<endpoint>-<version>-<digest8>`, cut to SageMaker's 63 characters; the digest keeps cut names unique."""
+    readable = f"{endpoint_name}-{re.sub(r'[^a-zA-Z0-9]+', '-', version).strip('-')}"
+    return f"{readable[: MAX_NAME - 9].rstrip('-')}-{digest[:8]}"
+
+
+def name_prefix(endpoint_name: str) -> str:
+    """What every resource name of this endpoint starts with (a cheap server-side filter before the tags)."""
+    return endpoint_name[: MAX_NAME - 9].rstrip("-")
+
+
+def plan(
+    base: dict[str, Any],
+    params: dict[str, Any],
+    *,
+    region: str,
+    role_arn: str,
+    archive_prefix: str,
+    current: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Add the SageMaker requests to a base plan.
+
+    The model archive goes to `<archive_prefix>/<name>/model.tar.gz`; `current` is the endpoint's describe_endpoint
+    (None when it does not exist): its config is what a failed deploy rolls back to.
+    """
+    if not role_arn:
+        raise ValueError("PIPELINE_SAGEMAKER_ROLE_ARN is not set: SageMaker models need an execution role")
+    if not params["min_instances"] <= params["instance_count"] <= params["max_instances"]:
+        raise ValueError("instance_count must lie within [min_instances, max_instances]")
+    config = ServingConfig(
+        model_uri=base["model_uri"],
+        async_mode=params["async_mode"],
+        enable_prefix_caching=params["enable_prefix_caching"] or None,
+        limit_mm_per_prompt={"image": params["images_per_prompt"]},
+        extra_options=params["extra_options"],
+    )
+    properties = render_serving_properties(config)
+    image = djl_lmi_image_uri(region)
+    variant = {"InstanceType": params["instance_type"], "InitialInstanceCount": params["instance_count"]}
+    identity = json.dumps([base["endpoint_name"], properties, image, role_arn, variant], sort_keys=True)
+    name = resource_name(base["endpoint_name"], base["model_version"], hashlib.sha256(identity.encode()).hexdigest())
+    tags = [{"Key": OWNER_TAG, "Value": base["endpoint_name"]}, {"Key": VERSION_TAG, "Value": base["model_version"]}]
+    tar_uri = f"{archive_prefix.rstrip('/')}/{name}/model.tar.gz"
+    return base | {
+        "instance_type": params["instance_type"],
+        "instance_count": params["instance_count"],
+        "supports_choice": config.supports_choice,
+        "config_name": name,
+        "previous_config": current["EndpointConfigName"] if current else None,
+        "endpoint_up_to_date": serves(current, name),
+        "serving_properties": properties,
+        "model_tar_uri": tar_uri,
+        "model_request": {
+            "ModelName": name,
+            "ExecutionRoleArn": role_arn,
+            "PrimaryContainer": {"Image": image, "ModelDataUrl": tar_uri},
+            "Tags": tags,
+        },
+        "endpoint_config_request": {
+            "EndpointConfigName": name,
+            "ProductionVariants": [
+                {
+                    "VariantName": VARIANT,
+                    "ModelName": name,
+                    **variant,
+                    "ContainerStartupHealthCheckTimeoutInSeconds": config.model_loading_timeout_s + STARTUP_MARGIN_S,
+                    "ModelDataDownloadTimeoutInSeconds": config.model_loading_timeout_s + STARTUP_MARGIN_S,
+                }
+            ],
+            "Tags": tags,
+        },
+        "endpoint_request": {"EndpointName": base["endpoint_name"], "EndpointConfigName": name, "Tags": tags},
+        "autoscaling": {
+            "min_instances": params["min_instances"],
+            "max_instances": params["max_instances"],
+            "target_invocations_per_instance": params["target_invocations_per_instance"],
+        },
+    }
+
+
+def describe(sm: Any, kind: str, name: str) -> dict[str, Any] | None:
+    """describe_model / describe_endpoint_config / describe_endpoint, or None when it does not exist."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return getattr(sm, f"describe_{kind}")(**{NAME_FIELD[kind]: name})
+    except ClientError as exc:
+        # SageMaker reports a missing resource as a ValidationException "Could not find ..."
+        if exc.response["Error"]["Code"] == "ValidationException" and "Could not find" in str(exc):
+            return None
+        raise
+
+
+def serves(endpoint: dict[str, Any] | None, config_name: str) -> bool:
+    """The endpoint is InService on exactly this config: nothing left to create, update or wait for."""
+    return (
+        bool(endpoint) and endpoint["EndpointConfigName"] == config_name and endpoint["EndpointStatus"] == "InService"
+    )
+
+
+def release_autoscaling_for_new_config(sm: Any, aas: Any, endpoint_name: str, new_config: str) -> bool:
+    """UpdateEndpoint refuses to change the instance type of a variant registered with Application Auto Scaling;
+    deregister it first (`register_autoscaling` registers it again after the smoke test). True when deregistered."""
+    endpoint = describe(sm, "endpoint", endpoint_name)
+    if endpoint is None or _instance_types(sm, endpoint["EndpointConfigName"]) == _instance_types(sm, new_config):
+        return False
+    return _deregister(aas, endpoint_name)
+
+
+def roll_back(sm: Any, plan: dict[str, Any], *, delay_s: int = 30, max_attempts: int = 120) -> str:
+    """Restore what served before this run: the previous config, or no endpoint at all if this run created it.
+
+    A failed UpdateEndpoint already leaves SageMaker on the old config; a smoke-test failure needs an update back.
+    An endpoint that existed on this very config before the run is left alone: this run changed nothing.
+    """
+    name, previous, new = plan["endpoint_name"], plan["previous_config"], plan["config_name"]
+    endpoint = _settled(sm, name, delay_s, max_attempts)
+    if endpoint is None:
+        return f"endpoint {name} does not exist: nothing to roll back"
+    if previous is None:
+        sm.delete_endpoint(EndpointName=name)
+        return f"deleted endpoint {name}: this run created it and it failed"
+    if previous == new:
+        return f"endpoint {name} already ran {new} before this run: nothing to roll back"
+    if serves(endpoint, previous):
+        return f"endpoint {name} is back on {previous} (SageMaker rolled the failed update back)"
+    sm.update_endpoint(EndpointName=name, EndpointConfigName=previous)
+    sm.get_waiter("endpoint_in_service").wait(
+        EndpointName=name, WaiterConfig={"Delay": delay_s, "MaxAttempts": max_attempts}
+    )
+    return f"endpoint {name} rolled back to {previous}"
+
+
+def delete_superseded(sm: Any, endpoint_name: str) -> dict[str, list[str]]:
+    """Delete this endpoint's configs and models that it does not use now (all of them when it is gone).
+
+    Nothing is touched while the endpoint is changing: the config an update is moving to is not "in use" yet.
+    """
+    endpoint = describe(sm, "endpoint", endpoint_name)
+    if endpoint is not None and endpoint["EndpointStatus"] in IN_PROGRESS:
+        log.warning("endpoint %s is %s: cleanup postponed", endpoint_name, endpoint["EndpointStatus"])
+        return {"endpoint_configs": [], "models": []}
+    keep_config = endpoint["EndpointConfigName"] if endpoint else None
+    in_use = describe(sm, "endpoint_config", keep_config) if keep_config else None
+    keep_models = {v["ModelName"] for v in (in_use or {}).get("ProductionVariants", [])}
+    configs = [c for c in _owned(sm, "endpoint_config", endpoint_name) if c != keep_config]
+    models = [m for m in _owned(sm, "model", endpoint_name) if m not in keep_models]
+    for config in configs:
+        sm.delete_endpoint_config(EndpointConfigName=config)
+    for model in models:
+        sm.delete_model(ModelName=model)
+    return {"endpoint_configs": configs, "models": models}
+
+
+def register_autoscaling(aas: Any, endpoint_name: str, autoscaling: dict[str, int]) -> str:
+    """Target tracking on invocations per instance (both calls are upserts, so a retry is harmless)."""
+    target = _scalable_target(endpoint_name)
+    aas.register_scalable_target(
+        **target, MinCapacity=autoscaling["min_instances"], MaxCapacity=autoscaling["max_instances"]
+    )
+    policy = f"{endpoint_name}-invocations"
+    aas.put_scaling_policy(
+        PolicyName=policy,
+        PolicyType="TargetTrackingScaling",
+        TargetTrackingScalingPolicyConfiguration={
+            "TargetValue": float(autoscaling["target_invocations_per_instance"]),
+            "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
+            "ScaleOutCooldown": 120,
+            "ScaleInCooldown": 600,  # model loading takes minutes: do not give capacity back on a short lull
+        },
+        **target,
+    )
+    return policy
+
+
+def tear_down(sm: Any, aas: Any, endpoint_name: str, *, delay_s: int = 15, max_attempts: int = 80) -> dict[str, Any]:
+    """Delete the endpoint, then every config and model it owns (also those a crashed run leaked)."""
+    deregistered = _deregister(aas, endpoint_name)
+    endpoint = _settled(sm, endpoint_name, delay_s, max_attempts)
+    if endpoint is not None:
+        sm.delete_endpoint(EndpointName=endpoint_name)
+        sm.get_waiter("endpoint_deleted").wait(
+            EndpointName=endpoint_name, WaiterConfig={"Delay": delay_s, "MaxAttempts": max_attempts}
+        )
+    leftovers = delete_superseded(sm, endpoint_name)
+    return {"endpoint_deleted": endpoint is not None, "autoscaling_deregistered": deregistered} | leftovers
+
+
+def _settled(sm: Any, name: str, delay_s: int, max_attempts: int) -> dict[str, Any] | None:
+    """describe_endpoint once it is no longer changing (SageMaker refuses to update or delete it meanwhile)."""
+    endpoint = describe(sm, "endpoint", name)
+    attempts = 0
+    while endpoint is not None and endpoint["EndpointStatus"] in IN_PROGRESS:
+        attempts += 1
+        if attempts > max_attempts:
+            raise TimeoutError(f"endpoint {name} still {endpoint['EndpointStatus']} after {delay_s * max_attempts}s")
+        time.sleep(delay_s)
+        endpoint = describe(sm, "endpoint", name)
+    return endpoint
+
+
+def _owned(sm: Any, kind: str, endpoint_name: str) -> list[str]:
+    """Names of this endpoint's models or endpoint configs, by owner tag."""
+    lister, key, arn_key = _LIST[kind]
+    names = []
+    for page in sm.get_paginator(lister).paginate(NameContains=name_prefix(endpoint_name)):
+        for item in page[key]:
+            tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=item[arn_key])["Tags"]}
+            if tags.get(OWNER_TAG) == endpoint_name:
+                names.append(item[NAME_FIELD[kind]])
+    return names
+
+
+def _instance_types(sm: Any, config_name: str) -> set[str]:
+    config = describe(sm, "endpoint_config", config_name) or {}
+    return {variant["InstanceType"] for variant in config.get("ProductionVariants", [])}
+
+
+def _scalable_target(endpoint_name: str) -> dict[str, str]:
+    resource_id = f"endpoint/{endpoint_name}/variant/{VARIANT}"
+    return {"ServiceNamespace": "sagemaker", "ResourceId": resource_id, "ScalableDimension": SCALABLE_DIMENSION}
+
+
+def _deregister(aas: Any, endpoint_name: str) -> bool:
+    """Deregister the variant's scalable target (its policies go with it); False when none was registered."""
+    from botocore.exceptions import ClientError
+
+    try:
+        aas.deregister_scalable_target(**_scalable_target(endpoint_name))
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ObjectNotFoundException":
+            return False
+        raise
+    return True

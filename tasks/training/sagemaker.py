@@ -1,0 +1,222 @@
+"""The SageMaker side of training: the CreateTrainingJob request for a plan, its uploaded source, the provider's
+SageMakerTrainingOperator made idempotent per job name and strict about how the job ended, and the billing facts of a
+finished job."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTrainingOperator
+from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from tasks.common import storage
+from tasks.common.aws_images import ecr_image_uri
+from tasks.costs.pricing import hourly_price
+from tasks.training.plan import (
+    ENTRY_POINT,
+    SAGEMAKER_CHANNEL_DIR,
+    SAGEMAKER_CHECKPOINT_DIR,
+    TRAINING_IMAGE_TABLE,
+    TRAINING_SOURCE_DIR,
+    VOLUME_SIZE_GB,
+    TrainingOutcome,
+    TrainingPlan,
+    flag_value,
+)
+
+
+def training_image_uri(region: str) -> str:
+    """The AWS PyTorch training container for `region` (see include/images/pytorch_training.json)."""
+    return ecr_image_uri(TRAINING_IMAGE_TABLE, region)
+
+
+def source_tarball(directory: Path = TRAINING_SOURCE_DIR) -> bytes:
+    """`sourcedir.tar.gz` for the framework container: the script directory's files at the archive root.
+
+    Byte-for-byte reproducible (sorted names, fixed mtimes and owners), so unchanged scripts upload the same object.
+    """
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(directory.rglob("*")):
+            if not path.is_file() or "__pycache__" in path.parts:
+                continue
+            member = tarfile.TarInfo(path.relative_to(directory).as_posix())
+            member.size, member.mode = path.stat().st_size, 0o644
+            tar.addfile(member, io.BytesIO(path.read_bytes()))
+    return gzip.compress(raw.getvalue(), mtime=0)
+
+
+def _s3_uri(uri: str) -> str:
+    """A plain `s3://bucket/key` for SageMaker (no Airflow `conn_id@`); anything else cannot be a job input."""
+    path = storage.storage_path(uri)
+    if path.protocol != "s3":
+        raise ValueError(f"SageMaker reads and writes S3 only; got {uri!r} (set PIPELINE_STORAGE_URI to s3://...)")
+    return storage.plain_uri(path)
+
+
+def create_training_job_request(plan: TrainingPlan, *, role_arn: str, image_uri: str, source_uri: str) -> dict:
+    """The CreateTrainingJob request: a pure function of the plan, so a retry sends (or finds) the same job.
+
+    The framework container downloads `sagemaker_submit_directory`, pip-installs its requirements.txt and runs
+    `python launch.py --<hyperparameter> <value> ...`; the base model comes from the hub, or from an S3 prefix as an
+    extra input channel.
+    """
+    if not role_arn:
+        raise ValueError("PIPELINE_SAGEMAKER_ROLE_ARN is empty: SageMaker needs an execution role for the job")
+    channels = {"train": plan.dataset_uri}
+    model_id = plan.base_model
+    if model_id.startswith("s3://"):
+        channels["base_model"] = model_id
+        model_id = f"{SAGEMAKER_CHANNEL_DIR}/base_model"
+    hyperparameters = {key: flag_value(value) for key, value in plan.hyperparameters.items()}
+    hyperparameters |= {
+        "model_id": model_id,
+        "sagemaker_program": ENTRY_POINT,
+        "sagemaker_submit_directory": _s3_uri(source_uri),
+        "sagemaker_region": plan.region,
+    }
+    stopping: dict[str, int] = {"MaxRuntimeInSeconds": plan.max_run_seconds}
+    if plan.spot:
+        stopping["MaxWaitTimeInSeconds"] = plan.max_wait_seconds
+    return {
+        "TrainingJobName": plan.job_name,
+        "RoleArn": role_arn,
+        "AlgorithmSpecification": {"TrainingImage": image_uri, "TrainingInputMode": "File"},
+        "HyperParameters": hyperparameters,
+        "InputDataConfig": [
+            {
+                "ChannelName": name,
+                "DataSource": {
+                    "S3DataSource": {
+                        "S3DataType": "S3Prefix",
+                        "S3Uri": _s3_uri(uri) + "/",  # a bare prefix would also match "<name>-other/"
+                        "S3DataDistributionType": "FullyReplicated",
+                    }
+                },
+            }
+            for name, uri in channels.items()
+        ],
+        # Uncompressed: the model lands as files under <job>/output/model/, which DJL/vLLM serve from the prefix.
+        "OutputDataConfig": {"S3OutputPath": _s3_uri(plan.model_root), "CompressionType": "NONE"},
+        "CheckpointConfig": {"S3Uri": _s3_uri(plan.checkpoint_uri), "LocalPath": SAGEMAKER_CHECKPOINT_DIR},
+        "ResourceConfig": {
+            "InstanceType": plan.instance_type,
+            "InstanceCount": plan.instance_count,
+            "VolumeSizeInGB": VOLUME_SIZE_GB,
+        },
+        "StoppingCondition": stopping,
+        "EnableManagedSpotTraining": plan.spot,
+        "Tags": [{"Key": key, "Value": value} for key, value in plan.tags.items()],
+    }
+
+
+def outcome_from_description(description: dict[str, Any], region: str) -> TrainingOutcome:
+    """Billing facts of a completed SageMaker job (a DescribeTrainingJob response).
+
+    SageMaker folds the spot saving into BillableTimeInSeconds (AWS: savings = 1 - billable / training time), so
+    those seconds are priced on demand. Without it (an emulator) the wall-clock time is priced at the table's spot
+    rate: an estimate, never a silent $0 rate.
+    """
+    resources = description["ResourceConfig"]
+    spot = bool(description.get("EnableManagedSpotTraining", False))
+    started, ended = description.get("TrainingStartTime"), description.get("TrainingEndTime")
+    wall = (ended - started).total_seconds() if started and ended else 0.0
+    train_seconds = float(description.get("TrainingTimeInSeconds", wall))
+    billed = description.get("BillableTimeInSeconds")
+    instance_type = resources["InstanceType"]
+    return TrainingOutcome(
+        job_name=description["TrainingJobName"],
+        region=region,
+        instance_type=instance_type,
+        instance_count=int(resources["InstanceCount"]),
+        spot=spot,
+        billable_seconds=float(billed if billed is not None else train_seconds),
+        price_per_hour_usd=hourly_price(region, instance_type, "training", spot=spot and billed is None),
+        train_seconds=train_seconds,
+    )
+
+
+WAITER_DELAY_S = 60
+WAIT_SLACK_S = 1800  # beyond the job's own stopping condition: SageMaker needs time to upload and settle
+
+
+class AttachingTrainingOperator(SageMakerTrainingOperator):
+    """Create the training job the config names, or attach to it when an earlier try already did; wait deferred.
+
+    The provider, finding the name taken, either launches a second billed job under a timestamped name or fails
+    (`action_if_job_exists`). A retry or rerun of the same DAG run must instead wait for the job its first try made.
+    Success is decided by the job's own final DescribeTrainingJob status, never by the trigger's event alone
+    (deferred success while the job failed: apache/airflow#69042; Stopped not failing: #67291). A Failed or Stopped
+    job fails the task without retries (a retry would attach to the same ended job) with SageMaker's FailureReason.
+    Returns the TrainingOutcome as a dict, the same shape as the local trainer's.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(check_if_job_exists=False, deferrable=True, check_interval=WAITER_DELAY_S, **kwargs)
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        self.preprocess_config()
+        name = self.config["TrainingJobName"]
+        if self._check_if_job_exists(name, self.hook.describe_training_job):
+            self.log.info("Attaching to training job %s, created by an earlier try of this DAG run.", name)
+        else:
+            self.log.info("Creating SageMaker training job %s.", name)
+            self.hook.create_training_job(self.config, wait_for_completion=False, print_log=False)
+        description = self.hook.describe_training_job(name)
+        if description["TrainingJobStatus"] in self.hook.non_terminal_states:
+            self.log.info(
+                "Training job %s is %s; waiting in the triggerer. Job logs: CloudWatch /aws/sagemaker/TrainingJobs.",
+                name,
+                description["TrainingJobStatus"],
+            )
+            self.defer(
+                trigger=SageMakerTrigger(
+                    job_name=name,
+                    job_type="Training",
+                    waiter_delay=self.check_interval,
+                    waiter_max_attempts=self._max_attempts(),
+                    aws_conn_id=self.aws_conn_id,
+                    region_name=self.region_name,
+                    verify=self.verify,
+                    botocore_config=self.botocore_config,
+                ),
+                method_name="execute_complete",
+            )
+        return self._result(description)
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        self.log.info("Trigger event: %s", event)
+        return self._result(self.hook.describe_training_job(self.config["TrainingJobName"]))
+
+    def _max_attempts(self) -> int:
+        stopping = self.config["StoppingCondition"]
+        longest = stopping.get("MaxWaitTimeInSeconds") or stopping["MaxRuntimeInSeconds"]
+        return (int(longest) + WAIT_SLACK_S) // self.check_interval + 1
+
+    def _result(self, description: dict[str, Any]) -> dict[str, Any]:
+        name, status = description["TrainingJobName"], description["TrainingJobStatus"]
+        self.serialized_training_data = json.loads(json.dumps(description, default=repr))  # for OpenLineage
+        if status in self.hook.non_terminal_states:
+            raise AirflowException(
+                f"SageMaker training job {name} is still {status} after the wait; it keeps running. "
+                "Clear this task to attach to it and wait again."
+            )
+        if status != "Completed":
+            reason = description.get("FailureReason") or "(SageMaker gave no FailureReason)"
+            raise AirflowFailException(f"SageMaker training job {name} ended {status}: {reason}")
+        outcome = outcome_from_description(description, self.hook.conn_region_name)
+        self.log.info(
+            "Training job %s completed: %.0f billable s x %d instance(s) of %s (spot: %s).",
+            name,
+            outcome.billable_seconds,
+            outcome.instance_count,
+            outcome.instance_type,
+            outcome.spot,
+        )
+        return outcome.to_dict()
