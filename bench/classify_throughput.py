@@ -29,6 +29,8 @@ from pathlib import Path
 
 import httpx
 
+from support.digits import digit_images, tiny_digits_model
+from support.endpoints import endpoint_record
 from tasks.common.storage import storage_path
 from tasks.model.images import encode_png
 from tasks.model.taxonomy import load_taxonomy
@@ -37,8 +39,6 @@ from tasks.nightly.partitions import plan_partition
 from tasks.serving import deployment
 from tasks.serving.client import build_request, encode_image
 from tasks.serving.local_server import start_local_server, stop_local_server
-from tests.classify_fixtures import endpoint_record
-from tests.fixtures_training import digit_images, tiny_digits_model
 
 TRAINED = Path(".data/bench/tiny_digits/run")
 DT = "2026-11-02"

@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from support.digits import digits_dataset_dict, tiny_digits_model
 from tasks.model.taxonomy import load_taxonomy
-from tests.fixtures_training import digits_dataset_dict, tiny_digits_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SCRIPT = REPO_ROOT / "include" / "training" / "train.py"

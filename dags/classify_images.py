@@ -93,15 +93,10 @@ def classify_images():
         "for a missing partition (that is a day with zero images).",
     )
     def wait_for_partition(params=None, logical_date=None, data_interval_start=None) -> PokeReturnValue:
-        from tasks.nightly.partitions import partition_dt
-        from tasks.nightly.steps import has_images
+        from tasks.nightly.steps import look_for_partition
 
-        dt = partition_dt(logical_date, data_interval_start)
-        present = has_images(SETTINGS, params["incoming_uri"].format(dt=dt))
-        day_end = datetime.fromisoformat(dt).replace(tzinfo=UTC) + timedelta(days=1)
-        deadline = day_end + timedelta(minutes=params["late_data_wait_minutes"])
-        done = present or datetime.now(UTC) >= deadline
-        return PokeReturnValue(is_done=done, xcom_value={"dt": dt, "present": present})
+        done, found = look_for_partition(SETTINGS, params, logical_date, data_interval_start)
+        return PokeReturnValue(is_done=done, xcom_value=found)
 
     @task(doc_md="Lists dt into a manifest, carries over rows already classified by this model, and shards the rest.")
     def plan_partition(found: dict, params=None) -> dict:
@@ -161,10 +156,9 @@ def classify_images():
 
     @task(doc_md="Writes `costs/reports/day=<dt>/costs.{csv,md,png}` for the 30 days up to dt.")
     def cost_report(planned: dict, recorded: list[str]) -> dict:
-        from tasks.common import storage
-        from tasks.costs.daily_report import write_report
+        from tasks.nightly.steps import cost_report
 
-        return write_report(storage.root(SETTINGS) / storage.COSTS, planned["plan"]["dt"])
+        return cost_report(SETTINGS, planned)
 
     found = wait_for_partition()
     planned = plan_partition(found)

@@ -65,25 +65,9 @@ and label conflicts are *rejected with a reason*; hidden/system files are *ignor
 def curate_dataset():
     @task(outlets=[CURATED_DATASET], doc_md="Decode, validate, dedupe, split and save; see the DAG runbook.")
     def curate(params=None, ts_nodash=None, outlet_events=None) -> dict:
-        from tasks.curation.curate import CurationOptions, curate_uri
-        from tasks.model.taxonomy import load_taxonomy
-        from tasks.model.vision_tokens import ResizePolicy, geometry_for_backend
+        from tasks.curation import steps
 
-        dataset_uri = params["dataset_uri"] or f"{SETTINGS.storage_uri}/datasets/{params['taxonomy']}-{ts_nodash}"
-        opts = CurationOptions(
-            test_fraction=params["test_fraction"],
-            val_fraction=params["val_fraction"],
-            seed=params["seed"],
-            prompt_template=params["prompt_template"],
-            resize_policy=ResizePolicy(params["max_image_tokens"], geometry_for_backend(SETTINGS.backend)),
-        )
-        result = curate_uri(
-            params["raw_uri"],
-            dataset_uri,
-            load_taxonomy(params["taxonomy"]),
-            opts,
-            conn_id=SETTINGS.aws_conn_id,
-        )
+        result = steps.curate(SETTINGS, params, ts_nodash)
         outlet_events[CURATED_DATASET].extra = result
         return result
 

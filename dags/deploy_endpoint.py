@@ -7,10 +7,10 @@ from airflow.sdk import Param, TriggerRule, chain, dag, task
 from tasks.common.assets import PROMOTED_MODEL, SERVING_ENDPOINT
 from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
 from tasks.model.vision_tokens import DEFAULT_MAX_IMAGE_TOKENS
+from tasks.serving import steps
 from tasks.serving.deployment import DEFAULT_ENDPOINT_NAME
-from tasks.serving.steps import steps_for
 
-STEPS = steps_for(SETTINGS.backend)
+SERVING = steps.serving_backend(SETTINGS)
 
 DOC = """
 ### Deploy endpoint
@@ -65,41 +65,28 @@ def deploy_endpoint():
         label (whether it is the right one is logged). Fails with the raw answer otherwise.""",
     )
     def smoke_test(plan: dict, url: str | None) -> str:
-        from tasks.model.taxonomy import load_taxonomy
-        from tasks.serving import deployment
-
-        record = deployment.endpoint_record(plan, url)
-        image, expected = deployment.smoke_image(plan["smoke_image_uri"], SETTINGS.aws_conn_id)
-        spec = deployment.endpoint_spec(record, SETTINGS.aws_conn_id)
-        policy = deployment.resize_policy(record)
-        return deployment.smoke_test(
-            spec, load_taxonomy(plan["taxonomy"]), image, prompt=plan["prompt"], policy=policy, expected=expected
-        )
+        return steps.smoke_test(SETTINGS, plan, url)
 
     @task(
         outlets=[SERVING_ENDPOINT],
         doc_md="Write `serving/endpoint.json` (what classify_images calls) and emit the serving_endpoint asset.",
     )
     def publish_endpoint(plan: dict, url: str | None, outlet_events=None) -> dict:
-        from tasks.serving import deployment
-
-        record = deployment.endpoint_record(plan, url)
-        deployment.publish_record(deployment.serving_root(SETTINGS), record)
+        record = steps.publish_endpoint(SETTINGS, plan, url)
         outlet_events[SERVING_ENDPOINT].extra = {
             key: record[key] for key in ("backend", "endpoint_name", "model_version", "url", "config_name")
         }
         return record
 
-    plan = STEPS.plan()
-    serving, url = STEPS.bring_up(plan)
+    plan = SERVING.plan()
+    serving, url = SERVING.bring_up(plan)
     smoke = smoke_test(plan, url)
     published = publish_endpoint(plan, url)
-    rolled_back = STEPS.roll_back()
-    scaled = STEPS.scale(plan)
-    chain(serving, smoke, published, *scaled)
+    rolled_back = SERVING.roll_back()
+    scaled = SERVING.scale(plan)
+    chain(serving, smoke, published, scaled)
     [serving, smoke] >> rolled_back
-    for cleanup in STEPS.clean_up():  # after everything, whatever happened
-        [published, rolled_back, *scaled] >> cleanup
+    [published, rolled_back, scaled] >> SERVING.clean_up()  # after everything, whatever happened
 
 
 deploy_endpoint()

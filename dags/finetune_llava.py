@@ -7,8 +7,9 @@ from airflow.sdk import Param, dag, task
 
 from tasks.common.assets import CURATED_DATASET, PROMOTED_MODEL
 from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
-from tasks.training.plan import default_hyperparameters
-from tasks.training.steps import training_steps
+from tasks.training import steps
+
+TRAINING = steps.training_backend(SETTINGS)
 
 DOC = f"""
 ### Fine-tune LLaVA-NeXT (backend: `{SETTINGS.backend}`)
@@ -45,7 +46,7 @@ backend, the **same script as a subprocess** on an offline tiny LLaVA-NeXT on th
         "dataset_uri": Param("", type="string", description="Empty: the triggering event's, else the newest."),
         "base_model": Param("", type="string", description="Hub id, s3:// prefix or directory; empty: default."),
         "hyperparameters": Param(
-            default_hyperparameters(SETTINGS.backend),
+            dict(TRAINING.hyperparameters),
             type="object",
             description="Flags of include/training/train.py; override the backend's defaults key by key.",
         ),
@@ -64,52 +65,25 @@ backend, the **same script as a subprocess** on an offline tiny LLaVA-NeXT on th
 def finetune_llava():
     @task(doc_md="Resolves the dataset and fixes this run's version, job name and paths (see the DAG runbook).")
     def plan(params=None, dag=None, dag_run=None, triggering_asset_events=None) -> dict:
-        from tasks.training.plan import find_dataset, plan_training, run_identity
-
         events = triggering_asset_events.get(CURATED_DATASET, []) if triggering_asset_events else []
-        dataset = find_dataset(params["dataset_uri"], [event.extra for event in events], SETTINGS)
-        run_key, run_time = run_identity(dag_run.run_id, dag_run.logical_date, dag_run.run_after)
-        return plan_training(SETTINGS, params, dataset, dag_id=dag.dag_id, run_key=run_key, run_time=run_time).to_dict()
+        return steps.plan(SETTINGS, params, dag_id=dag.dag_id, dag_run=dag_run, events=events)
 
     @task(doc_md="Writes the job's billable time × the price table into the shared cost ledger (one row per job).")
     def record_cost(plan: dict, outcome: dict, run_id=None) -> dict:
-        from tasks.common import storage
-        from tasks.costs import ledger
-        from tasks.training.plan import TrainingOutcome, TrainingPlan, ledger_entry
-
-        entry = ledger_entry(TrainingPlan.from_dict(plan), TrainingOutcome(**outcome), run_id)
-        path = ledger.record(storage.root(SETTINGS) / storage.COSTS, entry)
-        return {"cost_usd": entry.cost_usd, "ledger_row": str(path)}
+        return steps.record_cost(SETTINGS, plan, outcome, run_id)
 
     @task(doc_md="Scores the test split's answers with the strict parser; writes metrics.json and the plot.")
     def evaluate(plan: dict, outcome: dict) -> dict:
-        from tasks.training.evaluation import evaluate_version
-        from tasks.training.plan import TrainingOutcome, TrainingPlan
-
-        training = TrainingPlan.from_dict(plan)
-        return evaluate_version(training, TrainingOutcome(**outcome), SETTINGS.aws_conn_id)
+        return steps.evaluate(SETTINGS, plan, outcome)
 
     @task(outlets=[PROMOTED_MODEL], doc_md="Registers the version; promotes it if it passes the gate, else skips.")
     def promote(plan: dict, metrics: dict, params=None, outlet_events=None) -> dict:
-        from airflow.sdk.exceptions import AirflowSkipException
-
-        from tasks.common import storage
-        from tasks.training.plan import TrainingPlan
-        from tasks.training.registry import register_and_gate
-
-        training = TrainingPlan.from_dict(plan)
-        models = storage.root(SETTINGS) / storage.MODELS
-        decision = register_and_gate(
-            models, training, metrics, min_accuracy=params["min_accuracy"], tolerance=params["tolerance"]
-        )
-        if not decision.promoted:
-            raise AirflowSkipException(f"{training.version} not promoted: {decision.reason}")
-        promoted = {"version": training.version, "model_uri": training.model_uri, "taxonomy": training.taxonomy}
-        outlet_events[PROMOTED_MODEL].extra = promoted
-        return {**promoted, "decision": decision.reason, "previous": decision.previous}
+        promoted = steps.promote(SETTINGS, plan, metrics, params)
+        outlet_events[PROMOTED_MODEL].extra = {key: promoted[key] for key in ("version", "model_uri", "taxonomy")}
+        return promoted
 
     planned = plan()
-    outcome = training_steps(planned)
+    outcome = TRAINING.train(planned, pool=steps.TRAINING_POOL)
     record_cost(planned, outcome)
     promote(planned, evaluate(planned, outcome))
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from airflow.sdk import Param, dag, task
 
 from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
+from tasks.serving import steps
 from tasks.serving.deployment import DEFAULT_ENDPOINT_NAME
-from tasks.serving.steps import steps_for
 
-STEPS = steps_for(SETTINGS.backend)
+SERVING = steps.serving_backend(SETTINGS)
 
 DOC = """
 ### Teardown endpoint
@@ -36,11 +36,9 @@ name — including ones a crashed run leaked. **Local**: the `transformers serve
 def teardown_endpoint():
     @task(doc_md="Delete `serving/endpoint.json` if it names this endpoint, so no one calls it any more.")
     def forget_endpoint(params: dict | None = None) -> bool:
-        from tasks.serving import deployment
+        return steps.forget_endpoint(SETTINGS, params["endpoint_name"])
 
-        return deployment.remove_record(deployment.serving_root(SETTINGS), params["endpoint_name"])
-
-    forget_endpoint() >> STEPS.tear_down()
+    forget_endpoint() >> SERVING.tear_down()
 
 
 teardown_endpoint()

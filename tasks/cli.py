@@ -101,14 +101,14 @@ def _estimate_cost(args: argparse.Namespace) -> None:
 def _predictions_summary(args: argparse.Namespace) -> None:
     from tasks.common import storage
     from tasks.common.demo_data import score
-    from tasks.costs import ledger
-    from tasks.costs.daily_report import REPORTS_DIR
+    from tasks.costs.daily_report import REPORTS_DIR, daily_costs
     from tasks.nightly import predictions
 
     settings = load_settings()
     root = storage.root(settings)
-    ledger = {row["key"]: row for row in ledger.query(root / storage.COSTS, "SELECT * FROM ledger")}
-    for day in _dates(args.from_date, args.to_date):
+    days = _dates(args.from_date, args.to_date)
+    costs = {row.day: row for row in daily_costs(root / storage.COSTS, args.to_date, window_days=len(days))}
+    for day in days:
         partition = predictions.partition_dir(root / storage.PREDICTIONS, day)
         manifest = predictions.read_success(partition)
         if manifest is None:
@@ -119,11 +119,10 @@ def _predictions_summary(args: argparse.Namespace) -> None:
         if args.demo_accuracy:
             correct, asked = score(predictions.read_partition(partition).to_pylist())
             line += f", accuracy {correct}/{asked} = {correct / asked:.3f}" if asked else ""
-        busy = ledger.get(day, {})
-        idle = ledger.get(f"{manifest['endpoint']}/{day}", {})
-        if busy.get("images"):
-            all_in = 1000 * (busy["cost_usd"] + idle.get("cost_usd", 0.0)) / busy["images"]
-            line += f", ${busy['usd_per_1000_images']:.5f}/1000 images busy (${all_in:.5f} all-in with idle time)"
+        cost = costs.get(day)
+        if cost and cost.images:
+            line += (f", ${cost.usd_per_1000_images:.5f}/1000 images busy "
+                     f"(${cost.all_in_usd_per_1000_images:.5f} all-in with idle time)")  # fmt: skip
         print(line)
         print("    labels: " + ", ".join(f"{label}={n}" for label, n in stats["labels"].items()))
     report = root / storage.COSTS / REPORTS_DIR / f"day={args.to_date}"

@@ -214,7 +214,7 @@ def alert_notifier(settings: Settings) -> AlertNotifier:
         return SnsAlertNotifier(
             target_arn=settings.alert_sns_topic_arn, aws_conn_id=settings.aws_conn_id, region_name=settings.region
         )
-    if not settings.is_local:
+    if settings.requires_pager:
         log.warning("%s is not set: failures are logged and written to %s only; nobody is paged", ALERT_TOPIC_VAR,
                     default_alerts_path())  # fmt: skip
     return LocalAlertNotifier()

@@ -1,21 +1,23 @@
 """`PIPELINE_*` environment variables → one typed settings object.
 
-The backend is a property of a deployment: read once at DAG parse time, overridable per run through DAG params.
+The backend is a property of a deployment: read once at DAG parse time. `Settings.by_backend` is the one place
+that branches on it; each pipeline hands it its `local` and `sagemaker` implementations.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INCLUDE_DIR = REPO_ROOT / "include"
 
 Backend = Literal["local", "sagemaker"]
 BACKENDS: tuple[Backend, ...] = ("local", "sagemaker")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -28,9 +30,15 @@ class Settings:
     taxonomy: str
     alert_sns_topic_arn: str = ""  # empty: alerts go to the log and $AIRFLOW_HOME/alerts/failures.jsonl
 
+    def by_backend(self, *, local: Callable[[], T], sagemaker: Callable[[], T]) -> T:
+        """The implementation for this deployment's backend; the factories import lazily, so a local deployment
+        never imports SageMaker's operators and vice versa."""
+        return {"local": local, "sagemaker": sagemaker}[self.backend]()
+
     @property
-    def is_local(self) -> bool:
-        return self.backend == "local"
+    def requires_pager(self) -> bool:
+        """Production failures must reach a person: without an SNS topic the alert notifier warns at parse time."""
+        return self.backend != "local"
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:

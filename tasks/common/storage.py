@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from airflow.sdk import ObjectStoragePath
 
@@ -31,6 +33,15 @@ def storage_path(uri: str, conn_id: str | None = None) -> ObjectStoragePath:
     if uri.startswith("s3://") and conn_id:
         return ObjectStoragePath(uri, conn_id=conn_id)
     return ObjectStoragePath(uri)
+
+
+def local_path(uri: str, what: str = "the local backend") -> Path:
+    """The file or directory behind a `file://` URI (or a plain path), for local processes that take plain paths
+    (the trainer, the server); anything else is an error naming `what` needed it."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("", "file"):
+        raise ValueError(f"{what} works on local files; {uri!r} is not a file:// URI")
+    return Path(parsed.path)
 
 
 def root(settings: Settings) -> ObjectStoragePath:

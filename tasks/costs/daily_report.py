@@ -16,6 +16,7 @@ from airflow.sdk import ObjectStoragePath
 
 from tasks.common import storage
 from tasks.costs import ledger
+from tasks.costs.pricing import usd_per_1000_images
 
 REPORTS_DIR = "reports"
 WINDOW_DAYS = 30
@@ -48,11 +49,11 @@ class DailyCost:
 
     @property
     def usd_per_1000_images(self) -> float | None:
-        return 1000 * self.classification_usd / self.images if self.images else None
+        return usd_per_1000_images(self.classification_usd, self.images)
 
     @property
     def all_in_usd_per_1000_images(self) -> float | None:
-        return 1000 * (self.classification_usd + self.idle_usd) / self.images if self.images else None
+        return usd_per_1000_images(self.classification_usd + self.idle_usd, self.images)
 
 
 COLUMNS = [f.name for f in fields(DailyCost)] + ["total_usd", "usd_per_1000_images", "all_in_usd_per_1000_images"]

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from airflow.sdk import ObjectStoragePath
 
 from tasks.common import storage
-from tasks.costs.pricing import EndpointPricing, price_table
+from tasks.costs.pricing import EndpointPricing, price_table, usd_per_1000_images
 
 LEDGER_DIR = "ledger"
 Kind = Literal["training", "classification", "endpoint_idle"]
@@ -55,7 +55,7 @@ class LedgerEntry:
 
     @property
     def usd_per_1000_images(self) -> float | None:
-        return 1000 * self.cost_usd / self.images if self.images else None
+        return usd_per_1000_images(self.cost_usd, self.images)
 
     def row(self) -> dict[str, Any]:
         return {**asdict(self), "cost_usd": self.cost_usd, "usd_per_1000_images": self.usd_per_1000_images}

@@ -36,20 +36,24 @@ def hourly_price(region: str, instance_type: str, usage: Usage, *, spot: bool = 
     return price * (1 - table["spot_discount"]) if spot else price
 
 
+def usd_per_1000_images(usd: float, images: int) -> float | None:
+    """The unit every cost figure of this project is quoted in; None without images."""
+    return 1000 * usd / images if images else None
+
+
 @dataclass(frozen=True)
 class EndpointPricing:
     backend: str
-    region: str  # "local" for the local backend: the price table prices it as a small CPU instance
+    region: str  # of the price table ("local" prices the local server as a small CPU instance)
     instance_type: str
     instance_count: int
 
     @classmethod
-    def of_record(cls, record: dict[str, Any], region: str) -> EndpointPricing:
-        """From an endpoint record (tasks.deployment)."""
-        backend = record["backend"]
+    def of_record(cls, record: dict[str, Any]) -> EndpointPricing:
+        """From an endpoint record (tasks.serving.deployment), priced in the region its backend recorded."""
         return cls(
-            backend=backend,
-            region="local" if backend == "local" else region,
+            backend=record["backend"],
+            region=record["price_region"],
             instance_type=record["instance_type"],
             instance_count=int(record["instance_count"]),
         )

@@ -8,7 +8,7 @@ budget can be checked without loading a processor; tests compare it against the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from PIL import Image
@@ -41,6 +41,14 @@ class VisionGeometry:
             feature_select_strategy=processor.vision_feature_select_strategy,
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly, for the registry and the endpoint record (which say how images must be prepared)."""
+        return asdict(self) | {"grid_pinpoints": [list(pin) for pin in self.grid_pinpoints]}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> VisionGeometry:
+        return cls(**{**doc, "grid_pinpoints": tuple(tuple(pin) for pin in doc["grid_pinpoints"])})
+
 
 # llava-v1.6 (CLIP ViT-L/14 at 336 px) as fine-tuned and served in production.
 PRODUCTION_GEOMETRY = VisionGeometry(
@@ -51,11 +59,6 @@ PRODUCTION_GEOMETRY = VisionGeometry(
 
 # The offline tiny LLaVA-NeXT of local runs (tasks/tiny_model.py builds its processor from this).
 TINY_GEOMETRY = VisionGeometry(tile_size=32, patch_size=8, grid_pinpoints=((32, 32), (32, 64), (64, 32), (64, 64)))
-
-
-def geometry_for_backend(backend: str) -> VisionGeometry:
-    """The geometry of the model a backend trains and serves: production LLaVA-NeXT, or the local tiny one."""
-    return TINY_GEOMETRY if backend == "local" else PRODUCTION_GEOMETRY
 
 
 def best_resolution(width: int, height: int, geometry: VisionGeometry) -> tuple[int, int]:

@@ -72,10 +72,11 @@ def deployed_endpoint(settings: Settings, *, name: str = "", backend: str = "", 
     """The endpoint record to classify with (None when none is deployed and it is not `required`).
 
     `name`/`backend`, when set, pin the run to that endpoint: it refuses to classify through another one (e.g. a
-    backfill budgeted for one endpoint, after a redeploy). A required local server that died (reboot, OOM) is
-    restarted on its recorded port.
+    backfill budgeted for one endpoint, after a redeploy). A required endpoint is brought back first where its
+    backend can (a local server that died is restarted on its recorded port).
     """
     from tasks.serving import deployment
+    from tasks.serving.steps import serving_backend
 
     record = deployment.current_endpoint(deployment.serving_root(settings))
     if record is None:
@@ -88,10 +89,8 @@ def deployed_endpoint(settings: Settings, *, name: str = "", backend: str = "", 
     for param, wanted in (("endpoint_name", name), ("backend", backend)):
         if wanted and record[param] != wanted:
             raise AirflowFailException(f"the deployed endpoint has {param}={record[param]!r}; this run: {wanted!r}")
-    if required and record["backend"] == "local":
-        from tasks.serving import local
-
-        local.ensure_serving(record, local.state_path(settings))
+    if required:
+        serving_backend(settings).ensure_serving(record)
     return record
 
 

@@ -7,6 +7,7 @@ classification, quality, costs) so those never see Airflow's params or XCom shap
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tasks.common import storage
@@ -23,6 +24,18 @@ log = logging.getLogger(__name__)
 def has_images(settings: Settings, incoming_uri: str) -> bool:
     """At least one file that is not hidden/OS bookkeeping (stops at the first)."""
     return any(partitions.image_keys(storage.storage_path(incoming_uri, settings.aws_conn_id)))
+
+
+def look_for_partition(
+    settings: Settings, params: dict[str, Any], logical_date: datetime | None, data_interval_start: datetime
+) -> tuple[bool, dict[str, Any]]:
+    """(done waiting, {dt, present}): done once dt has an image, or `late_data_wait_minutes` after the day ended
+    (an empty partition is a day with zero images, not a failure)."""
+    dt = partitions.partition_dt(logical_date, data_interval_start)
+    present = has_images(settings, params["incoming_uri"].format(dt=dt))
+    day_end = datetime.fromisoformat(dt).replace(tzinfo=UTC) + timedelta(days=1)
+    deadline = day_end + timedelta(minutes=params["late_data_wait_minutes"])
+    return present or datetime.now(UTC) >= deadline, {"dt": dt, "present": present}
 
 
 def plan(settings: Settings, dt: str, present: bool, params: dict[str, Any]) -> dict[str, Any]:
@@ -71,7 +84,7 @@ def check_budget(settings: Settings, planned: dict[str, Any], params: dict[str, 
 
 def estimate(settings: Settings, record: dict[str, Any], images: int, params: dict[str, Any], what: str) -> dict:
     """The budget guard: cost of `images` at the endpoint's measured throughput (else the assumed one)."""
-    endpoint = pricing.EndpointPricing.of_record(record, settings.region)
+    endpoint = pricing.EndpointPricing.of_record(record)
     measured = budget.measured_images_per_second(
         storage.root(settings) / storage.COSTS, endpoint.instance_type, endpoint.instance_count
     )
@@ -137,7 +150,7 @@ def record_costs(settings: Settings, planned: dict[str, Any], staged: dict[str, 
         return []
     entries = ledger.partition_entries(
         job.dt,
-        pricing.EndpointPricing.of_record(job.record, settings.region),
+        pricing.EndpointPricing.of_record(job.record),
         endpoint=job.endpoint_name,
         model_version=job.model_version,
         stats=staged["stats"],
@@ -149,3 +162,10 @@ def record_costs(settings: Settings, planned: dict[str, Any], staged: dict[str, 
     for entry in entries:
         log.info("%s %s: %.1f s, $%.6f", entry.kind, entry.key, entry.billable_seconds, entry.cost_usd)
     return [str(ledger.record(costs_root, entry)) for entry in entries]
+
+
+def cost_report(settings: Settings, planned: dict[str, Any]) -> dict[str, str]:
+    """`costs/reports/day=<dt>/costs.{csv,md,png}` for the 30 days up to dt."""
+    from tasks.costs.daily_report import write_report
+
+    return write_report(storage.root(settings) / storage.COSTS, planned["plan"]["dt"])

@@ -33,9 +33,10 @@ _END = object()
 
 @dataclass(frozen=True)
 class EndpointSpec:
-    """Where and how to send requests. `url` for backend "http", `endpoint_name` for "sagemaker"."""
+    """Where and how to send requests: `url` for an OpenAI-compatible HTTP server, `endpoint_name` for a SageMaker
+    endpoint reached through the sagemaker-runtime API."""
 
-    backend: Literal["http", "sagemaker"]
+    transport: Literal["openai_http", "sagemaker_runtime"]
     url: str | None = None  # base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000
     endpoint_name: str | None = None
     aws_conn_id: str = "aws_default"
@@ -48,10 +49,11 @@ class EndpointSpec:
     backoff_max_s: float = 20.0
 
     def __post_init__(self) -> None:
-        if self.backend == "http" and not self.url:
-            raise ValueError("an http endpoint needs a url")
-        if self.backend == "sagemaker" and not self.endpoint_name:
-            raise ValueError("a sagemaker endpoint needs an endpoint_name")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"unknown transport {self.transport!r}; known: {', '.join(TRANSPORTS)}")
+        needed = TRANSPORTS[self.transport].needs
+        if not getattr(self, needed):
+            raise ValueError(f"transport {self.transport} needs {needed}")
 
 
 @dataclass(frozen=True)
@@ -241,13 +243,13 @@ class EndpointClient:
         raise AssertionError("unreachable: the last attempt always returns")
 
     def _transport(self, concurrency: int) -> Transport:
-        if self.spec.backend == "http":
-            return HttpTransport(self.spec, concurrency)
-        return SageMakerTransport(self.spec, concurrency)
+        return TRANSPORTS[self.spec.transport](self.spec, concurrency)
 
 
 class HttpTransport:
     """POST {url}/v1/chat/completions with httpx; `timeout_s` bounds each attempt end to end."""
+
+    needs = "url"
 
     def __init__(self, spec: EndpointSpec, concurrency: int) -> None:
         self.spec = spec
@@ -278,6 +280,8 @@ class HttpTransport:
 class SageMakerTransport:
     """`invoke_endpoint` through the Amazon provider's hook, in a thread pool sized to the concurrency (the
     default executor has only cpu+4 threads). botocore's own retries are off: retries happen once, here."""
+
+    needs = "endpoint_name"
 
     def __init__(self, spec: EndpointSpec, concurrency: int) -> None:
         from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
@@ -314,6 +318,12 @@ class SageMakerTransport:
     async def aclose(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
+
+
+TRANSPORTS: dict[str, type[HttpTransport] | type[SageMakerTransport]] = {
+    "openai_http": HttpTransport,
+    "sagemaker_runtime": SageMakerTransport,
+}
 
 
 def _sagemaker_error(exc: Any) -> RequestError:

@@ -8,7 +8,6 @@ test; teardown removes it. Readers go through `current_endpoint` + `endpoint_spe
 from __future__ import annotations
 
 import logging
-import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,9 +15,10 @@ from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
 
 from tasks.common import storage
+from tasks.common.aws_names import check_sagemaker_name
 from tasks.common.settings import Settings
 from tasks.model.taxonomy import Taxonomy
-from tasks.model.vision_tokens import ResizePolicy, geometry_for_backend
+from tasks.model.vision_tokens import ResizePolicy, VisionGeometry
 from tasks.serving.client import EndpointClient, EndpointSpec
 
 log = logging.getLogger(__name__)
@@ -26,11 +26,10 @@ log = logging.getLogger(__name__)
 RECORD_NAME = "endpoint.json"
 DEFAULT_ENDPOINT_NAME = "llava-classifier"
 SMOKE_DIGIT_INDEX = 0  # a fixed, known image: the answer must parse as a label (right or not, it is logged)
-# SageMaker's rule for endpoint names; applied on both backends so a name that works locally works in production.
-_ENDPOINT_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 RECORD_FIELDS = (
-    "backend", "endpoint_name", "url", "model_version", "model_uri", "taxonomy", "prompt", "instance_type",
-    "instance_count", "supports_choice", "max_image_tokens", "config_name", "deployed_at",
+    "backend", "endpoint_name", "transport", "url", "model_version", "model_uri", "taxonomy", "prompt",
+    "instance_type", "instance_count", "price_region", "supports_choice", "max_image_tokens", "vision_geometry",
+    "config_name", "deployed_at",
 )  # fmt: skip
 
 
@@ -48,9 +47,7 @@ def base_plan(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
 
     `params["model_version"]` empty means the registry's production model (what a promotion just published).
     """
-    name = params["endpoint_name"]
-    if not _ENDPOINT_NAME.match(name):
-        raise ValueError(f"endpoint name {name!r}: 1-63 letters, digits and hyphens, starting with a letter or digit")
+    name = check_sagemaker_name(params["endpoint_name"], "endpoint name")
     release = _release(storage.root(settings) / storage.MODELS, params["model_version"])
     return {
         "backend": settings.backend,
@@ -59,6 +56,7 @@ def base_plan(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
         "model_uri": release["model_uri"],
         "taxonomy": release["taxonomy"],
         "prompt": release["prompt"],
+        "vision_geometry": release["vision_geometry"],
         "max_image_tokens": params["max_image_tokens"],
         "smoke_image_uri": params["smoke_image_uri"],
     }
@@ -104,11 +102,10 @@ def remove_record(root: ObjectStoragePath, endpoint_name: str) -> bool:
 
 
 def endpoint_spec(record: dict[str, Any], aws_conn_id: str) -> EndpointSpec:
-    """How `EndpointClient` reaches the recorded endpoint."""
-    if record["backend"] == "local":
-        return EndpointSpec("http", url=record["url"], supports_choice=record["supports_choice"])
+    """How `EndpointClient` reaches the recorded endpoint (the transport the serving backend recorded)."""
     return EndpointSpec(
-        "sagemaker",
+        record["transport"],
+        url=record["url"],
         endpoint_name=record["endpoint_name"],
         aws_conn_id=aws_conn_id,
         supports_choice=record["supports_choice"],
@@ -117,7 +114,7 @@ def endpoint_spec(record: dict[str, Any], aws_conn_id: str) -> EndpointSpec:
 
 def resize_policy(record: dict[str, Any]) -> ResizePolicy:
     """Images go to the endpoint resized as the model was trained on them (same budget, same geometry)."""
-    return ResizePolicy(record["max_image_tokens"], geometry_for_backend(record["backend"]))
+    return ResizePolicy(record["max_image_tokens"], VisionGeometry.from_dict(record["vision_geometry"]))
 
 
 def smoke_image(uri: str, conn_id: str | None) -> tuple[bytes, str | None]:

@@ -1,4 +1,4 @@
-"""The local side of deploy/teardown: one managed `transformers serve` on loopback per storage root.
+"""The local serving backend: one managed `transformers serve` on loopback per storage root.
 
 The server's pid/port state file must sit on the disk of the machine that runs the process: under the storage root
 when that is `file://`, else (local backend against `s3://` storage) under `$AIRFLOW_HOME/serving/`.
@@ -11,26 +11,110 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from airflow.sdk import TriggerRule, XComArg, task, task_group
+
 from tasks.common.settings import Settings
-from tasks.common.storage import SERVING
+from tasks.common.storage import SERVING, local_path
+from tasks.serving import deployment
 from tasks.serving.local_server import local_server_status, start_local_server, stop_local_server
+from tasks.serving.steps import NOTHING_TO_DO, PLAN_DOC, PLAN_TASK, ROLL_BACK_DOC, plan_or_skip
 
 STATE_NAME = "local_server.json"
+PRICE_REGION = "local"  # the price table prices the local server as a small CPU instance
+
+
+class LocalServing:
+    """A `transformers serve` process on loopback for the promoted tiny model."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def plan(self) -> XComArg:
+        settings = self.settings
+
+        @task(task_id=PLAN_TASK, doc_md=PLAN_DOC)
+        def plan_deployment(params: dict | None = None) -> dict:
+            return plan(deployment.base_plan(settings, params), settings)
+
+        return plan_deployment()
+
+    def bring_up(self, plan: XComArg) -> tuple[Any, XComArg]:
+        @task(doc_md=NOTHING_TO_DO.format(why="the server loads the model directory as it is"))
+        def package_serving_config(plan: dict) -> None:
+            return None
+
+        @task(doc_md=NOTHING_TO_DO.format(why="there is no model resource besides the model directory"))
+        def create_model() -> None:
+            return None
+
+        @task(doc_md=NOTHING_TO_DO.format(why="the server's settings are its command line"))
+        def create_endpoint_config() -> None:
+            return None
+
+        @task(
+            doc_md="""Start (or reuse) `transformers serve` for the model and wait until it lists the model;
+            a dead server or one serving another model is replaced. pid/port are in the state file named in the
+            plan; the server log sits next to it (`local_server.log`). *Not ready in time*: read that log."""
+        )
+        def deploy_endpoint(plan: dict, params: dict | None = None) -> str:
+            return bring_up(plan, params["ready_timeout_s"])
+
+        @task_group(group_id="bring_up")
+        def bring_up_group(plan: XComArg) -> XComArg:
+            url = deploy_endpoint(plan)
+            package_serving_config(plan) >> create_model() >> create_endpoint_config() >> url
+            return url
+
+        url = bring_up_group(plan)
+        return url.operator, url
+
+    def roll_back(self) -> Any:
+        @task(trigger_rule=TriggerRule.ONE_FAILED, doc_md=ROLL_BACK_DOC)
+        def roll_back(params: dict | None = None) -> str:
+            return restore_previous(plan_or_skip(), params["ready_timeout_s"])
+
+        return roll_back()
+
+    def scale(self, plan: XComArg) -> Any:
+        @task(doc_md=NOTHING_TO_DO.format(why="one process on one machine"))
+        def register_autoscaling(plan: dict) -> None:
+            return None
+
+        return register_autoscaling(plan)
+
+    def clean_up(self) -> Any:
+        @task(doc_md=NOTHING_TO_DO.format(why="a server for a new model replaces the old one; nothing is left over"))
+        def delete_superseded() -> None:
+            return None
+
+        return delete_superseded().as_teardown()
+
+    def tear_down(self) -> Any:
+        settings = self.settings
+
+        @task(doc_md="Stop the local server and every process it started. Safe to rerun.")
+        def tear_down() -> bool:
+            return stop_local_server(state_path(settings))
+
+        return tear_down()
+
+    def ensure_serving(self, record: dict[str, Any]) -> None:
+        """Restart the recorded endpoint's server if it died (a reboot, an OOM kill) on its recorded port, so the
+        URL in the record stays true."""
+        port = urlparse(record["url"]).port
+        start_local_server(model_dir(record["model_uri"]), state_path(self.settings), port)
 
 
 def state_path(settings: Settings) -> Path:
     if settings.storage_uri.startswith("file://"):
-        return Path(urlparse(settings.storage_uri).path) / SERVING / STATE_NAME
+        return local_path(settings.storage_uri) / SERVING / STATE_NAME
     home = os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow"
     return Path(home) / SERVING / STATE_NAME
 
 
 def model_dir(model_uri: str) -> Path:
     """The local directory of a registered model (the local backend serves from disk, never from S3)."""
-    parsed = urlparse(model_uri)
-    if parsed.scheme not in ("", "file"):
-        raise ValueError(f"the local backend serves models from local disk; {model_uri!r} is not a file:// URI")
-    return Path(parsed.path).resolve()
+    return local_path(model_uri, "the local server").resolve()
 
 
 def plan(base: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -38,8 +122,10 @@ def plan(base: dict[str, Any], settings: Settings) -> dict[str, Any]:
     state = state_path(settings)
     running = local_server_status(state)
     return base | {
-        "instance_type": "local",
+        "instance_type": PRICE_REGION,
         "instance_count": 1,
+        "transport": "openai_http",
+        "price_region": PRICE_REGION,
         "supports_choice": False,  # `transformers serve` has no structured outputs for chat completions
         "config_name": None,
         "state_path": str(state),
@@ -53,14 +139,7 @@ def bring_up(plan: dict[str, Any], ready_timeout_s: float) -> str:
     return info.base_url
 
 
-def ensure_serving(record: dict[str, Any], state: Path, ready_timeout_s: float = 120.0) -> str:
-    """Restart the recorded endpoint's server if it died (a reboot, an OOM kill) on its recorded port, so the URL
-    in the record stays true. For callers of a local endpoint, e.g. before a nightly classification run."""
-    port = urlparse(record["url"]).port
-    return start_local_server(model_dir(record["model_uri"]), state, port, ready_timeout_s=ready_timeout_s).base_url
-
-
-def roll_back(plan: dict[str, Any], ready_timeout_s: float) -> str:
+def restore_previous(plan: dict[str, Any], ready_timeout_s: float) -> str:
     """Restore what served before this run: the previous model's server on its old port (the URL in the endpoint
     record stays true), or no server if this run started it."""
     previous, new = plan["previous_server"], str(model_dir(plan["model_uri"]))
@@ -73,8 +152,3 @@ def roll_back(plan: dict[str, Any], ready_timeout_s: float) -> str:
         previous["model_dir"], plan["state_path"], previous["port"], ready_timeout_s=ready_timeout_s
     )
     return f"serving {previous['model_dir']} again at {info.base_url}"
-
-
-def tear_down(settings: Settings) -> bool:
-    """Stop the server and everything it started; True when one was running."""
-    return stop_local_server(state_path(settings))

@@ -9,7 +9,6 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import httpx
 import psutil
+
+from tasks.common.processes import group_members, stop_group
 
 
 @dataclass(frozen=True)
@@ -107,40 +108,11 @@ def _stop_locked(state_path: Path, timeout_s: float = 15.0) -> bool:
     info = _read_state(state_path)
     stopped = False
     # Members left in the group after the leader died are ours too: Linux never reuses a live group's id as a pid.
-    if info is not None and (_alive(info) or _group_members(info.pid)):
-        _signal_group(info.pid, signal.SIGTERM)
-        if not _wait_gone(info, timeout_s):
-            _signal_group(info.pid, signal.SIGKILL)
-            _wait_gone(info, timeout_s)
+    if info is not None and (_alive(info) or group_members(info.pid)):
+        stop_group(info.pid, grace_s=timeout_s)
         stopped = True
     state_path.unlink(missing_ok=True)
     return stopped
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, sig)
-
-
-def _wait_gone(info: ServerInfo, timeout_s: float) -> bool:
-    """Wait until no process of the group is left (reaping the leader when it is our own child)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not _group_members(info.pid):
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(info.pid, os.WNOHANG)
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for proc in psutil.process_iter(["status"]):
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                members.append(proc.pid)
-    return members
 
 
 def _alive(info: ServerInfo) -> bool:

@@ -1,4 +1,5 @@
-"""The SageMaker side of deploy/teardown: deterministic names, create requests, rollback, cleanup, autoscaling.
+"""The SageMaker serving backend: deterministic names, create requests, rollback, cleanup, autoscaling, and the
+provider's operators that bring an endpoint up.
 
 Every function takes boto3 clients (from the provider's hooks in tasks, from a Stubber in tests). Model and endpoint
 config share one name, a pure function of the endpoint, the model version and everything that goes into them, so a
@@ -11,19 +12,25 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
+from datetime import timedelta
 from typing import Any
 
-from tasks.serving.config import ServingConfig, render_serving_properties
+from airflow.sdk import TriggerRule, XComArg, task, task_group
+
+from tasks.common.aws_names import MAX_NAME, sagemaker_name, slug
+from tasks.common.settings import Settings
+from tasks.common.storage import plain_uri, storage_path, write_bytes_atomic
+from tasks.serving import deployment
+from tasks.serving.config import ServingConfig, package_model_tar, render_serving_properties
 from tasks.serving.runtime import djl_lmi_image_uri
+from tasks.serving.steps import PLAN_DOC, PLAN_TASK, ROLL_BACK_DOC, plan_or_skip
 
 log = logging.getLogger(__name__)
 
 VARIANT = "AllTraffic"
 OWNER_TAG = "llava-pipeline:endpoint"
 VERSION_TAG = "llava-pipeline:model-version"
-MAX_NAME = 63
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 IN_PROGRESS = {"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"}
 # LMI downloads the weights itself (option.model_id) and loads them within model_loading_timeout; SageMaker's
@@ -38,8 +45,7 @@ _LIST = {
 
 def resource_name(endpoint_name: str, version: str, digest: str) -> str:
     """`<endpoint>-<version>-<digest8>`, cut to SageMaker's 63 characters; the digest keeps cut names unique."""
-    readable = f"{endpoint_name}-{re.sub(r'[^a-zA-Z0-9]+', '-', version).strip('-')}"
-    return f"{readable[: MAX_NAME - 9].rstrip('-')}-{digest[:8]}"
+    return sagemaker_name(f"{endpoint_name}-{slug(version)}", digest)
 
 
 def name_prefix(endpoint_name: str) -> str:
@@ -82,6 +88,8 @@ def plan(
     return base | {
         "instance_type": params["instance_type"],
         "instance_count": params["instance_count"],
+        "transport": "sagemaker_runtime",
+        "price_region": region,
         "supports_choice": config.supports_choice,
         "config_name": name,
         "previous_config": current["EndpointConfigName"] if current else None,
@@ -270,3 +278,173 @@ def _deregister(aas: Any, endpoint_name: str) -> bool:
             return False
         raise
     return True
+
+
+class SageMakerServing:
+    """DJL LMI + vLLM on a SageMaker real-time endpoint, through the Amazon provider's operators."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def plan(self) -> XComArg:
+        @task(task_id=PLAN_TASK, multiple_outputs=True, doc_md=PLAN_DOC)
+        def plan_deployment(params: dict | None = None) -> dict:
+            base = deployment.base_plan(self.settings, params)
+            archives = plain_uri(deployment.serving_root(self.settings) / base["endpoint_name"])
+            return plan(
+                base,
+                params,
+                region=self.settings.region,
+                role_arn=self.settings.sagemaker_role_arn,
+                archive_prefix=archives,
+                current=describe(_sagemaker(self.settings.aws_conn_id), "endpoint", base["endpoint_name"]),
+            )
+
+        return plan_deployment()
+
+    def bring_up(self, plan: XComArg) -> tuple[Any, None]:
+        from airflow.providers.amazon.aws.operators.sagemaker import (
+            SageMakerEndpointConfigOperator,
+            SageMakerEndpointOperator,
+            SageMakerModelOperator,
+        )
+
+        @task(
+            doc_md="""Upload `model.tar.gz` (only `code/serving.properties`; LMI loads the weights from
+            `option.model_id`) to the plan's `model_tar_uri`. Byte-identical on every retry."""
+        )
+        def package_serving_config(plan: dict) -> str:
+            archive = storage_path(plan["model_tar_uri"], self.settings.aws_conn_id)
+            write_bytes_atomic(archive, package_model_tar(plan["serving_properties"]))
+            return plan["model_tar_uri"]
+
+        @task_group(group_id="bring_up")
+        def bring_up(plan: XComArg) -> Any:
+            model = SageMakerModelOperator(
+                task_id="create_model",
+                config=plan["model_request"],
+                aws_conn_id=self.settings.aws_conn_id,
+                pre_execute=_skip_existing("model"),
+                doc_md="""SageMaker model (DJL LMI image + the archive). Skipped when the deterministic name
+                exists already, so a retry never makes a second one.""",
+            )
+            config = SageMakerEndpointConfigOperator(
+                task_id="create_endpoint_config",
+                config=plan["endpoint_config_request"],
+                aws_conn_id=self.settings.aws_conn_id,
+                pre_execute=_skip_existing("endpoint_config"),
+                trigger_rule=TriggerRule.NONE_FAILED,
+                doc_md="""Endpoint config (instance type/count, startup timeouts). Skipped when it exists.""",
+            )
+            endpoint = SageMakerEndpointOperator(
+                task_id="deploy_endpoint",
+                config=plan["endpoint_request"],
+                operation="create",  # the operator switches to update when the endpoint exists
+                deferrable=True,
+                check_interval=30,
+                max_ingestion_time=3600,
+                aws_conn_id=self.settings.aws_conn_id,
+                pre_execute=_prepare_endpoint_update,
+                trigger_rule=TriggerRule.NONE_FAILED,
+                # A failed deploy is rarely transient and costs minutes of GPU time per attempt: one late retry
+                # (a lost worker or triggerer), after any update still rolling has settled.
+                retries=1,
+                retry_delay=timedelta(minutes=10),
+                doc_md="""Create the endpoint, or update it to the new config (blue/green: no downtime), and wait
+                for InService in the triggerer. Skipped when the endpoint already ran this config at plan time.
+                *Failed*: SageMaker's FailureReason is in the log (often: image pull, role access to the model
+                S3 prefix, model_loading_timeout). *`Cannot update in-progress endpoint`*: a previous attempt's
+                update is still rolling; clear the task once the endpoint has settled.""",
+            )
+            package_serving_config(plan) >> model >> config >> endpoint
+            return endpoint
+
+        return bring_up(plan), None
+
+    def roll_back(self) -> Any:
+        @task(trigger_rule=TriggerRule.ONE_FAILED, doc_md=ROLL_BACK_DOC)
+        def roll_back() -> str:
+            return roll_back(_sagemaker(self.settings.aws_conn_id), plan_or_skip())
+
+        return roll_back()
+
+    def scale(self, plan: XComArg) -> Any:
+        @task(
+            doc_md="""Register the variant with Application Auto Scaling (min/max from the params) and a
+            target-tracking policy on invocations per instance. Both calls are upserts: safe to rerun."""
+        )
+        def register_autoscaling(plan: dict) -> str:
+            return register_autoscaling(
+                _autoscaling(self.settings.aws_conn_id), plan["endpoint_name"], plan["autoscaling"]
+            )
+
+        return register_autoscaling(plan)
+
+    def clean_up(self) -> Any:
+        @task(
+            doc_md="""Always runs last, also after a failure: deletes this endpoint's configs and models that it
+            does not use now (superseded versions, or what a failed run left behind). Postponed while the endpoint
+            is changing. A teardown task: its own outcome does not decide the run's state."""
+        )
+        def delete_superseded() -> dict:
+            return delete_superseded(_sagemaker(self.settings.aws_conn_id), plan_or_skip()["endpoint_name"])
+
+        return delete_superseded().as_teardown()
+
+    def tear_down(self) -> Any:
+        @task(
+            doc_md="""Deregister autoscaling, delete the endpoint (waits until it is gone), then every endpoint
+            config and model tagged with its name. Safe to rerun; a missing endpoint is fine."""
+        )
+        def tear_down(params: dict | None = None) -> dict:
+            return tear_down(
+                _sagemaker(self.settings.aws_conn_id), _autoscaling(self.settings.aws_conn_id), params["endpoint_name"]
+            )
+
+        return tear_down()
+
+    def ensure_serving(self, record: dict[str, Any]) -> None:
+        """Nothing to restart: SageMaker keeps the endpoint's instances healthy, and a broken endpoint shows up as
+        failed requests (recorded as `failed` rows, retried by the next run)."""
+
+
+def _sagemaker(conn_id: str) -> Any:
+    from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
+
+    return SageMakerHook(aws_conn_id=conn_id).conn
+
+
+def _autoscaling(conn_id: str) -> Any:
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    return AwsBaseHook(aws_conn_id=conn_id, client_type="application-autoscaling").conn
+
+
+def _skip_existing(kind: str):
+    """pre_execute hook: skip a create operator whose resource exists (the provider's operators do not check)."""
+
+    def check(context: Any) -> None:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        operator = context["task"]
+        name = operator.config[NAME_FIELD[kind]]
+        if describe(operator.hook.conn, kind, name) is not None:
+            raise AirflowSkipException(f"{kind} {name} exists already: nothing to create")
+
+    return check
+
+
+def _prepare_endpoint_update(context: Any) -> None:
+    """pre_execute hook of deploy_endpoint; it runs again when the deferred task resumes, which is harmless:
+    the plan's flag does not change, and after the update the instance types match."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    if context["ti"].xcom_pull(task_ids=PLAN_TASK, key="endpoint_up_to_date"):
+        raise AirflowSkipException("the endpoint already ran this config InService when the run was planned")
+    request = context["task"].config
+    release_autoscaling_for_new_config(
+        context["task"].hook.conn,
+        _autoscaling(context["task"].aws_conn_id),
+        request["EndpointName"],
+        request["EndpointConfigName"],
+    )

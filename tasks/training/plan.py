@@ -1,66 +1,42 @@
-"""What one fine-tuning run trains, where its artifacts go, and the SageMaker CreateTrainingJob request for it.
+"""What one fine-tuning run trains and where its artifacts go, the same on both backends.
 
-Everything here is a pure function of (settings, params, dataset, DAG run): a retry or rerun of the same run computes
-the same version, job name and paths, which is what lets it find the job and files the first try made.
+Everything here is a pure function of (backend, settings, params, dataset, DAG run): a retry or rerun of the same run
+computes the same version, job name and paths, which is what lets it find the job and files the first try made. What
+differs per backend (defaults, resources, artifact layout) comes from the backend (tasks.training.steps).
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
 from tasks.common import storage
+from tasks.common.aws_names import sagemaker_name, slug
 from tasks.common.settings import INCLUDE_DIR, Settings
 from tasks.costs.ledger import LedgerEntry
 
+if TYPE_CHECKING:
+    from tasks.training.steps import TrainingBackend
+
 TRAINING_SOURCE_DIR = INCLUDE_DIR / "training"
-TRAINING_IMAGE_TABLE = INCLUDE_DIR / "images" / "pytorch_training.json"
 ENTRY_POINT = "launch.py"  # one GPU: train.py as is; several: accelerate + DeepSpeed ZeRO-3
-PRODUCTION_BASE_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
-PREDICTIONS_FILE = "eval_predictions.jsonl"  # names written by include/training/train.py
+PREDICTIONS_FILE = "eval_predictions.jsonl"  # names written by include/training/train.py (a test keeps them equal)
 SUMMARY_FILE = "train_summary.json"
-SAGEMAKER_CHANNEL_DIR = "/opt/ml/input/data"
-SAGEMAKER_CHECKPOINT_DIR = "/opt/ml/checkpoints"
-VOLUME_SIZE_GB = 300  # the 7B base model, the trained copy and two ZeRO-3 checkpoints with optimizer state
-MAX_JOB_NAME = 63  # SageMaker's limit for training job names
-
-# The seed's production recipe (train.py's defaults) for a 7B model on GPUs.
-SAGEMAKER_HYPERPARAMETERS: dict[str, Any] = {
-    "learning_rate": 2e-5,
-    "num_train_epochs": 20,
-    "per_device_train_batch_size": 1,
-    "warmup_ratio": 0.03,
-    "bf16": True,
-    "gradient_checkpointing": True,
-    "save_steps": 100,
-}
-# The tiny model on 2 CPU cores: fp32 (bf16 on CPU is >2x slower), no checkpointing of activations, a large learning
-# rate and batch. On the curated digits (1,259 train / 359 test): 10 epochs 94.7%, 15 epochs 97.2% (600 steps);
-# batch 16 reached 98.0% but costs twice the time per epoch; lr 2e-3 diverged to 84%.
-LOCAL_HYPERPARAMETERS: dict[str, Any] = {
-    "learning_rate": 1e-3,
-    "num_train_epochs": 15,
-    "per_device_train_batch_size": 32,
-    "bf16": False,
-    "gradient_checkpointing": False,
-    "eval_strategy": "no",
-    "save_steps": 100,
-    "logging_steps": 10,
-    "eval_batch_size": 64,
-}
 
 
-def default_hyperparameters(backend: str) -> dict[str, Any]:
-    return dict(LOCAL_HYPERPARAMETERS if backend == "local" else SAGEMAKER_HYPERPARAMETERS)
+@dataclass(frozen=True)
+class Resources:
+    """What a training runs on, and how its cost is priced (`price_region`: a region of the price table)."""
 
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
+    instance_type: str
+    instance_count: int
+    spot: bool
+    max_wait_seconds: int  # 0 without spot
+    price_region: str
 
 
 def run_identity(run_id: str, logical_date: datetime | None, run_after: datetime) -> tuple[str, datetime]:
@@ -79,9 +55,7 @@ def _run_hash(dag_id: str, run_key: str, length: int) -> str:
 def training_job_name(dag_id: str, run_key: str) -> str:
     """The one SageMaker job name of a DAG run: readable prefix, plus a hash of the full run key so that long keys
     that share a prefix never collide. Valid for SageMaker (alphanumerics and hyphens, at most 63 characters)."""
-    suffix = _run_hash(dag_id, run_key, 8)
-    prefix = _slug(f"{dag_id}-{run_key}")[: MAX_JOB_NAME - len(suffix) - 1].rstrip("-")
-    return f"{prefix}-{suffix}"
+    return sagemaker_name(slug(f"{dag_id}-{run_key}"), _run_hash(dag_id, run_key, 8))
 
 
 def model_version(taxonomy: str, dag_id: str, run_key: str, run_time: datetime) -> str:
@@ -99,7 +73,7 @@ class TrainingPlan:
     dataset_uri: str
     taxonomy: str
     prompt: str
-    base_model: str  # hub id, s3:// prefix or local directory; "" = the tiny model built from the dataset (local)
+    base_model: str  # hub id, s3:// prefix or local directory; "" = the backend builds one (local: the tiny model)
     hyperparameters: dict[str, Any]
     instance_type: str
     instance_count: int
@@ -107,12 +81,13 @@ class TrainingPlan:
     max_run_seconds: int
     max_wait_seconds: int
     local_processes: int
-    model_root: str  # <storage>/models/<version>: metrics, plots and (locally) everything else
+    model_root: str  # <storage>/models/<version>: metrics, plots, and what the backend keeps there
     model_uri: str  # the trained model + processor, as a serving stack loads it
     output_uri: str  # where the script writes eval_predictions.jsonl and train_summary.json
     checkpoint_uri: str
-    region: str  # of the price table: the AWS region, or "local"
+    region: str  # of the price table
     tags: dict[str, str]
+    vision_geometry: dict[str, Any]  # of the model trained: how images must be prepared for it (VisionGeometry)
 
     @property
     def predictions_uri(self) -> str:
@@ -131,6 +106,7 @@ class TrainingPlan:
 
 
 def plan_training(
+    backend: TrainingBackend,
     settings: Settings,
     params: dict[str, Any],
     dataset: dict[str, Any],
@@ -142,40 +118,36 @@ def plan_training(
     """The plan for one DAG run (`run_key`, `run_time`: see run_identity). `dataset` is {dataset_uri, taxonomy, prompt}
     from the curation report.
 
-    Hyperparameters in `params` override the backend's defaults key by key. Artifacts: locally everything lands under
-    `models/<version>/`; SageMaker writes the uncompressed model to `<S3OutputPath>/<job>/output/model/` and the
-    script's other files to `.../output/data/` (OutputDataConfig.CompressionType NONE).
+    Hyperparameters in `params` override the backend's defaults key by key; where the model and the script's other
+    files land is the backend's `artifact_uris`.
     """
     version = model_version(dataset["taxonomy"], dag_id, run_key, run_time)
     job_name = training_job_name(dag_id, run_key)
     model_root = f"{settings.storage_uri}/{storage.MODELS}/{version}"
-    if settings.is_local:
-        model_uri, output_uri = f"{model_root}/model", model_root
-    else:
-        model_uri, output_uri = f"{model_root}/{job_name}/output/model/", f"{model_root}/{job_name}/output/data"
-    spot = bool(params["spot"])
-    max_run = int(params["max_run_seconds"])
+    model_uri, output_uri = backend.artifact_uris(model_root, job_name)
+    resources = backend.resources(params)
     return TrainingPlan(
-        backend=settings.backend,
+        backend=backend.name,
         version=version,
         job_name=job_name,
         dataset_uri=dataset["dataset_uri"],
         taxonomy=dataset["taxonomy"],
         prompt=dataset["prompt"],
-        base_model=params["base_model"] or ("" if settings.is_local else PRODUCTION_BASE_MODEL),
-        hyperparameters={**default_hyperparameters(settings.backend), **params["hyperparameters"]},
-        instance_type="local" if settings.is_local else params["instance_type"],
-        instance_count=1 if settings.is_local else int(params["instance_count"]),
-        spot=spot and not settings.is_local,
-        max_run_seconds=max_run,
-        max_wait_seconds=max(int(params["max_wait_seconds"]), max_run) if spot else 0,
+        base_model=params["base_model"] or backend.default_base_model,
+        hyperparameters={**backend.hyperparameters, **params["hyperparameters"]},
+        instance_type=resources.instance_type,
+        instance_count=resources.instance_count,
+        spot=resources.spot,
+        max_run_seconds=int(params["max_run_seconds"]),
+        max_wait_seconds=resources.max_wait_seconds,
         local_processes=int(params["local_processes"]),
         model_root=model_root,
         model_uri=model_uri,
         output_uri=output_uri,
         checkpoint_uri=f"{model_root}/checkpoints",
-        region="local" if settings.is_local else settings.region,
+        region=resources.price_region,
         tags={"pipeline": dag_id, "model_version": version, "taxonomy": dataset["taxonomy"]},
+        vision_geometry=backend.geometry.to_dict(),
     )
 
 

@@ -125,6 +125,7 @@ def register_and_gate(
         "dataset_uri": plan.dataset_uri,
         "backend": plan.backend,
         "job_name": plan.job_name,
+        "vision_geometry": plan.vision_geometry,
         "metrics": metrics,
     }
     register_version(models_root, plan.version, entry)

@@ -1,34 +1,105 @@
-"""The SageMaker side of training: the CreateTrainingJob request for a plan, its uploaded source, the provider's
+"""The SageMaker training backend: the CreateTrainingJob request for a plan, its uploaded source, the provider's
 SageMakerTrainingOperator made idempotent per job name and strict about how the job ended, and the billing facts of a
 finished job."""
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
-import tarfile
 from pathlib import Path
 from typing import Any
 
 from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTrainingOperator
 from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
+from airflow.sdk import XComArg, task
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from tasks.common import storage
+from tasks.common.archives import reproducible_tar_gz
 from tasks.common.aws_images import ecr_image_uri
+from tasks.common.settings import INCLUDE_DIR, Settings
 from tasks.costs.pricing import hourly_price
+from tasks.model.vision_tokens import PRODUCTION_GEOMETRY
 from tasks.training.plan import (
     ENTRY_POINT,
-    SAGEMAKER_CHANNEL_DIR,
-    SAGEMAKER_CHECKPOINT_DIR,
-    TRAINING_IMAGE_TABLE,
     TRAINING_SOURCE_DIR,
-    VOLUME_SIZE_GB,
+    Resources,
     TrainingOutcome,
     TrainingPlan,
     flag_value,
 )
+
+TRAINING_IMAGE_TABLE = INCLUDE_DIR / "images" / "pytorch_training.json"
+PRODUCTION_BASE_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
+SAGEMAKER_CHANNEL_DIR = "/opt/ml/input/data"
+SAGEMAKER_CHECKPOINT_DIR = "/opt/ml/checkpoints"  # include/training/train.py's too (a test keeps them equal)
+VOLUME_SIZE_GB = 300  # the 7B base model, the trained copy and two ZeRO-3 checkpoints with optimizer state
+# The seed's production recipe (train.py's defaults) for a 7B model on GPUs.
+SAGEMAKER_HYPERPARAMETERS: dict[str, Any] = {
+    "learning_rate": 2e-5,
+    "num_train_epochs": 20,
+    "per_device_train_batch_size": 1,
+    "warmup_ratio": 0.03,
+    "bf16": True,
+    "gradient_checkpointing": True,
+    "save_steps": 100,
+}
+
+PREPARE_DOC = """
+Uploads `include/training/` as `models/<version>/source/sourcedir.tar.gz` and builds the CreateTrainingJob request
+(image for the region, train channel = dataset, output/checkpoint paths, managed spot). Rendered in *Rendered
+Template* of `train`.
+"""
+TRAIN_DOC = """
+Creates the SageMaker training job, or attaches to it when an earlier try of this run already did (the name is
+deterministic per run: clearing or rerunning never launches a second billed job). Waits deferred.
+*Failed/Stopped*: the task fails without retries and the log has SageMaker's FailureReason; a run with another
+logical date (another job name) trains again. Job logs: CloudWatch `/aws/sagemaker/TrainingJobs/<job>`.
+"""
+
+
+class SageMakerTraining:
+    """LLaVA-NeXT 7B on a SageMaker training job (TRL SFT + DeepSpeed ZeRO-3 across the instance's GPUs)."""
+
+    name = "sagemaker"
+    geometry = PRODUCTION_GEOMETRY
+    hyperparameters = SAGEMAKER_HYPERPARAMETERS
+    default_base_model = PRODUCTION_BASE_MODEL
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def resources(self, params: dict[str, Any]) -> Resources:
+        spot = bool(params["spot"])
+        wait = max(int(params["max_wait_seconds"]), int(params["max_run_seconds"])) if spot else 0
+        return Resources(params["instance_type"], int(params["instance_count"]), spot, wait, self.settings.region)
+
+    def artifact_uris(self, model_root: str, job_name: str) -> tuple[str, str]:
+        """SageMaker writes the uncompressed model to `<S3OutputPath>/<job>/output/model/` and the script's other
+        files to `.../output/data/` (OutputDataConfig.CompressionType NONE)."""
+        return f"{model_root}/{job_name}/output/model/", f"{model_root}/{job_name}/output/data"
+
+    def train(self, plan: XComArg, pool: str) -> XComArg:
+        settings = self.settings
+
+        @task(task_id="prepare_training", doc_md=PREPARE_DOC)
+        def prepare_training(plan: dict[str, Any]) -> dict[str, Any]:
+            training = TrainingPlan.from_dict(plan)
+            source = storage.storage_path(f"{training.model_root}/source/sourcedir.tar.gz", settings.aws_conn_id)
+            storage.write_bytes_atomic(source, source_tarball())
+            return create_training_job_request(
+                training,
+                role_arn=settings.sagemaker_role_arn,
+                image_uri=training_image_uri(training.region),
+                source_uri=str(source),
+            )
+
+        return AttachingTrainingOperator(
+            task_id="train",
+            config=prepare_training(plan),
+            aws_conn_id=settings.aws_conn_id,
+            pool=pool,
+            doc_md=TRAIN_DOC,
+        ).output
 
 
 def training_image_uri(region: str) -> str:
@@ -37,19 +108,10 @@ def training_image_uri(region: str) -> str:
 
 
 def source_tarball(directory: Path = TRAINING_SOURCE_DIR) -> bytes:
-    """`sourcedir.tar.gz` for the framework container: the script directory's files at the archive root.
-
-    Byte-for-byte reproducible (sorted names, fixed mtimes and owners), so unchanged scripts upload the same object.
-    """
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(directory.rglob("*")):
-            if not path.is_file() or "__pycache__" in path.parts:
-                continue
-            member = tarfile.TarInfo(path.relative_to(directory).as_posix())
-            member.size, member.mode = path.stat().st_size, 0o644
-            tar.addfile(member, io.BytesIO(path.read_bytes()))
-    return gzip.compress(raw.getvalue(), mtime=0)
+    """`sourcedir.tar.gz` for the framework container: the script directory's files at the archive root, reproducible
+    (unchanged scripts upload the same object)."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    return reproducible_tar_gz((p.relative_to(directory).as_posix(), p.read_bytes()) for p in files)
 
 
 def _s3_uri(uri: str) -> str:

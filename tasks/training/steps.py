@@ -1,85 +1,101 @@
-"""The one place where the deployment's backend decides what stands behind `prepare_training` and `train`.
+"""The Airflow-facing steps of `finetune_llava`: the backend seam and the task bodies the DAG wires.
 
-Both backends give the DAG the same task ids and contracts: `prepare_training` readies what the trainer needs from
-the plan; `train` runs include/training/launch.py and returns a TrainingOutcome dict. Locally that is a subprocess
-on a tiny model; on SageMaker a training job, waited for in the triggerer.
+`TrainingBackend` is what differs between backends — defaults, resources, where artifacts land, and the
+`prepare_training` >> `train` tasks (a subprocess on a tiny model locally, a SageMaker training job waited for in the
+triggerer in production). `training_backend` picks the deployment's once; everything else is shared.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-from airflow.sdk import task
+from airflow.sdk import XComArg
 
-from tasks.common.dag_defaults import SETTINGS
-from tasks.training.plan import TrainingPlan
+from tasks.common import storage
+from tasks.common.settings import Settings
+from tasks.costs import ledger
+from tasks.model.vision_tokens import VisionGeometry
+from tasks.training.plan import (
+    Resources,
+    TrainingOutcome,
+    TrainingPlan,
+    find_dataset,
+    ledger_entry,
+    plan_training,
+    run_identity,
+)
 
 TRAINING_POOL = "sagemaker_training"  # concurrent trainings, local or SageMaker (config/airflow/pools.json)
 log = logging.getLogger(__name__)
 
-LOCAL_PREPARE_DOC = """
-Builds the offline tiny LLaVA-NeXT (small Llama + CLIP, vocabulary from the dataset's prompt and answers) into
-`models/<version>/base_model/`, or uses the `base_model` param's directory. Reuses a complete earlier build.
-"""
-LOCAL_TRAIN_DOC = """
-Runs `include/training/launch.py` as a subprocess; its output streams into this log. `local_processes` >= 2 runs
-accelerate + DeepSpeed ZeRO-3 on CPU. A retry resumes from the newest checkpoint in `models/<version>/checkpoints/`.
-*Fails with `training exited with N`*: the log ends with the script's last lines.
-"""
-SAGEMAKER_PREPARE_DOC = """
-Uploads `include/training/` as `models/<version>/source/sourcedir.tar.gz` and builds the CreateTrainingJob request
-(image for the region, train channel = dataset, output/checkpoint paths, managed spot). Rendered in *Rendered
-Template* of `train`.
-"""
-SAGEMAKER_TRAIN_DOC = """
-Creates the SageMaker training job, or attaches to it when an earlier try of this run already did (the name is
-deterministic per run: clearing or rerunning never launches a second billed job). Waits deferred.
-*Failed/Stopped*: the task fails without retries and the log has SageMaker's FailureReason; a run with another
-logical date (another job name) trains again. Job logs: CloudWatch `/aws/sagemaker/TrainingJobs/<job>`.
-"""
+
+class TrainingBackend(Protocol):
+    """What stands behind a training on one backend. `train` adds `prepare_training` >> `train` to the DAG and
+    returns the train task's output: a TrainingOutcome dict, the same shape on both backends."""
+
+    name: str
+    geometry: VisionGeometry  # of the model it trains: curation prepares images for it
+    hyperparameters: Mapping[str, Any]  # defaults of include/training/train.py's flags
+    default_base_model: str
+
+    def resources(self, params: dict[str, Any]) -> Resources: ...
+    def artifact_uris(self, model_root: str, job_name: str) -> tuple[str, str]: ...  # (model, other outputs)
+    def train(self, plan: XComArg, pool: str) -> XComArg: ...
 
 
-def training_steps(plan: Any) -> Any:
-    """`prepare_training` >> `train` for the configured backend; returns the train task's output (the outcome)."""
-    if SETTINGS.is_local:
-        return _train_locally(plan, _prepare_local(plan))
-    from tasks.training.sagemaker import AttachingTrainingOperator
+def training_backend(settings: Settings) -> TrainingBackend:
+    def local() -> TrainingBackend:
+        from tasks.training.local import LocalTraining
 
-    return AttachingTrainingOperator(
-        task_id="train",
-        config=_prepare_sagemaker(plan),
-        aws_conn_id=SETTINGS.aws_conn_id,
-        pool=TRAINING_POOL,
-        doc_md=SAGEMAKER_TRAIN_DOC,
-    ).output
+        return LocalTraining()
 
+    def sagemaker() -> TrainingBackend:
+        from tasks.training.sagemaker import SageMakerTraining
 
-@task(task_id="prepare_training", doc_md=LOCAL_PREPARE_DOC)
-def _prepare_local(plan: dict[str, Any]) -> str:
-    from tasks.training.local import prepare_base_model
+        return SageMakerTraining(settings)
 
-    return prepare_base_model(TrainingPlan.from_dict(plan))
+    return settings.by_backend(local=local, sagemaker=sagemaker)
 
 
-@task(task_id="train", pool=TRAINING_POOL, doc_md=LOCAL_TRAIN_DOC)
-def _train_locally(plan: dict[str, Any], base_model: str) -> dict[str, Any]:
-    from tasks.training.local import train_locally
+def plan(settings: Settings, params: dict[str, Any], *, dag_id: str, dag_run: Any, events: list[Any]) -> dict:
+    """This run's plan: the dataset (param, else the triggering event's, else the newest) and the run's version."""
+    dataset = find_dataset(params["dataset_uri"], [event.extra for event in events], settings)
+    run_key, run_time = run_identity(dag_run.run_id, dag_run.logical_date, dag_run.run_after)
+    training = plan_training(
+        training_backend(settings), settings, params, dataset, dag_id=dag_id, run_key=run_key, run_time=run_time
+    )
+    return training.to_dict()
 
-    return train_locally(TrainingPlan.from_dict(plan), base_model, log).to_dict()
+
+def record_cost(settings: Settings, plan: dict, outcome: dict, run_id: str) -> dict:
+    entry = ledger_entry(TrainingPlan.from_dict(plan), TrainingOutcome(**outcome), run_id)
+    path = ledger.record(storage.root(settings) / storage.COSTS, entry)
+    return {"cost_usd": entry.cost_usd, "ledger_row": str(path)}
 
 
-@task(task_id="prepare_training", doc_md=SAGEMAKER_PREPARE_DOC)
-def _prepare_sagemaker(plan: dict[str, Any]) -> dict[str, Any]:
-    from tasks.common import storage
-    from tasks.training.sagemaker import create_training_job_request, source_tarball, training_image_uri
+def evaluate(settings: Settings, plan: dict, outcome: dict) -> dict:
+    from tasks.training.evaluation import evaluate_version
+
+    return evaluate_version(TrainingPlan.from_dict(plan), TrainingOutcome(**outcome), settings.aws_conn_id)
+
+
+def promote(settings: Settings, plan: dict, metrics: dict, params: dict[str, Any]) -> dict:
+    """Register the version and promote it if it passes the gate; a refusal skips the task (nothing to deploy)."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from tasks.training.registry import register_and_gate
 
     training = TrainingPlan.from_dict(plan)
-    source = storage.storage_path(f"{training.model_root}/source/sourcedir.tar.gz", SETTINGS.aws_conn_id)
-    storage.write_bytes_atomic(source, source_tarball())
-    return create_training_job_request(
+    decision = register_and_gate(
+        storage.root(settings) / storage.MODELS,
         training,
-        role_arn=SETTINGS.sagemaker_role_arn,
-        image_uri=training_image_uri(training.region),
-        source_uri=str(source),
+        metrics,
+        min_accuracy=params["min_accuracy"],
+        tolerance=params["tolerance"],
     )
+    if not decision.promoted:
+        raise AirflowSkipException(f"{training.version} not promoted: {decision.reason}")
+    promoted = {"version": training.version, "model_uri": training.model_uri, "taxonomy": training.taxonomy}
+    return {**promoted, "decision": decision.reason, "previous": decision.previous}

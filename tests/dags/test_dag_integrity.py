@@ -1,4 +1,5 @@
-"""Every DAG imports fast, without heavy libraries, and carries what on-call needs."""
+"""Every DAG imports fast, without heavy libraries, carries what on-call needs, and has the same shape on both
+backends."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 HEAVY = ("torch", "transformers", "datasets", "trl", "deepspeed", "sklearn", "matplotlib", "duckdb")
+DAGS = {"curate_dataset", "finetune_llava", "deploy_endpoint", "teardown_endpoint", "classify_images"}
+BACKENDS = ("local", "sagemaker")
 
 _PROBE = r"""
 import json, sys, time
@@ -28,7 +31,8 @@ for dag_id, dag in bag.dags.items():
     dags[dag_id] = {
         "tags": sorted(dag.tags), "doc_md": bool(dag.doc_md),
         "tasks": {t.task_id: {"owner": t.owner, "retries": t.retries, "doc": bool(t.doc_md or t.doc),
-                              "alerts": callbacks(t.on_failure_callback)}
+                              "alerts": callbacks(t.on_failure_callback),
+                              "upstream": sorted(t.upstream_task_ids)}
                   for t in dag.tasks},
     }
 print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "parse_s": parse, "dags": dags,
@@ -36,20 +40,48 @@ print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "
 """
 
 
-@pytest.fixture(scope="module")
-def dagbag() -> dict:
+def parse(backend: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
     out = subprocess.run(
         [sys.executable, "-c", _PROBE, str(REPO_ROOT / "dags"), json.dumps(HEAVY)],
         capture_output=True, text=True, cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"},
+        env={**env, "PYTHONPATH": str(REPO_ROOT), "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "PIPELINE_BACKEND": backend},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_every_dag_imports_without_errors(dagbag: dict) -> None:
-    assert dagbag["errors"] == {}
-    assert {"curate_dataset"} <= set(dagbag["dags"])
+@pytest.fixture(scope="module")
+def bags() -> dict[str, dict]:
+    return {backend: parse(backend) for backend in BACKENDS}
+
+
+@pytest.fixture(scope="module")
+def dagbag(bags: dict[str, dict]) -> dict:
+    return bags["local"]
+
+
+def test_every_dag_imports_without_errors(bags: dict[str, dict]) -> None:
+    for backend, bag in bags.items():
+        assert bag["errors"] == {}, backend
+        assert set(bag["dags"]) == DAGS, backend
+
+
+def ancestors(tasks: dict[str, dict]) -> dict[str, set[str]]:
+    """Every task's transitive upstream: the order that matters, whatever edges imply it."""
+
+    def above(task_id: str) -> set[str]:
+        direct = set(tasks[task_id]["upstream"])
+        return direct.union(*(above(up) for up in direct))
+
+    return {task_id: above(task_id) for task_id in tasks}
+
+
+def test_both_backends_give_every_dag_the_same_tasks_in_the_same_order(bags: dict[str, dict]) -> None:
+    for dag_id in DAGS:
+        local, sagemaker = (bags[backend]["dags"][dag_id]["tasks"] for backend in BACKENDS)
+        assert sorted(local) == sorted(sagemaker), dag_id
+        assert ancestors(local) == ancestors(sagemaker), dag_id
 
 
 def test_parsing_is_fast_and_light(dagbag: dict) -> None:
@@ -57,8 +89,8 @@ def test_parsing_is_fast_and_light(dagbag: dict) -> None:
     assert dagbag["heavy"] == [], f"heavy modules imported at parse time: {dagbag['heavy']}"
 
 
-def test_dags_and_tasks_carry_owner_retries_tags_docs_and_alerting(dagbag: dict) -> None:
-    for dag_id, dag in dagbag["dags"].items():
+def test_dags_and_tasks_carry_owner_retries_tags_docs_and_alerting(bags: dict[str, dict]) -> None:
+    for dag_id, dag in (item for bag in bags.values() for item in bag["dags"].items()):
         assert dag["tags"], f"{dag_id} has no tags"
         assert dag["doc_md"], f"{dag_id} has no doc_md runbook"
         for task_id, task in dag["tasks"].items():

@@ -12,14 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from support.digits import tiny_digits_model
+from support.endpoints import committed, deploy_locally
 from tasks.common import storage
 from tasks.common.demo_data import write_incoming
 from tasks.common.settings import load_settings
 from tasks.serving.local import state_path
 from tasks.serving.local_server import stop_local_server
-from tests.classify_fixtures import committed, deploy_locally
 from tests.e2e.airflow_stack import LAUNCHER, REPO_ROOT, AirflowStack, StackConfig
-from tests.fixtures_training import tiny_digits_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

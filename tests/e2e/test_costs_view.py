@@ -60,14 +60,14 @@ def run_demo(stack: AirflowStack) -> None:
     from tasks.curation.curate import CurationOptions, curate_uri
     from tasks.model.images import encode_png
     from tasks.model.tiny_model import build_tiny_llava
-    from tasks.model.vision_tokens import ResizePolicy, geometry_for_backend
+    from tasks.model.vision_tokens import TINY_GEOMETRY, ResizePolicy
     from tasks.serving.local_server import start_local_server, stop_local_server
     from tasks.training.evaluation import compute_metrics
     from tasks.training.registry import promote_if_better, register_version
 
     local, store = stack.storage_root, storage_path(stack.storage_uri)
     taxonomy = load_taxonomy("digits")
-    policy = ResizePolicy(geometry=geometry_for_backend("local"))
+    policy = ResizePolicy(geometry=TINY_GEOMETRY)
     raw, dataset = local / "raw/digits", local / "datasets/digits-demo"
     write_labelled(store / "raw/digits", range(40))
     curate_uri(raw.as_uri(), dataset.as_uri(), taxonomy, CurationOptions(resize_policy=policy))
@@ -80,7 +80,7 @@ def run_demo(stack: AirflowStack) -> None:
     server_state = local / "serving/local_server.json"
     server = start_local_server(model_dir, server_state)
     try:
-        client = EndpointClient(EndpointSpec("http", url=server.base_url), taxonomy, policy=policy)
+        client = EndpointClient(EndpointSpec("openai_http", url=server.base_url), taxonomy, policy=policy)
         test_rows = list(load_from_disk(str(dataset))["test"])
         evaluation = classify(client, [(str(i), encode_png(row["images"][0])) for i, row in enumerate(test_rows)])
         answers = [{"label": test_rows[int(r.key)]["label"], "answer": r.raw_answer} for r in evaluation.results]

@@ -14,13 +14,15 @@ from pathlib import Path
 import psutil
 import pytest
 
+from support.digits import digits_dataset_dict, tiny_digits_model
+from tasks.common.settings import load_settings
 from tasks.common.storage import MODELS, SERVING, storage_path
 from tasks.model.taxonomy import load_taxonomy
+from tasks.model.vision_tokens import TINY_GEOMETRY
 from tasks.serving.deployment import current_endpoint, endpoint_spec, resize_policy, smoke_image, smoke_test
-from tasks.serving.local import ensure_serving
+from tasks.serving.local import LocalServing
 from tasks.serving.local_server import local_server_status
 from tasks.training import registry
-from tests.fixtures_training import digits_dataset_dict, tiny_digits_model
 from tests.integration.conftest import AirflowRunner
 from tests.integration.test_local_server import group_gone
 
@@ -63,7 +65,7 @@ def models(storage: Path, tmp_path_factory) -> dict[str, Path]:
 def promote(storage: Path, version: str, model_dir: Path) -> None:
     models = storage_path((storage / MODELS).as_uri())
     entry = {"model_uri": model_dir.as_uri(), "taxonomy": "digits", "prompt": TAXONOMY.prompt(),
-             "metrics": {"accuracy": 1.0}}  # fmt: skip
+             "metrics": {"accuracy": 1.0}, "vision_geometry": TINY_GEOMETRY.to_dict()}  # fmt: skip
     registry.register_version(models, version, entry)
     assert registry.promote_if_better(models, version, min_accuracy=0.0, tolerance=1.0).promoted
 
@@ -93,8 +95,9 @@ def test_deploy_serves_rolls_back_and_tears_down_without_orphans(runner, storage
         assert smoke_test(spec, TAXONOMY, image, prompt=record["prompt"], policy=policy) in TAXONOMY.labels
         # A server that died after the deploy comes back on the recorded URL for the next caller.
         os.kill(first.pid, signal.SIGKILL)
-        assert ensure_serving(record, state) == record["url"]
+        LocalServing(load_settings(runner.env)).ensure_serving(record)
         first = local_server_status(state)
+        assert first.base_url == record["url"]
         assert first.model_dir == str(models["trained"])
 
         promote(storage, "untrained", models["untrained"])

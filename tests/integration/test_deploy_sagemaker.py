@@ -19,6 +19,7 @@ from tasks.common.demo_data import digits
 from tasks.common.storage import MODELS, SERVING, storage_path
 from tasks.model.images import encode_png
 from tasks.model.taxonomy import load_taxonomy
+from tasks.model.vision_tokens import PRODUCTION_GEOMETRY
 from tasks.serving.deployment import current_endpoint
 from tasks.serving.runtime import djl_lmi_image_uri
 from tasks.training import registry
@@ -32,7 +33,8 @@ CONF = {"instance_type": "ml.m5.xlarge", "max_instances": 3}  # moto's instance-
 
 def promote(storage_uri: str) -> None:
     models = storage_path(storage_uri, "aws_default") / MODELS
-    entry = {"model_uri": MODEL_URI, "taxonomy": "hotel", "prompt": HOTEL.prompt(), "metrics": {"accuracy": 0.9}}
+    entry = {"model_uri": MODEL_URI, "taxonomy": "hotel", "prompt": HOTEL.prompt(), "metrics": {"accuracy": 0.9},
+             "vision_geometry": PRODUCTION_GEOMETRY.to_dict()}  # fmt: skip
     registry.register_version(models, "v1", entry)
     registry.promote_if_better(models, "v1", min_accuracy=0.0, tolerance=1.0)
 

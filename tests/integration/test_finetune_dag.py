@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
+from support.digits import curated_digits
 from tasks.common.demo_data import write_labelled
 from tasks.common.storage import fsspec_options, plain_uri, storage_path
 from tasks.curation.curate import CurationOptions, curate_uri
 from tasks.model.taxonomy import load_taxonomy
-from tasks.training.plan import PRODUCTION_BASE_MODEL
-from tests.fixtures_training import curated_digits
+from tasks.training.sagemaker import PRODUCTION_BASE_MODEL
 from tests.integration.conftest import AirflowRunner, Moto
 
 pytestmark = pytest.mark.slow

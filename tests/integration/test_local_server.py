@@ -52,7 +52,7 @@ def test_local_server_lifecycle(tiny_model, tmp_path):
 
         processor = AutoProcessor.from_pretrained(tiny_model)
         policy = ResizePolicy(max_image_tokens=100, geometry=VisionGeometry.from_processor(processor))
-        client = EndpointClient(EndpointSpec("http", url=first.base_url, timeout_s=60), TAXONOMY, policy=policy)
+        client = EndpointClient(EndpointSpec("openai_http", url=first.base_url, timeout_s=60), TAXONOMY, policy=policy)
         image = pattern((120, 90), seed=1)
         result = client.classify(encode(image, "JPEG"), key="digit.jpg")
         # The tiny model is untrained: any answer will do, but it must come back as a well-formed, parsed response.

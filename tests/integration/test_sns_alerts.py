@@ -7,7 +7,7 @@ import json
 
 from tasks.common.notifications import SnsAlertNotifier
 from tests.integration.conftest import Moto
-from tests.unit.test_notifications import LOG_URL, fire_deadline, task_failure_context
+from tests.unit.common.test_notifications import LOG_URL, fire_deadline, task_failure_context
 
 
 def subscribed_queue(moto: Moto) -> tuple[str, str]:

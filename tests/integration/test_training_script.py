@@ -18,7 +18,7 @@ import pytest
 from datasets import load_from_disk
 from safetensors import safe_open
 
-from tests.fixtures_training import curated_digits, tiny_digits_model
+from support.digits import curated_digits, tiny_digits_model
 
 pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from types import ModuleType
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.unit.test_costs_report import storage_root  # noqa: F401 — a fixture: two nights and a promoted model
+from tests.unit.costs.test_view_data import storage_root  # noqa: F401 — a fixture: two nights and a promoted model
 
 PLUGINS = REPO_ROOT / "plugins"
 

@@ -14,10 +14,8 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from tasks.common.settings import load_settings
-from tasks.training.local import run_streaming
+from tasks.training.local import LOCAL_HYPERPARAMETERS, run_streaming
 from tasks.training.plan import (
-    LOCAL_HYPERPARAMETERS,
-    PRODUCTION_BASE_MODEL,
     find_dataset,
     ledger_entry,
     model_version,
@@ -26,11 +24,13 @@ from tasks.training.plan import (
     training_job_name,
 )
 from tasks.training.sagemaker import (
+    PRODUCTION_BASE_MODEL,
     create_training_job_request,
     outcome_from_description,
     source_tarball,
     training_image_uri,
 )
+from tasks.training.steps import training_backend
 
 RUN_AFTER = datetime(2026, 11, 1, 12, 30, tzinfo=UTC)
 DATASET = {
@@ -60,7 +60,13 @@ SAGEMAKER_ENV = {
 def sagemaker_plan(**params):
     settings = load_settings(SAGEMAKER_ENV)
     return plan_training(
-        settings, PARAMS | params, DATASET, dag_id="finetune_llava", run_key="manual__x", run_time=RUN_AFTER
+        training_backend(settings),
+        settings,
+        PARAMS | params,
+        DATASET,
+        dag_id="finetune_llava",
+        run_key="manual__x",
+        run_time=RUN_AFTER,
     )
 
 
@@ -103,7 +109,9 @@ def test_versions_sort_by_run_time_and_are_unique_per_run():
 
 def test_local_plan_keeps_everything_under_the_version_and_uses_cpu_hyperparameters(tmp_path):
     settings = load_settings({"PIPELINE_STORAGE_URI": tmp_path.as_uri()})
-    plan = plan_training(settings, PARAMS, DATASET, dag_id="finetune_llava", run_key="r", run_time=RUN_AFTER)
+    plan = plan_training(
+        training_backend(settings), settings, PARAMS, DATASET, dag_id="finetune_llava", run_key="r", run_time=RUN_AFTER
+    )
     root = f"{tmp_path.as_uri()}/models/{plan.version}"
     assert (plan.model_root, plan.model_uri, plan.output_uri) == (root, f"{root}/model", root)
     assert plan.predictions_uri == f"{root}/eval_predictions.jsonl"
@@ -172,7 +180,9 @@ def test_a_base_model_on_s3_becomes_an_input_channel():
 
 def test_the_request_refuses_local_storage_and_a_missing_role(tmp_path):
     settings = load_settings({"PIPELINE_BACKEND": "sagemaker", "PIPELINE_STORAGE_URI": tmp_path.as_uri()})
-    plan = plan_training(settings, PARAMS, DATASET, dag_id="d", run_key="r", run_time=RUN_AFTER)
+    plan = plan_training(
+        training_backend(settings), settings, PARAMS, DATASET, dag_id="d", run_key="r", run_time=RUN_AFTER
+    )
     with pytest.raises(ValueError, match="S3 only"):
         create_training_job_request(plan, role_arn=ROLE, image_uri="I", source_uri=f"{tmp_path.as_uri()}/s.tar.gz")
     with pytest.raises(ValueError, match="PIPELINE_SAGEMAKER_ROLE_ARN"):

@@ -12,6 +12,7 @@ from tasks.common.settings import load_settings
 from tasks.model.taxonomy import Taxonomy, load_taxonomy
 from tasks.training.evaluation import compute_metrics, confusion_matrix_png, evaluate_version
 from tasks.training.plan import TrainingOutcome, plan_training
+from tasks.training.steps import training_backend
 
 TAXONOMY = Taxonomy("rooms", ("Room", "Terrace/Patio", "Spa"))
 
@@ -69,7 +70,15 @@ def plan(tmp_path):
     dataset = {"dataset_uri": f"{tmp_path.as_uri()}/datasets/d", "taxonomy": "digits", "prompt": "P"}
     params = {"base_model": "", "hyperparameters": {}, "instance_type": "", "instance_count": 1, "spot": False,
               "max_run_seconds": 60, "max_wait_seconds": 60, "local_processes": 1}  # fmt: skip
-    return plan_training(settings, params, dataset, dag_id="d", run_key="r", run_time=datetime(2026, 1, 1, tzinfo=UTC))
+    return plan_training(
+        training_backend(settings),
+        settings,
+        params,
+        dataset,
+        dag_id="d",
+        run_key="r",
+        run_time=datetime(2026, 1, 1, tzinfo=UTC),
+    )
 
 
 OUTCOME = TrainingOutcome("job", "local", "local", 1, False, 80.0, 0.115, 75.0)

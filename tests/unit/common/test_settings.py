@@ -7,7 +7,7 @@ from tasks.common.settings import REPO_ROOT, load_settings
 
 def test_defaults_are_the_local_backend_on_repo_storage() -> None:
     s = load_settings({})
-    assert s.backend == "local" and s.is_local
+    assert s.backend == "local" and not s.requires_pager
     assert s.storage_uri == (REPO_ROOT / ".data").as_uri()
     assert (s.aws_conn_id, s.taxonomy) == ("aws_default", "digits")
 

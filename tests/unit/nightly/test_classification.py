@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from support.endpoints import endpoint_record, stable
 from tasks.common.storage import storage_path
 from tasks.nightly import predictions
 from tasks.nightly.classification import PartitionJob, classify_shard, collect_shards, publish
 from tasks.nightly.partitions import PartitionPlan, plan_partition
-from tests.classify_fixtures import endpoint_record, stable
 from tests.fault_server import EXPECTED, FAST, SCRIPTS, ScriptedServer, scripted_server, sized_image
 
 DT = "2026-11-02"

@@ -13,7 +13,7 @@ from botocore.stub import ANY, Stubber
 
 from tasks.serving import sagemaker as sme
 from tasks.serving.runtime import djl_lmi_image_uri
-from tasks.serving.steps import _prepare_endpoint_update, _skip_existing
+from tasks.serving.sagemaker import _prepare_endpoint_update, _skip_existing
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
 ARCHIVES = "s3://bucket/pipeline/serving/llava-classifier"
@@ -216,7 +216,7 @@ def test_update_path_swaps_the_config_then_cleanup_deletes_the_old_one(sm, aas, 
         sagemaker,
     )
     # pre_execute: not up to date; same instance type as before, so autoscaling stays registered
-    monkeypatch.setattr("tasks.serving.steps._autoscaling", lambda: autoscaling)
+    monkeypatch.setattr("tasks.serving.sagemaker._autoscaling", lambda conn_id: autoscaling)
     stubber.add_response("describe_endpoint", endpoint(OLD))
     stubber.add_response("describe_endpoint_config", endpoint_config(OLD))
     stubber.add_response("describe_endpoint_config", endpoint_config(NEW))

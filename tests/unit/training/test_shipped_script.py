@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-TRAINING_DIR = Path(__file__).resolve().parents[2] / "include" / "training"
+from tasks.training import plan, sagemaker
+
+TRAINING_DIR = plan.TRAINING_SOURCE_DIR
 
 
 def load_script(name: str):
@@ -21,6 +23,13 @@ def load_script(name: str):
 
 train = load_script("train")
 launch = load_script("launch")
+
+
+def test_the_shipped_script_writes_the_names_the_pipeline_reads():
+    """train.py cannot import the package (it ships alone), so its copies of the shared names are checked here."""
+    assert (train.PREDICTIONS_FILE, train.SUMMARY_FILE) == (plan.PREDICTIONS_FILE, plan.SUMMARY_FILE)
+    assert train.SAGEMAKER_CHECKPOINT_DIR == sagemaker.SAGEMAKER_CHECKPOINT_DIR
+    assert train.parse_args(["--dataset_path", "d", "--model_dir", "m"]).model_id == sagemaker.PRODUCTION_BASE_MODEL
 
 
 @pytest.fixture

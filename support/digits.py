@@ -1,4 +1,4 @@
-"""Digits data and the tiny model in the training script's input format, shared by the training tests and bench.
+"""Digits data and the tiny model in the training script's input format, shared by the tests and bench.
 
 `digits_dataset_dict` builds the format straight with `datasets` (bench); `curated_digits` goes through
 tasks/curation.py, so the training tests train on exactly what the pipeline produces.
@@ -89,9 +89,9 @@ def curated_digits(dataset: Path, count: int) -> Path:
     from tasks.common.demo_data import write_labelled
     from tasks.common.storage import storage_path
     from tasks.curation.curate import CurationOptions, curate
-    from tasks.model.vision_tokens import DEFAULT_MAX_IMAGE_TOKENS, ResizePolicy, geometry_for_backend
+    from tasks.model.vision_tokens import DEFAULT_MAX_IMAGE_TOKENS, TINY_GEOMETRY, ResizePolicy
 
-    policy = ResizePolicy(DEFAULT_MAX_IMAGE_TOKENS, geometry_for_backend("local"))
+    policy = ResizePolicy(DEFAULT_MAX_IMAGE_TOKENS, TINY_GEOMETRY)
     with tempfile.TemporaryDirectory(prefix="raw-digits-") as raw_dir:
         raw = storage_path(Path(raw_dir).as_uri())
         write_labelled(raw, range(count))

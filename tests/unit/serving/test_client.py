@@ -44,7 +44,7 @@ def server() -> Iterator[ScriptedServer]:
 
 
 def http_client(server: ScriptedServer, **spec) -> EndpointClient:
-    return EndpointClient(EndpointSpec("http", url=server.url, **(FAST | spec)), TAXONOMY, policy=NO_BUDGET)
+    return EndpointClient(EndpointSpec("openai_http", url=server.url, **(FAST | spec)), TAXONOMY, policy=NO_BUDGET)
 
 
 async def collect(client: EndpointClient, images, concurrency: int, **kwargs) -> list[ClassificationResult]:
@@ -132,7 +132,7 @@ def test_images_are_read_lazily_and_requests_are_bounded(server):
 
 
 def test_an_unreachable_server_fails_every_image_without_raising():
-    client = EndpointClient(EndpointSpec("http", url="http://127.0.0.1:9", **FAST), TAXONOMY)
+    client = EndpointClient(EndpointSpec("openai_http", url="http://127.0.0.1:9", **FAST), TAXONOMY)
     result = client.classify(sized_image(40, 20), key="x")
     assert result.status == "failed" and result.attempts == 3 and result.error.startswith("connection error")
 
@@ -206,7 +206,7 @@ def sagemaker_error(code: str, status: int, **modeled) -> tuple[str, dict]:
 
 
 def sagemaker_client() -> EndpointClient:
-    spec = EndpointSpec("sagemaker", endpoint_name="llava-v3", **FAST)
+    spec = EndpointSpec("sagemaker_runtime", endpoint_name="llava-v3", **FAST)
     return EndpointClient(spec, TAXONOMY)
 
 

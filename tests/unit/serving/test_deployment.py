@@ -10,11 +10,11 @@ import pytest
 from tasks.common.settings import load_settings
 from tasks.common.storage import MODELS, SERVING, storage_path
 from tasks.model.taxonomy import load_taxonomy
-from tasks.model.vision_tokens import PRODUCTION_GEOMETRY, TINY_GEOMETRY
+from tasks.model.vision_tokens import PRODUCTION_GEOMETRY, TINY_GEOMETRY, ResizePolicy
 from tasks.serving import deployment, local
 from tasks.serving.client import EndpointSpec
 from tasks.training import registry
-from tests.unit.test_endpoint_client import FAST, NO_BUDGET, ScriptedServer, sized_image
+from tests.unit.serving.test_client import FAST, NO_BUDGET, ScriptedServer, sized_image
 
 TAXONOMY = load_taxonomy("digits")
 PARAMS = {"endpoint_name": "llava-classifier", "model_version": "", "max_image_tokens": 1200, "smoke_image_uri": ""}
@@ -27,7 +27,8 @@ def settings(tmp_path):
 
 def promote(settings, version: str, model_uri: str) -> None:
     models = storage_path(settings.storage_uri) / MODELS
-    entry = {"model_uri": model_uri, "taxonomy": "digits", "prompt": TAXONOMY.prompt(), "metrics": {"accuracy": 0.9}}
+    entry = {"model_uri": model_uri, "taxonomy": "digits", "prompt": TAXONOMY.prompt(), "metrics": {"accuracy": 0.9},
+             "vision_geometry": TINY_GEOMETRY.to_dict()}  # fmt: skip
     registry.register_version(models, version, entry)
     registry.promote_if_better(models, version, min_accuracy=0.0, tolerance=1.0)
 
@@ -43,6 +44,7 @@ def test_the_plan_deploys_the_production_model(settings):
         "model_uri": "file:///models/v2/model",
         "taxonomy": "digits",
         "prompt": TAXONOMY.prompt(),
+        "vision_geometry": TINY_GEOMETRY.to_dict(),
         "max_image_tokens": 1200,
         "smoke_image_uri": "",
     }
@@ -76,16 +78,18 @@ def test_record_round_trip_and_teardown(settings):
     assert deployment.current_endpoint(root) is None and deployment.remove_record(root, "llava-classifier") is False
 
 
-def test_record_to_spec_and_resize_policy():
-    local = {"backend": "local", "url": "http://127.0.0.1:8123", "supports_choice": False, "max_image_tokens": 900}
-    assert deployment.endpoint_spec(local, "aws_default") == EndpointSpec("http", url="http://127.0.0.1:8123")
-    assert deployment.resize_policy(local).geometry == TINY_GEOMETRY
-    assert deployment.resize_policy(local).max_image_tokens == 900
+def test_record_to_spec_and_resize_policy(settings):
+    promote(settings, "v1", "file:///models/v1/model")
+    record = deployment.endpoint_record(local.plan(deployment.base_plan(settings, PARAMS), settings), "http://h:1")
+    spec = deployment.endpoint_spec(record | {"max_image_tokens": 900}, "aws_default")
+    assert (spec.transport, spec.url) == ("openai_http", "http://h:1")
+    assert deployment.resize_policy(record | {"max_image_tokens": 900}) == ResizePolicy(900, TINY_GEOMETRY)
 
-    remote = {"backend": "sagemaker", "endpoint_name": "llava-classifier", "url": None, "supports_choice": True}
+    remote = {"transport": "sagemaker_runtime", "endpoint_name": "llava-classifier", "url": None,
+              "supports_choice": True, "vision_geometry": PRODUCTION_GEOMETRY.to_dict()}  # fmt: skip
     spec = deployment.endpoint_spec(remote | {"max_image_tokens": 1200}, "prod_aws")
-    assert (spec.backend, spec.endpoint_name, spec.aws_conn_id, spec.supports_choice) == (
-        "sagemaker",
+    assert (spec.transport, spec.endpoint_name, spec.aws_conn_id, spec.supports_choice) == (
+        "sagemaker_runtime",
         "llava-classifier",
         "prod_aws",
         True,
@@ -111,7 +115,7 @@ def server():
 
 
 def smoke(server: ScriptedServer, width: int, expected: str | None = None) -> str:
-    spec = EndpointSpec("http", url=server.url, **FAST)
+    spec = EndpointSpec("openai_http", url=server.url, **FAST)
     return deployment.smoke_test(
         spec, TAXONOMY, sized_image(width, 30), prompt="p", policy=NO_BUDGET, expected=expected
     )
@@ -141,6 +145,6 @@ def test_local_state_lives_on_local_disk(settings, monkeypatch, tmp_path):
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "home"))
     on_s3 = dataclasses.replace(settings, storage_uri="s3://bucket/prefix")
     assert local.state_path(on_s3) == tmp_path / "home" / SERVING / local.STATE_NAME
-    with pytest.raises(ValueError, match="local disk"):
+    with pytest.raises(ValueError, match="local files"):
         local.model_dir("s3://bucket/prefix/models/v1/model")
     assert local.model_dir("file:///models/v1/model").as_posix() == "/models/v1/model"

@@ -1,0 +1,28 @@
+"""The task body of `curate_dataset`: DAG params in, the curation result (XCom and asset extra) out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasks.common.settings import Settings
+from tasks.curation.curate import CurationOptions, curate_uri
+from tasks.model.taxonomy import load_taxonomy
+from tasks.model.vision_tokens import ResizePolicy
+
+
+def curate(settings: Settings, params: dict[str, Any], run_stamp: str) -> dict[str, Any]:
+    """Curate `raw_uri` into `dataset_uri` (default `datasets/<taxonomy>-<run stamp>`), with images resized for the
+    model this deployment trains (the training backend's vision geometry) at the `max_image_tokens` budget."""
+    from tasks.training.steps import training_backend
+
+    dataset_uri = params["dataset_uri"] or f"{settings.storage_uri}/datasets/{params['taxonomy']}-{run_stamp}"
+    opts = CurationOptions(
+        test_fraction=params["test_fraction"],
+        val_fraction=params["val_fraction"],
+        seed=params["seed"],
+        prompt_template=params["prompt_template"],
+        resize_policy=ResizePolicy(params["max_image_tokens"], training_backend(settings).geometry),
+    )
+    return curate_uri(
+        params["raw_uri"], dataset_uri, load_taxonomy(params["taxonomy"]), opts, conn_id=settings.aws_conn_id
+    )
