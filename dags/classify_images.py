@@ -45,7 +45,8 @@ version (same key, size and version of the file) unless `reclassify` is set; `fa
 - Late data: an empty partition is waited for until `late_data_wait_minutes` after the day ends, then committed
   as zero images. Images that arrive later: clear the run (only the new images are classified).
 - Query: `python -m tasks.cli predictions-summary --from-date A --to-date B`; costs:
-  `python -m tasks.cli cost-report`. Read predictions only through `_SUCCESS` (tasks.predictions.read_partition).
+  `python -m tasks.cli cost-report`. Read predictions only through `_SUCCESS`
+  (tasks.nightly.predictions.read_partition).
 """
 
 

@@ -37,7 +37,7 @@ class PartitionJob:
     incoming_uri: str
     partition_uri: str
     run_token: str
-    record: dict[str, Any] | None  # the endpoint record (tasks.deployment); None when there is nothing to classify
+    record: dict[str, Any] | None  # the endpoint record (tasks.serving.deployment); None: nothing to classify
     concurrency: int
     conn_id: str
     client_options: dict[str, Any] = field(default_factory=dict)  # EndpointSpec overrides: timeout_s, max_retries
@@ -231,7 +231,7 @@ def union_seconds(intervals: list[tuple[float, float]]) -> float:
 
 
 def publish(job: PartitionJob, plan: PartitionPlan, staged: StagedPartition, quality: dict[str, Any]) -> dict:
-    """Commit the staged run as the partition's content (tasks.predictions.publish) with its summary."""
+    """Commit the staged run as the partition's content (tasks.nightly.predictions.publish) with its summary."""
     summary = {
         "dt": plan.dt,
         "model_version": job.model_version,
