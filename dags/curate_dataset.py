@@ -82,7 +82,7 @@ def curate_dataset():
             dataset_uri,
             load_taxonomy(params["taxonomy"]),
             opts,
-            conn_id=SETTINGS.aws_conn_id,
+            settings=SETTINGS,
         )
         outlet_events[CURATED_DATASET].extra = result
         return result

@@ -69,7 +69,7 @@ def deploy_endpoint():
         from tasks.serving import deployment
 
         record = deployment.endpoint_record(plan, url)
-        image, expected = deployment.smoke_image(plan["smoke_image_uri"], SETTINGS.aws_conn_id)
+        image, expected = deployment.smoke_image(plan["smoke_image_uri"], SETTINGS)
         spec = deployment.endpoint_spec(record, SETTINGS.aws_conn_id)
         policy = deployment.resize_policy(record)
         return deployment.smoke_test(

@@ -20,6 +20,7 @@ from typing import Any
 from airflow.sdk import ObjectStoragePath
 
 from tasks.common import storage
+from tasks.common.storage import iter_files
 from tasks.model.images import is_ignored
 from tasks.nightly import predictions
 from tasks.nightly.predictions import RowStats
@@ -32,6 +33,8 @@ LISTING_BATCH = predictions.ROW_GROUP_ROWS
 DUCKDB_MEMORY_LIMIT = "32MB"  # the listing sort spills to disk beyond this
 MANIFEST_NAME = "_plan/manifest.parquet"
 CARRIED_NAME = "carried.parquet"
+MANIFEST_COLUMNS = ("key", "size", "version", "problem")
+FINAL_STATUSES = ("ok", "rejected")  # carried over by a rerun; `failed` and `invalid` rows are classified again
 
 
 @dataclass(frozen=True)
@@ -95,66 +98,22 @@ class PartitionPlan:
         return cls(**{**doc, "shards": [Shard(**s) for s in doc["shards"]]})
 
 
-def iter_files(root: ObjectStoragePath) -> Iterator[tuple[str, int, str]]:
-    """(key relative to root, size, version) for every file below root, streamed; nothing when root is missing.
-
-    `version` changes when a file is rewritten: the S3 ETag, or the local mtime in nanoseconds.
-    """
-    if not root.exists():
-        return
-    if root.protocol == "file":
-        yield from _walk_local(root.path)
-    elif root.protocol == "s3":
-        yield from _walk_s3(root)
-    else:  # any other fsspec filesystem: a materialised listing
-        base = root.path.rstrip("/") + "/"
-        for name, info in root.fs.find(root.path, detail=True).items():
-            yield name.removeprefix(base), int(info.get("size") or 0), str(info.get("mtime") or info.get("ETag", ""))
-
-
 def image_keys(root: ObjectStoragePath) -> Iterator[str]:
-    """Keys of the files below root that are not hidden/OS bookkeeping, streamed."""
-    return (key for key, _, _ in iter_files(root) if not is_ignored(key))
-
-
-def _walk_local(base: str) -> Iterator[tuple[str, int, str]]:
-    pending = [base]
-    while pending:
-        with os.scandir(pending.pop()) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append(entry.path)
-                elif entry.is_file():
-                    st = entry.stat()
-                    yield os.path.relpath(entry.path, base), st.st_size, str(st.st_mtime_ns)
-
-
-def _walk_s3(root: ObjectStoragePath) -> Iterator[tuple[str, int, str]]:
-    """ListObjectsV2 page by page (s3fs's `find` would hold the whole listing in memory)."""
-    from fsspec.asyn import sync
-
-    fs = root.fs
-    bucket, _, prefix = root.path.partition("/")
-    prefix = prefix.rstrip("/") + "/"
-    pages = fs._iterdir(bucket, delimiter="", prefix=prefix)
-    while True:
-        try:
-            info = sync(fs.loop, pages.__anext__)
-        except StopAsyncIteration:
-            return
-        key = info["name"].removeprefix(f"{bucket}/{prefix}")  # s3fs names objects "bucket/key"
-        if key and not key.endswith("/"):
-            yield key, int(info["Size"]), str(info.get("ETag", "")).strip('"')
+    """Keys of the entries below root that are not hidden/OS bookkeeping, streamed."""
+    return (entry.key for entry in iter_files(root) if not is_ignored(entry.key))
 
 
 def write_listing(root: ObjectStoragePath, dest: Path) -> tuple[int, int]:
-    """Stream the listing of `root` into a Parquet file (key, size, version); returns (listed, ignored)."""
+    """Stream the listing of `root` into a Parquet file (key, size, version, problem); returns (listed, ignored).
+
+    An entry with a problem (symlink, special file, unsafe name) is a manifest row like any other: its shard records
+    it as rejected without reading it, so listed == ignored + rows holds whatever the partition holds."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([("key", pa.string()), ("size", pa.int64()), ("version", pa.string())])
+    schema = pa.schema([("key", pa.string()), ("size", pa.int64()), ("version", pa.string()), ("problem", pa.string())])
     listed = ignored = 0
-    batch: list[tuple[str, int, str]] = []
+    batch: list[tuple[str, int, str, str | None]] = []
     with pq.ParquetWriter(dest, schema) as writer:
 
         def flush() -> None:
@@ -165,7 +124,7 @@ def write_listing(root: ObjectStoragePath, dest: Path) -> tuple[int, int]:
 
         for entry in iter_files(root):
             listed += 1
-            if is_ignored(entry[0]):
+            if is_ignored(entry.key):
                 ignored += 1
                 continue
             batch.append(entry)
@@ -239,8 +198,9 @@ def _skip_classified(work: Path, prior: list[Path], shard_size: int) -> tuple[Pa
     DuckDB sorts the listing (an external sort: it spills to disk under its memory limit). The committed files are
     each sorted by key already, so a k-way merge of them, joined with the sorted listing in one pass, decides
     every image while holding one small batch per file — a hash join would hold the whole partition. A prior row
-    is carried when the same file (key, size, version) is still listed and its status is final; `failed` rows are
-    retried.
+    is carried when the same file (key, size, version) is still listed, the listing found no problem with it, and
+    its status is final (`ok` or `rejected`); `failed` and `invalid` rows are retried (an out-of-taxonomy answer is
+    often a transient glitch of the endpoint, and a rerun after a fix must not keep it).
     """
     import duckdb
 
@@ -266,17 +226,17 @@ def _merge_join(listing: Path, prior: list[Path], todo: Path, carried: Path, sha
     listing_file = pq.ParquetFile(listing)
     prior_rows = heapq.merge(*(_final_rows(path) for path in prior), key=lambda row: row[0])
     current = next(prior_rows, None)
-    pending: list[tuple[str, int, str]] = []
+    pending: list[tuple[str, int, str, str | None]] = []
     kept: list[tuple[pa.RecordBatch, int]] = []
     with (
         pq.ParquetWriter(todo, listing_file.schema_arrow) as todo_writer,
         pq.ParquetWriter(carried, predictions.row_schema()) as carried_writer,
     ):
         for batch in listing_file.iter_batches(batch_size=LISTING_BATCH, use_threads=False):
-            for entry in zip(*(batch.column(c).to_pylist() for c in ("key", "size", "version")), strict=True):
+            for entry in zip(*(batch.column(c).to_pylist() for c in MANIFEST_COLUMNS), strict=True):
                 while current is not None and current[0] < entry[0]:
                     current = next(prior_rows, None)
-                if current is not None and current[:3] == entry:
+                if current is not None and current[:3] == entry[:3] and entry[3] is None:
                     kept.append(current[3:])
                 else:
                     pending.append(entry)
@@ -291,7 +251,7 @@ def _merge_join(listing: Path, prior: list[Path], todo: Path, carried: Path, sha
 
 
 def _final_rows(path: Path) -> Iterator[tuple[str, int, str, Any, int]]:
-    """(key, size, version, batch, index) of a committed file's non-failed rows, in the file's (key) order."""
+    """(key, size, version, batch, index) of a committed file's final rows, in the file's (key) order."""
     import pyarrow.parquet as pq
 
     previous = ""
@@ -302,7 +262,7 @@ def _final_rows(path: Path) -> Iterator[tuple[str, int, str, Any, int]]:
             if key <= previous:  # every committed file is written in key order; a merge needs that
                 raise RuntimeError(f"{path.name} is not sorted by key at {key!r}")
             previous = key
-            if status != "failed":
+            if status in FINAL_STATUSES:
                 yield key, size, version, batch, index
 
 
@@ -338,13 +298,13 @@ def _carried_busy_seconds(partition: ObjectStoragePath, carried_rows: int) -> fl
     return manifest.get("busy_seconds", 0.0) * carried_rows / rows if rows else 0.0
 
 
-def read_shard(shard: Shard, conn_id: str | None = None) -> list[tuple[str, int, str]]:
-    """The shard's manifest rows (key, size, version), reading only the row groups that overlap it."""
+def read_shard(shard: Shard, conn_id: str | None = None) -> list[tuple[str, int, str, str | None]]:
+    """The shard's manifest rows (key, size, version, problem), reading only the row groups that overlap it."""
     import pyarrow.parquet as pq
 
     with storage.storage_path(shard.manifest_uri, conn_id).open("rb") as f:
         parquet = pq.ParquetFile(f)
-        rows: list[tuple[str, int, str]] = []
+        rows: list[tuple[str, int, str, str | None]] = []
         start = 0
         end = shard.offset + shard.count
         for group in range(parquet.num_row_groups):
@@ -352,7 +312,7 @@ def read_shard(shard: Shard, conn_id: str | None = None) -> list[tuple[str, int,
             if start < end and start + n > shard.offset:
                 table = parquet.read_row_group(group, use_threads=False)
                 lo, hi = max(shard.offset - start, 0), min(end - start, n)
-                rows += zip(*(table.column(c).to_pylist()[lo:hi] for c in ("key", "size", "version")), strict=True)
+                rows += zip(*(table.column(c).to_pylist()[lo:hi] for c in MANIFEST_COLUMNS), strict=True)
             start += n
     if len(rows) != shard.count:
         raise RuntimeError(f"shard {shard.index}: manifest has {len(rows)} rows in its range, expected {shard.count}")

@@ -184,7 +184,7 @@ def publish(partition: ObjectStoragePath, token: str, files: list[dict[str, Any]
     }
     storage.write_json(partition / SUCCESS, manifest)
     for stale in _other_runs(partition, token):
-        storage.remove_tree(stale)
+        storage.remove_tree(stale, owner=partition)
     return manifest
 
 

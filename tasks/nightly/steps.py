@@ -20,9 +20,14 @@ from tasks.nightly.predictions import RowStats
 log = logging.getLogger(__name__)
 
 
+def incoming_path(settings: Settings, incoming_uri: str):
+    """The `incoming_uri` param's partition, refused unless it lies inside the storage root or an input root."""
+    return storage.contained(incoming_uri, settings, param="incoming_uri")
+
+
 def has_images(settings: Settings, incoming_uri: str) -> bool:
     """At least one file that is not hidden/OS bookkeeping (stops at the first)."""
-    return any(partitions.image_keys(storage.storage_path(incoming_uri, settings.aws_conn_id)))
+    return any(partitions.image_keys(incoming_path(settings, incoming_uri)))
 
 
 def plan(settings: Settings, dt: str, present: bool, params: dict[str, Any]) -> dict[str, Any]:
@@ -34,9 +39,10 @@ def plan(settings: Settings, dt: str, present: bool, params: dict[str, Any]) -> 
         settings, name=params["endpoint_name"], backend=params["endpoint_backend"], required=present
     )
     partition = predictions.partition_dir(storage.root(settings) / storage.PREDICTIONS, dt)
-    incoming_uri = params["incoming_uri"].format(dt=dt)
+    incoming = incoming_path(settings, params["incoming_uri"].format(dt=dt))
+    incoming_uri = storage.plain_uri(incoming)
     partition_plan = partitions.plan_partition(
-        storage.storage_path(incoming_uri, settings.aws_conn_id),
+        incoming,
         partition,
         dt=dt,
         model_version=str(record["model_version"]) if record else "",
@@ -94,7 +100,7 @@ def estimate_backfill(settings: Settings, days: list[str], params: dict[str, Any
 
 
 def count_images(settings: Settings, incoming_uri: str) -> int:
-    return sum(1 for _ in partitions.image_keys(storage.storage_path(incoming_uri, settings.aws_conn_id)))
+    return sum(1 for _ in partitions.image_keys(incoming_path(settings, incoming_uri)))
 
 
 def classify(job: dict[str, Any], shard: dict[str, Any]) -> dict[str, Any]:

@@ -62,7 +62,7 @@ class Partition:
     def job(self, plan: PartitionPlan, record: dict) -> PartitionJob:
         return PartitionJob(dt=DT, incoming_uri=uri(self.incoming), partition_uri=uri(self.out),
                             run_token=plan.run_token, record=record, concurrency=4, conn_id="aws_default",
-                            client_options=FAST)  # fmt: skip
+                            client_options=FAST, max_consecutive_failures=1000)  # fmt: skip
 
     def rows(self) -> list[dict]:
         return predictions.read_partition(at(self.out)).sort_by("key").to_pylist()
@@ -115,14 +115,14 @@ def test_every_image_is_accounted_for_exactly_once_despite_a_faulty_endpoint(par
     )
 
 
-def test_a_rerun_carries_final_rows_retries_failed_ones_and_replaces_the_partition(partition, server):
+def test_a_rerun_carries_final_rows_retries_failed_and_invalid_ones_and_replaces_the_partition(partition, server):
     _, first = partition.run(scripted(server))
     before = partition.stable_rows()
-    failed = first["stats"]["statuses"]["failed"]
+    retried = first["stats"]["statuses"]["failed"] + first["stats"]["statuses"]["invalid"]
 
     plan, second = partition.run(scripted(server))
 
-    assert (plan.carried, plan.to_classify) == (61 - failed, failed)  # only failed rows are asked again
+    assert (plan.carried, plan.to_classify) == (61 - retried, retried)  # only failed and invalid rows asked again
     assert partition.stable_rows() == before  # same scripted answers: same rows, none duplicated
     assert second["busy_seconds"] > 0
     runs = sorted(p.name for p in partition.out.iterdir() if p.name.startswith("run="))

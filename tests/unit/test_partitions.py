@@ -34,7 +34,7 @@ def write_files(root: Path, names: list[str]) -> None:
 
 def test_listing_streams_nested_files_and_counts_ignored_ones(tmp_path: Path) -> None:
     write_files(tmp_path / "in", ["b.png", "a/c.png", "a/d/e.jpg", ".DS_Store", "__MACOSX/a/._c.png"])
-    listed = {key: size for key, size, _ in iter_files(storage_path((tmp_path / "in").as_uri()))}
+    listed = {key: size for key, size, *_ in iter_files(storage_path((tmp_path / "in").as_uri()))}
     assert listed == {"b.png": 5, "a/c.png": 7, "a/d/e.jpg": 9, ".DS_Store": 9, "__MACOSX/a/._c.png": 18}
     assert list(iter_files(storage_path((tmp_path / "missing").as_uri()))) == []
 
@@ -54,7 +54,7 @@ def test_shards_cover_the_sorted_manifest_exactly_once(tmp_path: Path) -> None:
     planned = plan(tmp_path, 23, shard_size=5)
     assert (planned.listed, planned.ignored, planned.images, planned.to_classify) == (24, 1, 23, 23)
     assert [(s.offset, s.count) for s in planned.shards] == [(0, 5), (5, 5), (10, 5), (15, 5), (20, 3)]
-    keys = [key for shard in planned.shards for key, _, _ in read_shard(shard)]
+    keys = [key for shard in planned.shards for key, *_ in read_shard(shard)]
     assert keys == [f"img-{i:03d}.png" for i in range(23)]
     manifest = Path(storage_path(planned.shards[0].manifest_uri).path)
     assert manifest.parent.parent.name == f"run={planned.run_token}"
