@@ -160,6 +160,32 @@ def write_bytes_atomic(path: ObjectStoragePath, data: bytes) -> None:
     tmp.rename(path)
 
 
+def create_exclusive(path: ObjectStoragePath, data: bytes) -> bool:
+    """Create `path` with `data` only if it does not exist yet; False when it does. Atomic on both filesystems: a
+    conditional PUT (`If-None-Match: *`) on S3, a hard link of a complete temporary file locally (never a partly
+    written file under the final name)."""
+    if path.protocol != "file":
+        try:
+            path.fs.pipe_file(path.path, data, mode="create")
+        except FileExistsError:
+            return False
+        except OSError as exc:  # s3fs maps a 412 without its Condition field, and 409 races, to plain OSErrors
+            if any(code in str(exc) for code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")):
+                return False
+            raise
+        return True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    tmp.write_bytes(data)
+    try:
+        os.link(tmp.path, path.path)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp.path)
+    return True
+
+
 def write_json(path: ObjectStoragePath, doc: Any) -> None:
     write_bytes_atomic(path, (json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n").encode())
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import ObjectStoragePath
+from airflow.sdk.exceptions import AirflowFailException
 
 from tasks.common import storage
 from tasks.common.progress import Progress
@@ -78,6 +79,10 @@ class _Ledger:
 
     def conflicts(self) -> dict[str, dict[str, str]]:
         return {sha: labels for sha, labels in self.labels_by_sha.items() if len(labels) > 1}
+
+
+class NoUsableImages(AirflowFailException, ValueError):
+    """The drop holds nothing to train on: retrying the task cannot change that."""
 
 
 def discover(raw: ObjectStoragePath) -> Iterator[tuple[str, str | None, ObjectStoragePath | None, str | None]]:
@@ -265,7 +270,7 @@ def curate(
         storage.remove_tree(dataset, owner=dataset.parent)
         if not kept:
             storage.write_json(dataset / REPORT_NAME, report)
-            raise ValueError(f"no usable images in {raw}; nothing to train on.\n{summary(report)}")
+            raise NoUsableImages(f"no usable images in {raw}; nothing to train on.\n{summary(report)}")
         splits = DatasetDict(
             {split: _to_arrow(split_rows(split), out_features, f"{cache_dir}/{split}.arrow") for split in present}
         )

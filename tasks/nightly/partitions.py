@@ -7,11 +7,13 @@ already classified, and shards are small descriptors — (manifest uri, offset, 
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -24,6 +26,8 @@ from tasks.common.storage import iter_files
 from tasks.model.images import is_ignored
 from tasks.nightly import predictions
 from tasks.nightly.predictions import RowStats
+
+log = logging.getLogger(__name__)
 
 DT_FORMAT = "%Y-%m-%d"
 DEFAULT_CRON = "0 0 * * *"  # the run for dt=D starts when D has ended, at 00:00 UTC on D+1
@@ -62,6 +66,48 @@ def partition_dt(logical_date: datetime | None, data_interval_start: datetime) -
     day (its inferred interval's start).
     """
     return (logical_date or data_interval_start).astimezone(UTC).strftime(DT_FORMAT)
+
+
+CLAIM = "_CLAIM"
+ACTIVE_STATES = ("queued", "running")
+
+
+def claim_dt(partition: ObjectStoragePath, run_id: str, dagrun_state: Callable[[str], str]) -> None:
+    """One active DagRun per dt: record this run in `<partition>/_CLAIM`, or refuse (AirflowFailException) while
+    the run recorded there is still queued or running.
+
+    Why here and not a pool: a pool would serialise publishes, not stop two runs of one dt (the nightly run, a
+    backfill, a manual run whose logical date falls on D) from classifying and publishing one after the other;
+    `max_active_runs` counts runs of any dt. The claim needs no release: a finished holder is simply replaced, and a
+    cleared or retried run keeps its run_id, so it passes. Publishing still takes the partition's lease
+    (predictions.publish_lease): the claim saves endpoint time, the lease keeps the partition consistent.
+    """
+    claim = partition / CLAIM
+    doc = json.dumps({"run_id": run_id, "claimed_at": datetime.now(UTC).isoformat(timespec="seconds")}).encode()
+    if storage.create_exclusive(claim, doc):
+        return
+    holder = (storage.read_json(claim, default={}) or {}).get("run_id")
+    if holder and holder != run_id:
+        _refuse_if_active(partition, holder, dagrun_state)
+        storage.write_bytes_atomic(claim, doc)
+        holder = (storage.read_json(claim, default={}) or {}).get("run_id")
+        if holder != run_id:  # another run took it over at the same moment
+            _refuse_if_active(partition, holder, dagrun_state)
+
+
+def _refuse_if_active(partition: ObjectStoragePath, holder: str, dagrun_state: Callable[[str], str]) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        state = dagrun_state(holder)
+    except Exception as exc:  # a deleted run (db clean): it is not active
+        log.warning("state of %s unknown (%s): treating it as finished", holder, exc)
+        return
+    if state in ACTIVE_STATES:
+        raise AirflowFailException(
+            f"{partition.name} is being processed by DagRun {holder} ({state}); this run refuses so that two runs "
+            "of one dt never classify and publish it side by side. Wait for it, then clear this run if still needed."
+        )
 
 
 @dataclass(frozen=True)

@@ -4,18 +4,21 @@ partition atomically and skip what the same model version already classified."""
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tasks.common.storage import storage_path
 from tasks.nightly import predictions
 from tasks.nightly.classification import PartitionJob, classify_shard, collect_shards, publish
 from tasks.nightly.partitions import PartitionPlan, plan_partition
 from tests.classify_fixtures import endpoint_record, stable
+from tests.conftest import encode
 from tests.fault_server import EXPECTED, FAST, SCRIPTS, ScriptedServer, scripted_server, sized_image
 
 DT = "2026-11-02"
@@ -197,3 +200,43 @@ def test_collect_ignores_results_of_another_attempt(partition, server):
     new = plan_partition(at(partition.incoming), at(partition.out), dt=DT, model_version="v1", shard_size=100)
     fresh = [classify_shard(partition.job(new, record), shard) for shard in new.shards]
     assert collect_shards(new, stale + fresh).files == [{"path": fresh[0].path, "rows": 61}]
+
+
+def test_a_hostile_partition_commits_one_row_per_entry_and_reads_nothing_outside(tmp_path, server):
+    """Issue 9, defects 3-5: links, a FIFO, a non-UTF-8 name and a bomb each get a rejected row; nothing is
+    followed, nothing blocks, nothing crashes plan_partition."""
+    incoming = tmp_path / "incoming" / f"dt={DT}"
+    outside = tmp_path / "outside"
+    (outside / "dir").mkdir(parents=True)
+    (outside / "elsewhere.png").write_bytes(sized_image(40, 20))
+    (outside / "dir" / "inner.png").write_bytes(sized_image(40, 21))
+    incoming.mkdir(parents=True)
+    (incoming / "good.png").write_bytes(sized_image(40, 22))
+    (incoming / "passwd.jpg").symlink_to("/etc/passwd")
+    (incoming / "outside-image.png").symlink_to(outside / "elsewhere.png")
+    (incoming / "linked-dir").symlink_to(outside / "dir")
+    os.mkfifo(incoming / "fifo.png")
+    with open(os.path.join(os.fsencode(incoming), b"caf\xe9.png"), "wb") as f:
+        f.write(sized_image(40, 23))
+    (incoming / "bomb.png").write_bytes(encode(Image.new("P", (7000, 7000)), optimize=True))
+    part = Partition(incoming, tmp_path / "predictions" / f"dt={DT}")
+
+    plan, manifest = part.run(scripted(server))
+
+    rows = {row["key"]: row for row in part.rows()}
+    assert (plan.listed, plan.ignored, manifest["rows"]) == (7, 0, 7) and len(rows) == 7  # listed == rows
+    assert rows["good.png"]["status"] == "ok"
+    expected = {
+        "passwd.jpg": "symlink",
+        "outside-image.png": "symlink",
+        "linked-dir": "symlink",
+        "fifo.png": "special file",
+        "caf\\xe9.png": "unsafe file name",
+        "bomb.png": "decompression bomb",
+    }
+    for key, reason in expected.items():
+        assert rows[key]["status"] == "rejected" and reason in rows[key]["reason"], rows[key]
+    assert b"caf\xe9.png".hex() in rows["caf\\xe9.png"]["reason"]  # the raw name is preserved
+    for key in ("passwd.jpg", "outside-image.png", "linked-dir", "fifo.png", "caf\\xe9.png"):
+        assert rows[key]["content_sha256"] is None  # never read
+    assert server.attempts[(40, 20)] == server.attempts[(40, 21)] == 0  # outside images never classified

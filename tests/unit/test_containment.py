@@ -109,9 +109,7 @@ def curate(root: Path, raw_uri: str, dataset_uri: str) -> dict:
     "dataset_uri",
     ["{root}", "{root}/datasets", "{root}/datasets/../../outside", "{outside}", "{root}/models/v1", "s3://b/x"],
 )
-def test_curation_refuses_a_dataset_uri_it_does_not_own_before_deleting(
-    root, outside, dataset_uri, monkeypatch
-):
+def test_curation_refuses_a_dataset_uri_it_does_not_own_before_deleting(root, outside, dataset_uri, monkeypatch):
     listed = []
     monkeypatch.setattr(storage, "iter_files", lambda top: listed.append(top) or iter(()))
     before = sorted(p for p in root.parent.rglob("*"))
