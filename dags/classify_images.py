@@ -8,7 +8,7 @@ from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, Trigg
 
 from tasks.common.assets import PREDICTIONS
 from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
-from tasks.nightly.partitions import NightlySchedule
+from tasks.nightly.partitions import NightlySchedule, say_when_nothing_ran
 from tasks.nightly.quality import QualityThresholds
 
 SCHEDULE = NightlySchedule.from_env()
@@ -19,9 +19,11 @@ DOC = f"""
 **Which day:** a run processes **dt = the UTC day of its logical date** (`incoming/dt=D/` →
 `predictions/dt=D/`). Scheduled runs have the data interval [D, D+1 day) and logical date D and start when D is
 over, so `bin/airflow backfill create --dag-id classify_images --from-date A --to-date B` makes exactly one run per
-dt in [A, B], and `bin/airflow dags test classify_images D` processes D. A manual run without a logical date
-processes the last complete day. Catchup covers every dt from `PIPELINE_CLASSIFY_START_DATE`; older days need a
-backfill (`--max-active-runs 1` or 2: the pool, not the backfill, protects the endpoint).
+dt in [A, B], and `bin/airflow dags test classify_images D` processes D (for D before the start date Airflow
+creates no tasks: the run logs "NOTHING RAN" with the backfill command that processes D). A manual run without a
+logical date processes the last complete day. One active run per dt: a second one fails at `plan_partition`.
+Catchup covers every dt from `PIPELINE_CLASSIFY_START_DATE`; older days need a backfill (`--max-active-runs 1` or
+2: the pool, not the backfill, protects the endpoint).
 
 `wait_for_partition` → `plan_partition` → `check_budget` → `classify_shard` ×N (pool `endpoint_inference`) →
 `collect_shards` → `quality_gate` → `publish_partition` (asset **predictions**) ‖ `record_costs` → `cost_report`
@@ -63,6 +65,7 @@ retried. Symlinks, FIFOs and unsafe file names are never read: they get `rejecte
     catchup=True,
     max_active_runs=2,  # the endpoint_inference pool bounds the load on the endpoint across runs
     dagrun_timeout=timedelta(hours=12),  # a hung night fails instead of blocking the next ones
+    on_success_callback=say_when_nothing_ran,  # a dt before the start date runs no task: never silently
     tags=[*TAGS, "classification"],
     doc_md=DOC,
     default_args=default_args(execution_timeout=timedelta(minutes=30)),

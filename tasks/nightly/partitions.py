@@ -68,6 +68,26 @@ def partition_dt(logical_date: datetime | None, data_interval_start: datetime) -
     return (logical_date or data_interval_start).astimezone(UTC).strftime(DT_FORMAT)
 
 
+def say_when_nothing_ran(context: Mapping[str, Any]) -> str | None:
+    """The DAG's on_success_callback: a manual run (or `dags test`) for a dt before PIPELINE_CLASSIFY_START_DATE gets
+    no task instances — Airflow creates none before the DAG's start date except for backfills — and "succeeds"
+    having done nothing. Say so loudly, with the command that does process that day; returns the message."""
+    dag_run = context["dag_run"]
+    if dag_run.logical_date is None or str(dag_run.run_type).lower().endswith("backfill"):
+        return None
+    dt = partition_dt(dag_run.logical_date, dag_run.data_interval_start or dag_run.logical_date)
+    start = NightlySchedule.from_env().start_date.isoformat()
+    if dt >= start:
+        return None
+    message = (
+        f"NOTHING RAN for dt={dt}: it is before PIPELINE_CLASSIFY_START_DATE={start}, and Airflow creates no task "
+        f"instances for a non-backfill run before the DAG's start date. To process it: bin/airflow backfill create "
+        f"--dag-id {dag_run.dag_id} --from-date {dt} --to-date {dt}"
+    )
+    log.error(message)
+    return message
+
+
 CLAIM = "_CLAIM"
 ACTIVE_STATES = ("queued", "running")
 

@@ -75,3 +75,16 @@ def test_an_empty_or_missing_partition_plans_zero_shards(tmp_path: Path) -> None
         shard_size=10,
     )
     assert (planned.listed, planned.to_classify, planned.shards) == (0, 0, [])
+
+
+def test_a_run_before_the_start_date_says_that_nothing_ran(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9, defect 9: `dags test classify_images D` for D before the start date has no tasks; it says so."""
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("PIPELINE_CLASSIFY_START_DATE", "2026-11-01")
+    before = datetime(2026, 10, 15, tzinfo=UTC)
+    run = SimpleNamespace(dag_id="classify_images", logical_date=before, data_interval_start=before, run_type="manual")
+    message = partitions.say_when_nothing_ran({"dag_run": run})
+    assert "NOTHING RAN for dt=2026-10-15" in message and "--from-date 2026-10-15 --to-date 2026-10-15" in message
+    for quiet in (run.__dict__ | {"run_type": "backfill"}, run.__dict__ | {"logical_date": datetime(2026, 11, 2)}):
+        assert partitions.say_when_nothing_ran({"dag_run": SimpleNamespace(**quiet)}) is None
