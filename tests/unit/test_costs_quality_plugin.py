@@ -89,8 +89,9 @@ def test_an_empty_storage_root_renders_empty_states(plugin: ModuleType, tmp_path
 
 
 def test_a_label_matplotlib_would_parse_as_mathtext_is_drawn_as_text(plugin: ModuleType) -> None:
+    """Issue 9: `$\\frac{1}$` made matplotlib raise (invalid mathtext) and broke the whole page."""
     from tasks.costs.view_data import PartitionRow
 
-    rows = [PartitionRow(dt, 10, 9, 1, 0, 0, 0.01, 1.0, "v1") for dt in ("2026-11-02", "$\\frac{", "a $x$ b")]
-    svg = plugin.chart_svg(rows)
-    assert "$\\frac{" in svg and "a $x$ b" in svg
+    labels = ("2026-11-02", "$\\frac{1}$", "cost $5 vs $6")
+    svg = plugin.chart_svg([PartitionRow(label, 10, 9, 1, 0, 0, 0.01, 1.0, "v1") for label in labels])
+    assert all(label in svg for label in labels)
