@@ -17,6 +17,7 @@ from tasks.common.storage import storage_path
 from tasks.nightly import predictions
 from tasks.nightly.classification import PartitionJob, classify_shard, collect_shards, publish
 from tasks.nightly.partitions import PartitionPlan, plan_partition
+from tasks.nightly.predictions import PublishConflict
 from tests.classify_fixtures import endpoint_record, stable
 from tests.conftest import encode
 from tests.fault_server import EXPECTED, FAST, SCRIPTS, ScriptedServer, scripted_server, sized_image
@@ -175,7 +176,7 @@ def test_an_unpublished_run_is_invisible_and_a_broken_commit_changes_nothing(par
 
     staged = collect_shards(plan, results)
     (partition.out / results[0].path).unlink()  # e.g. removed by a concurrent run of the same dt
-    with pytest.raises(RuntimeError, match="listed file"):
+    with pytest.raises(PublishConflict, match="listed file"):  # AirflowFailException: a retry cannot help
         publish(job, plan, staged, quality={})
     assert partition.rows() == committed
 
