@@ -20,7 +20,7 @@ DOC = f"""
 `predictions/dt=D/`). Scheduled runs have the data interval [D, D+1 day) and logical date D and start when D is
 over, so `bin/airflow backfill create --dag-id classify_images --from-date A --to-date B` makes exactly one run per
 dt in [A, B], and `bin/airflow dags test classify_images D` processes D (for D before the start date Airflow
-creates no tasks: the run logs "NOTHING RAN" with the backfill command that processes D). A manual run without a
+creates no tasks: the run logs "NOTHING RAN" and the backfill command that processes D). A manual run without a
 logical date processes the last complete day. One active run per dt: a second one fails at `plan_partition`.
 Catchup covers every dt from `PIPELINE_CLASSIFY_START_DATE`; older days need a backfill (`--max-active-runs 1` or
 2: the pool, not the backfill, protects the endpoint).

@@ -78,13 +78,13 @@ def test_an_empty_or_missing_partition_plans_zero_shards(tmp_path: Path) -> None
 
 
 def test_a_run_before_the_start_date_says_that_nothing_ran(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue 9, defect 9: `dags test classify_images D` for D before the start date has no tasks; it says so."""
+    """Issue 9, defect 9: `dags test classify_images D` for D before the start date has no tasks; it says so.
+    Airflow's callback context for a run without task instances has no `dag_run` (airflow.models.dagrun)."""
     from types import SimpleNamespace
 
     monkeypatch.setenv("PIPELINE_CLASSIFY_START_DATE", "2026-11-01")
-    before = datetime(2026, 10, 15, tzinfo=UTC)
-    run = SimpleNamespace(dag_id="classify_images", logical_date=before, data_interval_start=before, run_type="manual")
-    message = partitions.say_when_nothing_ran({"dag_run": run})
-    assert "NOTHING RAN for dt=2026-10-15" in message and "--from-date 2026-10-15 --to-date 2026-10-15" in message
-    for quiet in (run.__dict__ | {"run_type": "backfill"}, run.__dict__ | {"logical_date": datetime(2026, 11, 2)}):
-        assert partitions.say_when_nothing_ran({"dag_run": SimpleNamespace(**quiet)}) is None
+    empty = {"dag": SimpleNamespace(dag_id="classify_images"), "run_id": "manual__x", "reason": "success"}
+    message = partitions.say_when_nothing_ran(empty)
+    assert "NOTHING RAN in manual__x" in message and "PIPELINE_CLASSIFY_START_DATE=2026-11-01" in message
+    assert "backfill create --dag-id classify_images --from-date D --to-date D" in message
+    assert partitions.say_when_nothing_ran(empty | {"dag_run": SimpleNamespace()}) is None
