@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlparse
 
 from airflow.sdk import ObjectStoragePath
@@ -24,6 +26,7 @@ INCOMING = "incoming"
 PREDICTIONS = "predictions"
 COSTS = "costs"
 SERVING = "serving"
+BACKLOG = "backlog"  # classify_backlog's request files and transform outputs, per run
 
 
 def storage_path(uri: str, conn_id: str | None = None) -> ObjectStoragePath:
@@ -74,6 +77,25 @@ def write_bytes_atomic(path: ObjectStoragePath, data: bytes) -> None:
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     tmp.write_bytes(data)
     tmp.rename(path)
+
+
+@contextmanager
+def streaming_writer(path: ObjectStoragePath) -> Iterator[IO[bytes]]:
+    """Write a large file in pieces; like `write_bytes_atomic`, readers never see it half-written (an S3 upload
+    becomes visible when it completes; a local file is renamed into place). Nothing is published on an error."""
+    if path.protocol != "file":
+        with path.open("wb") as f:
+            yield f
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with tmp.open("wb") as f:
+            yield f
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def write_json(path: ObjectStoragePath, doc: Any) -> None:

@@ -130,7 +130,7 @@ def classify_shard(job: PartitionJob, shard: Shard) -> ShardResult:
     progress.finish()
     by_key = {result.key: result for result in results}
     rows = [
-        _row(job, key, size, version, digests.get(key), by_key.get(key) or _rejected(key, unreadable))
+        result_row(job, key, size, version, digests.get(key), by_key.get(key) or _rejected(key, unreadable))
         for key, size, version in entries
     ]
     if len(by_key) + len(unreadable) != len(entries):
@@ -160,7 +160,10 @@ def _rejected(key: str, unreadable: dict[str, str]) -> ClassificationResult:
     return ClassificationResult(key, "rejected", error=unreadable[key])
 
 
-def _row(job: PartitionJob, key: str, size: int, version: str, digest: str | None, r: ClassificationResult) -> dict:
+def result_row(
+    job: PartitionJob, key: str, size: int, version: str, digest: str | None, r: ClassificationResult
+) -> dict:
+    """The committed row of one image (tasks.nightly.predictions.ROW_COLUMNS), whichever path classified it."""
     return {
         "key": key,
         "content_sha256": digest,
