@@ -84,8 +84,13 @@ def streaming_writer(path: ObjectStoragePath) -> Iterator[IO[bytes]]:
     """Write a large file in pieces; like `write_bytes_atomic`, readers never see it half-written (an S3 upload
     becomes visible when it completes; a local file is renamed into place). Nothing is published on an error."""
     if path.protocol != "file":
-        with path.open("wb") as f:
+        f = path.open("wb")
+        try:
             yield f
+        except BaseException:
+            f.discard()  # s3fs aborts the multipart upload; a plain close would upload the partial file
+            raise
+        f.close()
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
