@@ -144,7 +144,8 @@ class LocalBacklog:
     """Batch Transform's contract, run by `run_transform` against the deployed local endpoint."""
 
     default_instance_type = "local"
-    assumed_images_per_second = 1.0  # per "instance" (request slot group); replaced by what the ledger measures
+    assumed_images_per_second = 1.0  # replaced by what the ledger measures on the local server
+    assumed_basis = "a round guess for the tiny CPU model"
     startup_s = 0.0  # the endpoint is already up: no model to load per job
 
     def __init__(self, settings: Settings) -> None:

@@ -225,9 +225,9 @@ class Estimate:
         out = [
             f"images to classify: {self.images:,} in {self.jobs} transform job(s)",
             f"throughput: {t.images_per_second:.3f} images/s per instance ({t.source})",
-            f"instance-hours: {self.instance_hours:,.1f} ({self.instance_count} x {self.instance_type}, "
+            f"instance-hours: {self.instance_hours:,.2f} ({self.instance_count} x {self.instance_type}, "
             f"incl. {self.startup_s / 60:.0f} min model start-up per job and instance)",
-            f"wall time: {self.wall_hours:,.1f} h with {self.instance_count} instance(s)",
+            f"wall time: {self.wall_hours:,.2f} h with {self.instance_count} instance(s)",
             f"cost: ${self.usd:,.2f} at ${self.price_per_hour_usd}/instance-hour (batch transform is billed at the "
             "instance type's inference price)",
         ]

@@ -60,6 +60,7 @@ class AttachingTransformOperator(AttachingJobMixin, SageMakerTransformOperator):
 class SageMakerBacklog:
     default_instance_type = "ml.g5.xlarge"
     assumed_images_per_second = 1000 / SEED_SECONDS_PER_1000
+    assumed_basis = f"the seed's {SEED_SECONDS_PER_1000} s per 1,000 images on one ml.g5.xlarge endpoint"
     startup_s = float(MODEL_STARTUP_S)
 
     def __init__(self, settings: Settings) -> None:

@@ -39,6 +39,7 @@ class BacklogBackend(Protocol):
 
     default_instance_type: str
     assumed_images_per_second: float  # per instance, until the ledger has measured one
+    assumed_basis: str  # where that figure comes from, for the estimate's label
     startup_s: float  # model start-up each job pays on each instance
     price_region: str
 
@@ -69,7 +70,7 @@ def resources(backend: BacklogBackend, params: dict[str, Any]) -> Resources:
         instance_type=params["instance_type"] or backend.default_instance_type,
         instance_count=int(params["instance_count"]),
         # LMI batches up to max_rolling_batch_size requests: keep that many in flight per instance
-        concurrency=int(params["concurrency_per_instance"] or ServingConfig().max_rolling_batch_size),
+        concurrency=int(params["concurrency_per_instance"] or ServingConfig(model_uri="").max_rolling_batch_size),
         invocation_timeout_s=int(params["invocation_timeout_s"]),
         invocation_retries=int(params["invocation_retries"]),
     )
@@ -85,8 +86,8 @@ def throughput(settings: Settings, backend: BacklogBackend, instance_type: str, 
             per_instance = measured / measured_count
             return Throughput(per_instance, f"measured by the ledger on {measured_count} x {instance_type}")
     speed = assumed or backend.assumed_images_per_second
-    return Throughput(speed, f"ASSUMED ({'param' if assumed else 'the seed endpoint measurement'}; nothing measured "
-                             f"on {instance_type} yet)")  # fmt: skip
+    basis = "the assumed_images_per_second param" if assumed else backend.assumed_basis
+    return Throughput(speed, f"ASSUMED from {basis}; nothing measured on {instance_type} yet")
 
 
 def estimate(
@@ -116,13 +117,16 @@ def count_images(settings: Settings, incoming_uri: str, days: list[str]) -> dict
     return {day: nightly.count_images(settings, incoming_uri.format(dt=day)) for day in days}
 
 
-def estimate_range(settings: Settings, params: dict[str, Any]) -> tuple[dict[str, int], Estimate]:
+def estimate_range(
+    settings: Settings, params: dict[str, Any], images: int | None = None
+) -> tuple[dict[str, int], Estimate]:
     """The CLI's pre-flight (`estimate-backlog`): every image of every day counted (an upper bound: a run carries
-    over what this model version already classified)."""
+    over what this model version already classified), or `images` as a what-if without counting."""
     backend = backlog_backend(settings)
     res = resources(backend, params)
-    per_day = count_images(settings, params["incoming_uri"], plan.days_between(params["from_date"], params["to_date"]))
-    images = sum(per_day.values())
+    days = plan.days_between(params["from_date"], params["to_date"])
+    per_day = count_images(settings, params["incoming_uri"], days) if images is None else {}
+    images = sum(per_day.values()) if images is None else images
     return per_day, estimate(settings, backend, res, images, plan.jobs_needed(images, params["images_per_job"]), params)
 
 
