@@ -73,7 +73,7 @@ serving the nightly traffic meanwhile.
             description="Per instance, used only until the ledger has measured this instance type.",
         ),
         "images_per_file": Param(500, type="integer", minimum=1, description="Images per request file (shard)."),
-        "images_per_job": Param(200_000, type="integer", minimum=1, description="Images per transform job."),
+        "images_per_job": Param(1_000_000, type="integer", minimum=1, description="Images per transform job."),
         "invocation_timeout_s": Param(600, type="integer", minimum=1, maximum=3600, description="Per record."),
         "invocation_retries": Param(1, type="integer", minimum=0, maximum=3, description="Per record."),
         "reclassify": Param(False, type="boolean", description="Ignore rows already classified by this model."),

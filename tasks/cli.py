@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--instance-type", default=None, help="default: the backend's (ml.g5.xlarge on SageMaker)")
     p.add_argument("--instance-count", type=int, default=1)
     p.add_argument("--concurrency-per-instance", type=int, default=None)
-    p.add_argument("--images-per-job", type=int, default=200_000)
+    p.add_argument("--images-per-job", type=int, default=1_000_000)
     p.add_argument("--deadline-hours", type=float, default=None)
     p.add_argument("--assumed-images-per-second", type=float, default=None, help="per instance, until measured")
     p.add_argument("--images", type=int, default=None, help="price this many images instead of counting the range")

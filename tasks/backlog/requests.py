@@ -72,7 +72,7 @@ def write_request_file(day: PartitionJob, shard: Shard, request_uri: str, index_
 def _record(client: EndpointClient, incoming: Any, key: str) -> tuple[bytes | None, str | None, str | None]:
     """(record line, sha256 of the file, rejection reason) — the same outcomes as `classification.classify_shard`."""
     try:
-        data = (incoming / key).read_bytes()
+        data = incoming.fs.cat_file(f"{incoming.path.rstrip('/')}/{key}")  # no path object per image: ~1 ms saved
     except OSError as exc:  # vanished or unreadable since listing
         return None, None, f"unreadable: {type(exc).__name__}: {exc}"
     digest = hashlib.sha256(data).hexdigest()

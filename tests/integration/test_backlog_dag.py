@@ -24,7 +24,7 @@ from tasks.serving.local_server import stop_local_server
 from tests.integration.conftest import AirflowRunner, Moto
 
 pytestmark = pytest.mark.slow
-DAYS = ["2026-10-05", "2026-10-06", "2026-10-07"]
+DAYS = ["2026-11-10", "2026-11-11", "2026-11-12"]  # on or after the nightly start date: classify_images runs them
 # Small files and jobs so three days make several of each; an untrained model answers garbage: the gate only warns.
 CONF = {"from_date": DAYS[0], "to_date": DAYS[-1], "images_per_file": 2, "images_per_job": 4,
         "quality": {"on_violation": "warn"}}  # fmt: skip
@@ -115,7 +115,7 @@ def test_sagemaker_backlog_creates_one_job_per_chunk_once_and_joins_prepared_out
     first = sagemaker_airflow.dags_test("classify_backlog", CONF, logical_date=LOGICAL_DATE)
     requests = ast.literal_eval(first.xcom("transform_requests"))
     jobs = sm.list_transform_jobs()["TransformJobSummaries"]
-    assert len(requests) == len(jobs) == 4  # 15 images in files of <= 2, jobs of <= 4 images
+    assert len(requests) == len(jobs) == 5  # 3 days x files of 2, 2, 1 images, in jobs of <= 4 images
     assert sorted(j["TransformJobName"] for j in jobs) == sorted(r["TransformJobName"] for r in requests)
     for request in requests:
         job = sm.describe_transform_job(TransformJobName=request["TransformJobName"])
@@ -143,7 +143,7 @@ def test_sagemaker_backlog_creates_one_job_per_chunk_once_and_joins_prepared_out
     assert lines == 15
     second = sagemaker_airflow.dags_test("classify_backlog", CONF, logical_date=LOGICAL_DATE)  # the same run again
     assert second.succeeded, second.output[-6000:]
-    assert second.output.count("Attaching to transform job") == 4
+    assert second.output.count("Attaching to transform job") == 5
     again = sm.list_transform_jobs()["TransformJobSummaries"]
     assert {j["TransformJobName"]: j["CreationTime"] for j in again} == created  # none created twice
     for day in DAYS:
