@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import date, timedelta
 from typing import Any
 
@@ -215,7 +215,6 @@ class Estimate:
     usd: float = 0.0
     deadline_hours: float | None = None
     instances_for_deadline: int | None = None  # None: no deadline, or none up to 100 instances meets it
-    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -237,7 +236,7 @@ class Estimate:
                 f"deadline {self.deadline_hours:g} h: "
                 + (f"needs {needed} instance(s)" if needed else f"not reachable with up to {MAX_INSTANCES} instances")
             )
-        return out + self.notes
+        return out
 
 
 def estimate(
