@@ -148,7 +148,7 @@ def test_sagemaker_backlog_creates_one_job_per_chunk_once_and_joins_prepared_out
     assert {j["TransformJobName"]: j["CreationTime"] for j in again} == created  # none created twice
     for day in DAYS:
         manifest, rows = committed_s3(storage_uri, day)
-        assert manifest["rows"] == len(rows) == 5 and manifest["stats"]["statuses"]["ok"] == 5
+        assert manifest["rows"] == len(rows) == 5 and manifest["stats"]["statuses"]["ok"] == 5, (manifest, rows[0])
         assert {row["label"] for row in rows} == {"3"} and manifest["model_version"] == "v1"
         assert sorted(row["key"] for row in rows) == [row["key"] for row in rows]
 
