@@ -59,7 +59,9 @@ def join_file(
     import pyarrow as pa
 
     index = read_index(storage.storage_path(job.index_uri(request), day.conn_id))
-    output = storage.storage_path(job.output_uri, day.conn_id) / f"{request.name}{OUTPUT_SUFFIX}"
+    outputs = storage.storage_path(job.output_uri, day.conn_id)
+    outputs.fs.invalidate_cache(outputs.path)  # another system wrote them: a listing cached earlier may predate them
+    output = outputs / f"{request.name}{OUTPUT_SUFFIX}"
     answers = dict(output_lines(output)) if output.exists() else {}
     missing = (f"no answer: {request.name}{OUTPUT_SUFFIX} has no line for this image"
                if output.exists() else missing_reason(job, request, outcome))  # fmt: skip

@@ -146,9 +146,14 @@ def test_sagemaker_backlog_creates_one_job_per_chunk_once_and_joins_prepared_out
     assert second.output.count("Attaching to transform job") == 5
     again = sm.list_transform_jobs()["TransformJobSummaries"]
     assert {j["TransformJobName"]: j["CreationTime"] for j in again} == created  # none created twice
+    committed_lines = [line for line in second.output.splitlines() if "rows {'ok'" in line]
+    assert sum("5 rows {'ok': 5," in line for line in committed_lines) == 3, "\n".join(committed_lines)
+    storage.storage_path(storage_uri, "aws_default").fs.invalidate_cache()  # this process read the first commit
     for day in DAYS:
         manifest, rows = committed_s3(storage_uri, day)
-        assert manifest["rows"] == len(rows) == 5 and manifest["stats"]["statuses"]["ok"] == 5, (manifest, rows[0])
+        assert manifest["rows"] == len(rows) == 5 and manifest["stats"]["statuses"]["ok"] == 5, (
+            f"{manifest['stats']} {rows[0]['status']} {rows[0]['reason']} {rows[0]['raw_answer']}"
+        )
         assert {row["label"] for row in rows} == {"3"} and manifest["model_version"] == "v1"
         assert sorted(row["key"] for row in rows) == [row["key"] for row in rows]
 
