@@ -118,7 +118,8 @@ def main(argv: list[str]) -> None:
         print(f"{n:>7,} images / {args.days} days: plan {r['plan_s']:5.1f} s + requests {r['requests_s']:6.1f} s "
               f"({1000 * r['requests_s'] / max(r['records'], 1):.2f} ms/image) = {r['total_s']:6.1f} s; peak RSS "
               f"{r['peak_mb']:4.0f} MB ({r['peak_mb'] - r['after_imports_mb']:+4.0f} MB over imports); "
-              f"{r['files']} request files in {r['jobs']} job(s), largest record {r['max_record_bytes']} B")  # fmt: skip
+              f"{r['files']} request files in {r['jobs']} job(s), largest record {r['max_record_bytes']} B"
+              )  # fmt: skip
 
 
 if __name__ == "__main__":
