@@ -75,7 +75,8 @@ class SageMakerBacklog:
         return str(record["config_name"])
 
     def uri(self, storage_uri: str) -> str:
-        return s3_uri(storage_uri)
+        """Plain s3://, keeping a prefix's trailing slash (a bare `.../input` would also match `.../input-2/`)."""
+        return s3_uri(storage_uri) + ("/" if storage_uri.endswith("/") else "")
 
     def transform(self, requests: XComArg, pool: str) -> XComArg:
         return (

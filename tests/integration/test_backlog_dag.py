@@ -99,7 +99,7 @@ def prepare_outputs(moto: Moto, request: dict) -> int:
                   "usage": {"prompt_tokens": 40, "completion_tokens": 6}}  # fmt: skip
         body = "".join(json.dumps({"key": json.loads(r)["key"], "SageMakerOutput": answer}) + "\n" for r in records)
         name = obj["Key"].rsplit("/", 1)[1]
-        s3.put_object(Bucket=moto.bucket, Key=f"{output}{name}.out", Body=body.encode())
+        s3.put_object(Bucket=moto.bucket, Key=f"{output.rstrip('/')}/{name}.out", Body=body.encode())
         lines += len(records)
     return lines
 
@@ -124,9 +124,9 @@ def test_sagemaker_backlog_creates_one_job_per_chunk_once_and_joins_prepared_out
         assert job["ModelClientConfig"] == {"InvocationsTimeoutInSeconds": 600, "InvocationsMaxRetries": 1}
         assert job["TransformInput"]["SplitType"] == "Line"
         assert job["TransformInput"]["ContentType"] == "application/jsonlines"
-        assert job["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"].startswith(
-            f"s3://{moto.bucket}/pipeline/backlog/"
-        )
+        source = job["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
+        assert source.startswith(f"s3://{moto.bucket}/pipeline/backlog/") and source.endswith("/input/")
+        assert job["TransformOutput"]["S3OutputPath"] == source.removesuffix("input/") + "output/"
         assert job["TransformOutput"]["AssembleWith"] == "Line"
         assert job["TransformOutput"]["Accept"] == "application/jsonlines"
         assert job["DataProcessing"] == {"InputFilter": "$.body", "JoinSource": "Input",
