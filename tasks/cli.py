@@ -98,6 +98,35 @@ def _estimate_cost(args: argparse.Namespace) -> None:
           f"images/s ({result['throughput']}), budget ${result['budget_usd']:.2f}: OK")  # fmt: skip
 
 
+def _estimate_backlog(args: argparse.Namespace) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tasks.backlog.steps import estimate_range, refuse_if_over
+
+    params = {
+        "from_date": args.from_date,
+        "to_date": args.to_date,
+        "incoming_uri": args.incoming_uri or f"{load_settings().storage_uri}/incoming/dt={{dt}}/",
+        "instance_type": args.instance_type,
+        "instance_count": args.instance_count,
+        "concurrency_per_instance": args.concurrency_per_instance,
+        "invocation_timeout_s": 600,
+        "invocation_retries": 1,
+        "images_per_job": args.images_per_job,
+        "deadline_hours": args.deadline_hours,
+        "assumed_images_per_second": args.assumed_images_per_second,
+    }
+    per_day, result = estimate_range(load_settings(), params, images=args.images)
+    for day, n in per_day.items():
+        print(f"dt={day}: {n} images")
+    print("\n".join(result.lines()))
+    try:
+        refuse_if_over(result, args.budget_usd, f"backlog {args.from_date}..{args.to_date}")
+    except AirflowFailException as exc:  # BudgetExceeded too
+        raise SystemExit(f"REFUSED: {str(exc).splitlines()[0]}") from None
+    print(f"budget ${args.budget_usd:,.2f}: OK")
+
+
 def _predictions_summary(args: argparse.Namespace) -> None:
     from tasks.common import storage
     from tasks.common.demo_data import score
@@ -175,6 +204,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--assumed-images-per-second", type=float, default=1.0, help="until a throughput is measured")
     p.add_argument("--incoming-uri", default="", help="template with {dt}; default <storage>/incoming/dt={dt}/")
     p.set_defaults(func=_estimate_cost)
+
+    p = sub.add_parser("estimate-backlog", help="pre-flight for classify_backlog: images, instance-hours, wall time, $")
+    p.add_argument("--from-date", required=True)
+    p.add_argument("--to-date", required=True)
+    p.add_argument("--budget-usd", type=float, required=True)
+    p.add_argument("--instance-type", default=None, help="default: the backend's (ml.g5.xlarge on SageMaker)")
+    p.add_argument("--instance-count", type=int, default=1)
+    p.add_argument("--concurrency-per-instance", type=int, default=None)
+    p.add_argument("--images-per-job", type=int, default=1_000_000)
+    p.add_argument("--deadline-hours", type=float, default=None)
+    p.add_argument("--assumed-images-per-second", type=float, default=None, help="per instance, until measured")
+    p.add_argument("--images", type=int, default=None, help="price this many images instead of counting the range")
+    p.add_argument("--incoming-uri", default="", help="template with {dt}; default <storage>/incoming/dt={dt}/")
+    p.set_defaults(func=_estimate_backlog)
 
     p = sub.add_parser("predictions-summary", help="per-partition counts, labels and $/1000 images")
     p.add_argument("--from-date", required=True)

@@ -18,8 +18,9 @@ import posixpath
 import stat
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 from urllib.parse import urlparse
 
 from airflow.sdk import ObjectStoragePath
@@ -35,6 +36,7 @@ INCOMING = "incoming"
 PREDICTIONS = "predictions"
 COSTS = "costs"
 SERVING = "serving"
+BACKLOG = "backlog"  # classify_backlog's request files and transform outputs, per run
 
 
 def storage_path(uri: str, conn_id: str | None = None) -> ObjectStoragePath:
@@ -195,6 +197,30 @@ def create_exclusive(path: ObjectStoragePath, data: bytes) -> bool:
     finally:
         os.unlink(tmp.path)
     return True
+
+
+@contextmanager
+def streaming_writer(path: ObjectStoragePath) -> Iterator[IO[bytes]]:
+    """Write a large file in pieces; like `write_bytes_atomic`, readers never see it half-written (an S3 upload
+    becomes visible when it completes; a local file is renamed into place). Nothing is published on an error."""
+    if path.protocol != "file":
+        f = path.open("wb")
+        try:
+            yield f
+        except BaseException:
+            f.discard()  # s3fs aborts the multipart upload; a plain close would upload the partial file
+            raise
+        f.close()
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with tmp.open("wb") as f:
+            yield f
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def write_json(path: ObjectStoragePath, doc: Any) -> None:

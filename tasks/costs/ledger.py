@@ -115,6 +115,42 @@ def uptime_seconds(day: str, deployed_at: str, now: datetime) -> float:
     return max(0.0, (up_to - up_from).total_seconds())
 
 
+def classification_entry(
+    dt: str,
+    pricing: EndpointPricing,
+    *,
+    endpoint: str,
+    model_version: str,
+    stats: dict[str, Any],
+    busy_seconds: float,
+    run_id: str,
+) -> LedgerEntry:
+    """The classification row of partition dt: `busy_seconds` of `pricing`'s instances, whichever path (the
+    endpoint, a batch transform) produced it. `stats` is a RowStats dict (tasks.nightly.predictions)."""
+    statuses = stats["statuses"]
+    return LedgerEntry(
+        kind="classification",
+        key=dt,
+        backend=pricing.backend,
+        region=pricing.region,
+        instance_type=pricing.instance_type,
+        instance_count=pricing.instance_count,
+        price_per_hour_usd=pricing.price_per_hour_usd,
+        model_version=model_version,
+        endpoint=endpoint,
+        run_id=run_id,
+        day=dt,
+        billable_seconds=busy_seconds,
+        images=stats["rows"],
+        images_ok=statuses["ok"],
+        images_invalid=statuses["invalid"],
+        images_rejected=statuses["rejected"],
+        images_failed=statuses["failed"],
+        prompt_tokens=stats["prompt_tokens"],
+        completion_tokens=stats["completion_tokens"],
+    )
+
+
 def partition_entries(
     dt: str,
     pricing: EndpointPricing,
@@ -129,32 +165,24 @@ def partition_entries(
 ) -> list[LedgerEntry]:
     """The classification row of partition dt and the endpoint's idle row for day dt. `stats` is a RowStats
     dict (tasks.nightly.predictions)."""
-    statuses = stats["statuses"]
-    common = {
-        "backend": pricing.backend,
-        "region": pricing.region,
-        "instance_type": pricing.instance_type,
-        "instance_count": pricing.instance_count,
-        "price_per_hour_usd": pricing.price_per_hour_usd,
-        "model_version": model_version,
-        "endpoint": endpoint,
-        "run_id": run_id,
-        "day": dt,
-    }
-    classification = LedgerEntry(
-        kind="classification",
-        key=dt,
-        billable_seconds=busy_seconds,
-        images=stats["rows"],
-        images_ok=statuses["ok"],
-        images_invalid=statuses["invalid"],
-        images_rejected=statuses["rejected"],
-        images_failed=statuses["failed"],
-        prompt_tokens=stats["prompt_tokens"],
-        completion_tokens=stats["completion_tokens"],
-        **common,
+    classification = classification_entry(
+        dt,
+        pricing,
+        endpoint=endpoint,
+        model_version=model_version,
+        stats=stats,
+        busy_seconds=busy_seconds,
+        run_id=run_id,
     )
     up = uptime_seconds(dt, deployed_at, now or datetime.now(UTC))
-    idle = LedgerEntry(kind="endpoint_idle", key=f"{endpoint}/{dt}", billable_seconds=max(0.0, up - busy_seconds),
-                       **common)  # fmt: skip
+    idle = LedgerEntry(
+        kind="endpoint_idle",
+        key=f"{endpoint}/{dt}",
+        billable_seconds=max(0.0, up - busy_seconds),
+        **{name: getattr(classification, name) for name in _ENDPOINT_FIELDS},
+    )
     return [classification, idle]
+
+
+_ENDPOINT_FIELDS = ("backend", "region", "instance_type", "instance_count", "price_per_hour_usd", "model_version",
+                    "endpoint", "run_id", "day")  # fmt: skip

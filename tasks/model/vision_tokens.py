@@ -9,6 +9,7 @@ budget can be checked without loading a processor; tests compare it against the 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
 from PIL import Image
@@ -135,6 +136,7 @@ def _evaluate(content: tuple[int, int], canvas: tuple[int, int], geometry: Visio
     return ResizePlan(content, canvas, image_tokens(*canvas, geometry), pixels)
 
 
+@lru_cache(maxsize=4096)  # pure arithmetic, and photos come in few sizes
 def plan_resize(width: int, height: int, policy: ResizePolicy = DEFAULT_POLICY) -> ResizePlan:
     """The best of: the original, a downscale to fit each pinpoint, and (under a budget) a letterbox into each
     pinpoint or the square tile. Best = most effective pixels within the budget, then fewest tokens, then the

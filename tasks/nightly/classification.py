@@ -112,6 +112,20 @@ class ShardResult:
     finished: float
 
 
+def read_listed(incoming: ObjectStoragePath, key: str, problem: str | None) -> tuple[bytes | None, str]:
+    """(the file's bytes, "") for a listed image, else (None, the rejection reason): a symlink, special file or
+    unsafe name (the listing's `problem`) is never read; a file swapped for a link, grown past the size cap or gone
+    since the listing is refused, never a crash."""
+    if problem:
+        return None, problem
+    try:
+        return storage.read_bytes_capped(incoming / key, MAX_FILE_BYTES), ""
+    except storage.Refused as exc:
+        return None, str(exc)
+    except OSError as exc:
+        return None, f"unreadable: {type(exc).__name__}: {exc}"
+
+
 def classify_shard(job: PartitionJob, shard: Shard) -> ShardResult:
     """Classify the shard's images with bounded concurrency and write its rows as one Parquet file."""
     import pyarrow as pa
@@ -123,16 +137,9 @@ def classify_shard(job: PartitionJob, shard: Shard) -> ShardResult:
 
     def images() -> Iterator[tuple[str, bytes]]:
         for key, _, _, problem in entries:
-            if problem:  # a symlink, special file or unsafe name: never read
-                unreadable[key] = problem
-                continue
-            try:
-                data = storage.read_bytes_capped(incoming / key, MAX_FILE_BYTES)
-            except storage.Refused as exc:  # swapped for a link or grown since listing
-                unreadable[key] = str(exc)
-                continue
-            except OSError as exc:  # vanished or unreadable since listing: a rejected row, not a crash
-                unreadable[key] = f"unreadable: {type(exc).__name__}: {exc}"
+            data, reason = read_listed(incoming, key, problem)
+            if data is None:
+                unreadable[key] = reason
                 continue
             digests[key] = hashlib.sha256(data).hexdigest()
             yield key, data
@@ -144,7 +151,7 @@ def classify_shard(job: PartitionJob, shard: Shard) -> ShardResult:
     progress.finish()
     by_key = {result.key: result for result in results}
     rows = [
-        _row(job, key, size, version, digests.get(key), by_key.get(key) or _rejected(key, unreadable))
+        result_row(job, key, size, version, digests.get(key), by_key.get(key) or _rejected(key, unreadable))
         for key, size, version, _ in entries
     ]
     if len(by_key) + len(unreadable) != len(entries):
@@ -174,7 +181,10 @@ def _rejected(key: str, unreadable: dict[str, str]) -> ClassificationResult:
     return ClassificationResult(key, "rejected", error=unreadable[key])
 
 
-def _row(job: PartitionJob, key: str, size: int, version: str, digest: str | None, r: ClassificationResult) -> dict:
+def result_row(
+    job: PartitionJob, key: str, size: int, version: str, digest: str | None, r: ClassificationResult
+) -> dict:
+    """The committed row of one image (tasks.nightly.predictions.ROW_COLUMNS), whichever path classified it."""
     return {
         "key": key,
         "content_sha256": digest,

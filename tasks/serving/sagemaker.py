@@ -36,7 +36,8 @@ IN_PROGRESS = {"Creating", "Updating", "SystemUpdating", "RollingBack", "Deletin
 # LMI downloads the weights itself (option.model_id) and loads them within model_loading_timeout; SageMaker's
 # health check must wait at least as long, or it kills a container that is still loading.
 STARTUP_MARGIN_S = 300
-NAME_FIELD = {"model": "ModelName", "endpoint_config": "EndpointConfigName", "endpoint": "EndpointName"}
+NAME_FIELD = {"model": "ModelName", "endpoint_config": "EndpointConfigName", "endpoint": "EndpointName",
+              "transform_job": "TransformJobName"}  # fmt: skip
 _LIST = {
     "model": ("list_models", "Models", "ModelArn"),
     "endpoint_config": ("list_endpoint_configs", "EndpointConfigs", "EndpointConfigArn"),
@@ -125,7 +126,8 @@ def plan(
 
 
 def describe(sm: Any, kind: str, name: str) -> dict[str, Any] | None:
-    """describe_model / describe_endpoint_config / describe_endpoint, or None when it does not exist."""
+    """describe_model / describe_endpoint_config / describe_endpoint / describe_transform_job, or None when it does
+    not exist."""
     from botocore.exceptions import ClientError
 
     try:

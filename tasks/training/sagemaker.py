@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTrainingOperator
-from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
 from airflow.sdk import XComArg, task
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from tasks.common import storage
 from tasks.common.archives import reproducible_tar_gz
 from tasks.common.aws_images import ecr_image_uri
+from tasks.common.sagemaker_jobs import WAITER_DELAY_S, AttachingJobMixin, s3_uri
 from tasks.common.settings import INCLUDE_DIR, Settings
 from tasks.costs.pricing import hourly_price
 from tasks.model.vision_tokens import PRODUCTION_GEOMETRY
@@ -114,14 +113,6 @@ def source_tarball(directory: Path = TRAINING_SOURCE_DIR) -> bytes:
     return reproducible_tar_gz((p.relative_to(directory).as_posix(), p.read_bytes()) for p in files)
 
 
-def _s3_uri(uri: str) -> str:
-    """A plain `s3://bucket/key` for SageMaker (no Airflow `conn_id@`); anything else cannot be a job input."""
-    path = storage.storage_path(uri)
-    if path.protocol != "s3":
-        raise ValueError(f"SageMaker reads and writes S3 only; got {uri!r} (set PIPELINE_STORAGE_URI to s3://...)")
-    return storage.plain_uri(path)
-
-
 def create_training_job_request(plan: TrainingPlan, *, role_arn: str, image_uri: str, source_uri: str) -> dict:
     """The CreateTrainingJob request: a pure function of the plan, so a retry sends (or finds) the same job.
 
@@ -140,7 +131,7 @@ def create_training_job_request(plan: TrainingPlan, *, role_arn: str, image_uri:
     hyperparameters |= {
         "model_id": model_id,
         "sagemaker_program": ENTRY_POINT,
-        "sagemaker_submit_directory": _s3_uri(source_uri),
+        "sagemaker_submit_directory": s3_uri(source_uri),
         "sagemaker_region": plan.region,
     }
     stopping: dict[str, int] = {"MaxRuntimeInSeconds": plan.max_run_seconds}
@@ -157,7 +148,7 @@ def create_training_job_request(plan: TrainingPlan, *, role_arn: str, image_uri:
                 "DataSource": {
                     "S3DataSource": {
                         "S3DataType": "S3Prefix",
-                        "S3Uri": _s3_uri(uri) + "/",  # a bare prefix would also match "<name>-other/"
+                        "S3Uri": s3_uri(uri) + "/",  # a bare prefix would also match "<name>-other/"
                         "S3DataDistributionType": "FullyReplicated",
                     }
                 },
@@ -165,8 +156,8 @@ def create_training_job_request(plan: TrainingPlan, *, role_arn: str, image_uri:
             for name, uri in channels.items()
         ],
         # Uncompressed: the model lands as files under <job>/output/model/, which DJL/vLLM serve from the prefix.
-        "OutputDataConfig": {"S3OutputPath": _s3_uri(plan.model_root), "CompressionType": "NONE"},
-        "CheckpointConfig": {"S3Uri": _s3_uri(plan.checkpoint_uri), "LocalPath": SAGEMAKER_CHECKPOINT_DIR},
+        "OutputDataConfig": {"S3OutputPath": s3_uri(plan.model_root), "CompressionType": "NONE"},
+        "CheckpointConfig": {"S3Uri": s3_uri(plan.checkpoint_uri), "LocalPath": SAGEMAKER_CHECKPOINT_DIR},
         "ResourceConfig": {
             "InstanceType": plan.instance_type,
             "InstanceCount": plan.instance_count,
@@ -204,74 +195,32 @@ def outcome_from_description(description: dict[str, Any], region: str) -> Traini
     )
 
 
-WAITER_DELAY_S = 60
 WAIT_SLACK_S = 1800  # beyond the job's own stopping condition: SageMaker needs time to upload and settle
 
 
-class AttachingTrainingOperator(SageMakerTrainingOperator):
-    """Create the training job the config names, or attach to it when an earlier try already did; wait deferred.
+class AttachingTrainingOperator(AttachingJobMixin, SageMakerTrainingOperator):
+    """Create the training job the config names, or attach to it when an earlier try already did; wait deferred
+    (tasks.common.sagemaker_jobs). Returns the TrainingOutcome as a dict, the same shape as the local trainer's."""
 
-    The provider, finding the name taken, either launches a second billed job under a timestamped name or fails
-    (`action_if_job_exists`). A retry or rerun of the same DAG run must instead wait for the job its first try made.
-    Success is decided by the job's own final DescribeTrainingJob status, never by the trigger's event alone
-    (deferred success while the job failed: apache/airflow#69042; Stopped not failing: #67291). A Failed or Stopped
-    job fails the task without retries (a retry would attach to the same ended job) with SageMaker's FailureReason.
-    Returns the TrainingOutcome as a dict, the same shape as the local trainer's.
-    """
+    job_type, name_field, status_field = "Training", "TrainingJobName", "TrainingJobStatus"
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(check_if_job_exists=False, deferrable=True, check_interval=WAITER_DELAY_S, **kwargs)
 
-    def execute(self, context: Any) -> dict[str, Any]:
-        self.preprocess_config()
-        name = self.config["TrainingJobName"]
-        if self._check_if_job_exists(name, self.hook.describe_training_job):
-            self.log.info("Attaching to training job %s, created by an earlier try of this DAG run.", name)
-        else:
-            self.log.info("Creating SageMaker training job %s.", name)
-            self.hook.create_training_job(self.config, wait_for_completion=False, print_log=False)
-        description = self.hook.describe_training_job(name)
-        if description["TrainingJobStatus"] in self.hook.non_terminal_states:
-            self.log.info(
-                "Training job %s is %s; waiting in the triggerer. Job logs: CloudWatch /aws/sagemaker/TrainingJobs.",
-                name,
-                description["TrainingJobStatus"],
-            )
-            self.defer(
-                trigger=SageMakerTrigger(
-                    job_name=name,
-                    job_type="Training",
-                    waiter_delay=self.check_interval,
-                    waiter_max_attempts=self._max_attempts(),
-                    aws_conn_id=self.aws_conn_id,
-                    region_name=self.region_name,
-                    verify=self.verify,
-                    botocore_config=self.botocore_config,
-                ),
-                method_name="execute_complete",
-            )
-        return self._result(description)
+    def _describe(self, name: str) -> dict[str, Any]:
+        return self.hook.describe_training_job(name)
 
-    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        self.log.info("Trigger event: %s", event)
-        return self._result(self.hook.describe_training_job(self.config["TrainingJobName"]))
+    def _create(self) -> None:
+        self.hook.create_training_job(self.config, wait_for_completion=False, print_log=False)
 
     def _max_attempts(self) -> int:
         stopping = self.config["StoppingCondition"]
         longest = stopping.get("MaxWaitTimeInSeconds") or stopping["MaxRuntimeInSeconds"]
         return (int(longest) + WAIT_SLACK_S) // self.check_interval + 1
 
-    def _result(self, description: dict[str, Any]) -> dict[str, Any]:
-        name, status = description["TrainingJobName"], description["TrainingJobStatus"]
+    def _completed(self, description: dict[str, Any]) -> dict[str, Any]:
+        name = description["TrainingJobName"]
         self.serialized_training_data = json.loads(json.dumps(description, default=repr))  # for OpenLineage
-        if status in self.hook.non_terminal_states:
-            raise AirflowException(
-                f"SageMaker training job {name} is still {status} after the wait; it keeps running. "
-                "Clear this task to attach to it and wait again."
-            )
-        if status != "Completed":
-            reason = description.get("FailureReason") or "(SageMaker gave no FailureReason)"
-            raise AirflowFailException(f"SageMaker training job {name} ended {status}: {reason}")
         outcome = outcome_from_description(description, self.hook.conn_region_name)
         self.log.info(
             "Training job %s completed: %.0f billable s x %d instance(s) of %s (spot: %s).",

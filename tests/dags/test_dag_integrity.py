@@ -13,7 +13,8 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 HEAVY = ("torch", "transformers", "datasets", "trl", "deepspeed", "sklearn", "matplotlib", "duckdb")
-DAGS = {"curate_dataset", "finetune_llava", "deploy_endpoint", "teardown_endpoint", "classify_images"}
+DAGS = {"curate_dataset", "finetune_llava", "deploy_endpoint", "teardown_endpoint", "classify_images",
+        "classify_backlog"}  # fmt: skip
 BACKENDS = ("local", "sagemaker")
 
 _PROBE = r"""

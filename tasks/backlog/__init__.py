@@ -1,0 +1,1 @@
+"""classify_backlog: months of history through Batch Transform (or the local runner), into the nightly partitions."""

@@ -1,0 +1,163 @@
+"""classify_backlog through `bin/airflow dags test`: on the local backend against a real `transformers serve` (the
+days it commits equal what classify_images commits), and on the SageMaker backend against moto_server (one transform
+job per planned chunk with the Batch Transform settings, none more on a rerun; prepared `.out` files join into rows).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support.digits import tiny_digits_model
+from support.endpoints import committed, deploy_locally, endpoint_record, stable
+from tasks.common import storage
+from tasks.common.demo_data import write_incoming
+from tasks.common.settings import load_settings
+from tasks.costs import ledger
+from tasks.nightly import predictions
+from tasks.serving.local import state_path
+from tasks.serving.local_server import stop_local_server
+from tests.integration.conftest import AirflowRunner, Moto
+
+pytestmark = pytest.mark.slow
+DAYS = ["2026-11-10", "2026-11-11", "2026-11-12"]  # on or after the nightly start date: classify_images runs them
+# Small files and jobs so three days make several of each; an untrained model answers garbage: the gate only warns.
+CONF = {"from_date": DAYS[0], "to_date": DAYS[-1], "images_per_file": 2, "images_per_job": 4,
+        "quality": {"on_violation": "warn"}}  # fmt: skip
+LOGICAL_DATE = "2026-12-01T00:00:00+00:00"
+
+
+@pytest.fixture(scope="module")
+def local(local_airflow: AirflowRunner, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowRunner]:
+    airflow = AirflowRunner(local_airflow.env | {"PIPELINE_STORAGE_URI": tmp_path_factory.mktemp("storage").as_uri()})
+    settings = load_settings(airflow.env)
+    deploy_locally(settings, tiny_digits_model(tmp_path_factory.mktemp("backlog") / "model"), "v-backlog")
+    root = storage.root(settings)
+    write_incoming(root / storage.INCOMING, DAYS, list(range(15)))
+    first = Path(root.path) / storage.INCOMING / f"dt={DAYS[0]}"
+    (first / "broken.png").write_bytes(b"not an image")
+    yield airflow
+    stop_local_server(state_path(settings))
+
+
+def test_local_backlog_commits_the_same_days_as_classify_images(local: AirflowRunner) -> None:
+    root = Path(storage.root(load_settings(local.env)).path)
+    result = local.dags_test("classify_backlog", CONF, logical_date=LOGICAL_DATE)
+    assert result.succeeded, result.output[-6000:]
+    assert "instance-hours" in result.output and "ASSUMED" in result.output  # the pre-flight, before any ledger row
+    backlog = {}
+    for day in DAYS:
+        manifest, rows = committed(root, day)
+        images = sorted(p.name for p in (root / "incoming" / f"dt={day}").iterdir())
+        assert [row["key"] for row in rows] == images and manifest["rows"] == len(images)
+        backlog[day] = (manifest, rows)
+    assert next(r for r in backlog[DAYS[0]][1] if r["key"] == "broken.png")["status"] == "rejected"
+    costs = storage.storage_path(f"file://{root}/costs")
+    entries = ledger.query(costs, "SELECT kind, key, images FROM ledger ORDER BY key")
+    assert [(e["kind"], e["key"], e["images"]) for e in entries] == [("classification", d, 6 if d == DAYS[0] else 5)
+                                                                    for d in DAYS]  # fmt: skip
+    rerun = local.dags_test("classify_backlog", CONF, logical_date=LOGICAL_DATE)  # everything is carried over now
+    assert rerun.succeeded, rerun.output[-6000:]
+    assert rerun.output.count("0 to classify in 0 request file(s)") == len(DAYS)
+
+    for day in DAYS:  # the endpoint path, asked again for every image, commits the same rows
+        nightly = local.dags_test("classify_images", {"reclassify": True, "quality": {"on_violation": "warn"}},
+                                  logical_date=day)  # fmt: skip
+        assert nightly.succeeded, nightly.output[-6000:]
+        manifest, rows = committed(root, day)
+        assert manifest["classified"] == len(rows)
+        assert stable(rows) == stable(backlog[day][1])
+        assert manifest["stats"] == backlog[day][0]["stats"]
+
+
+# --- SageMaker backend on moto ------------------------------------------------------------------------------------
+HOTEL_ANSWER = "this is a photo of 3."
+
+
+def sagemaker_record(storage_uri: str) -> dict:
+    record = endpoint_record("", model_version="v1") | {
+        "backend": "sagemaker", "transport": "sagemaker_runtime", "url": None, "instance_type": "ml.g5.xlarge",
+        "price_region": "us-east-1", "config_name": "llava-classifier-v1-0123abcd",
+    }  # fmt: skip
+    storage.write_json(storage.storage_path(f"{storage_uri}/serving/endpoint.json", "aws_default"), record)
+    return record
+
+
+def prepare_outputs(moto: Moto, request: dict) -> int:
+    """What Batch Transform would write for a job: `<file>.out`, one joined line per record, in input order."""
+    s3 = moto.boto3_client("s3")
+    source = request["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"].removeprefix(f"s3://{moto.bucket}/")
+    output = request["TransformOutput"]["S3OutputPath"].removeprefix(f"s3://{moto.bucket}/")
+    lines = 0
+    for obj in s3.list_objects_v2(Bucket=moto.bucket, Prefix=source)["Contents"]:
+        records = s3.get_object(Bucket=moto.bucket, Key=obj["Key"])["Body"].read().splitlines()
+        answer = {"choices": [{"message": {"role": "assistant", "content": HOTEL_ANSWER}, "finish_reason": "stop"}],
+                  "usage": {"prompt_tokens": 40, "completion_tokens": 6}}  # fmt: skip
+        body = "".join(json.dumps({"key": json.loads(r)["key"], "SageMakerOutput": answer}) + "\n" for r in records)
+        name = obj["Key"].rsplit("/", 1)[1]
+        s3.put_object(Bucket=moto.bucket, Key=f"{output.rstrip('/')}/{name}.out", Body=body.encode())
+        lines += len(records)
+    return lines
+
+
+def test_sagemaker_backlog_creates_one_job_per_chunk_once_and_joins_prepared_outputs(
+    sagemaker_airflow: AirflowRunner, moto: Moto
+) -> None:
+    storage_uri = sagemaker_airflow.env["PIPELINE_STORAGE_URI"]
+    record = sagemaker_record(storage_uri)
+    write_incoming(storage.storage_path(f"{storage_uri}/incoming", "aws_default"), DAYS, list(range(15)))
+    sm = moto.boto3_client("sagemaker")
+
+    first = sagemaker_airflow.dags_test("classify_backlog", CONF, logical_date=LOGICAL_DATE)
+    requests = ast.literal_eval(first.xcom("transform_requests"))
+    jobs = sm.list_transform_jobs()["TransformJobSummaries"]
+    assert len(requests) == len(jobs) == 5  # 3 days x files of 2, 2, 1 images, in jobs of <= 4 images
+    assert sorted(j["TransformJobName"] for j in jobs) == sorted(r["TransformJobName"] for r in requests)
+    for request in requests:
+        job = sm.describe_transform_job(TransformJobName=request["TransformJobName"])
+        assert job["ModelName"] == record["config_name"]  # the model deploy_endpoint created
+        assert (job["BatchStrategy"], job["MaxConcurrentTransforms"], job["MaxPayloadInMB"]) == ("SingleRecord", 64, 1)
+        assert job["ModelClientConfig"] == {"InvocationsTimeoutInSeconds": 600, "InvocationsMaxRetries": 1}
+        assert job["TransformInput"]["SplitType"] == "Line"
+        assert job["TransformInput"]["ContentType"] == "application/jsonlines"
+        source = job["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
+        assert source.startswith(f"s3://{moto.bucket}/pipeline/backlog/") and source.endswith("/input/")
+        assert job["TransformOutput"]["S3OutputPath"] == source.removesuffix("input/") + "output/"
+        assert job["TransformOutput"]["AssembleWith"] == "Line"
+        assert job["TransformOutput"]["Accept"] == "application/jsonlines"
+        assert job["DataProcessing"] == {"InputFilter": "$.body", "JoinSource": "Input",
+                                         "OutputFilter": "$['key','SageMakerOutput']"}  # fmt: skip
+        assert job["TransformResources"] == {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1}
+    # moto completes jobs at once and writes nothing: every image becomes a failed row that says why.
+    assert first.succeeded, first.output[-6000:]
+    manifest, rows = committed_s3(storage_uri, DAYS[0])
+    assert manifest["stats"]["statuses"]["failed"] == manifest["rows"] == len(rows) == 5
+    assert all(row["reason"].startswith("no answer: batch transform wrote no ") for row in rows)
+
+    created = {j["TransformJobName"]: j["CreationTime"] for j in jobs}
+    lines = sum(prepare_outputs(moto, request) for request in requests)
+    assert lines == 15
+    second = sagemaker_airflow.dags_test("classify_backlog", CONF, logical_date=LOGICAL_DATE)  # the same run again
+    assert second.succeeded, second.output[-6000:]
+    assert second.output.count("Attaching to transform job") == 5
+    again = sm.list_transform_jobs()["TransformJobSummaries"]
+    assert {j["TransformJobName"]: j["CreationTime"] for j in again} == created  # none created twice
+    committed_lines = [line for line in second.output.splitlines() if "rows {'ok'" in line]
+    assert sum("5 rows {'ok': 5," in line for line in committed_lines) == 3, "\n".join(committed_lines)
+    storage.storage_path(storage_uri, "aws_default").fs.invalidate_cache()  # this process read the first commit
+    for day in DAYS:
+        manifest, rows = committed_s3(storage_uri, day)
+        assert manifest["rows"] == len(rows) == 5 and manifest["stats"]["statuses"]["ok"] == 5, (
+            f"{manifest['stats']} {rows[0]['status']} {rows[0]['reason']} {rows[0]['raw_answer']}"
+        )
+        assert {row["label"] for row in rows} == {"3"} and manifest["model_version"] == "v1"
+        assert sorted(row["key"] for row in rows) == [row["key"] for row in rows]
+
+
+def committed_s3(storage_uri: str, day: str) -> tuple[dict, list[dict]]:
+    partition = predictions.partition_dir(storage.storage_path(f"{storage_uri}/predictions", "aws_default"), day)
+    return predictions.read_success(partition), predictions.read_partition(partition).to_pylist()

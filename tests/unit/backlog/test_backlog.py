@@ -1,0 +1,234 @@
+"""The backlog path below Airflow: chunking and names, the transform request's limits, the estimate, request records
+(the endpoint client's exact bodies), the join (every image a row, with a reason when there is no answer), and the
+transform operator against a stubbed SageMaker API (the Failed/Stopped/InProgress states moto cannot produce)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+from botocore.stub import Stubber
+
+from support.endpoints import endpoint_record
+from tasks.backlog import join, plan, requests
+from tasks.backlog.plan import RequestFile, Resources, Throughput, TransformJob
+from tasks.common.aws_names import check_sagemaker_name
+from tasks.common.storage import storage_path
+from tasks.costs.pricing import EndpointPricing
+from tasks.model.taxonomy import load_taxonomy
+from tasks.nightly.classification import PartitionJob
+from tasks.nightly.partitions import plan_partition
+from tasks.serving.client import build_request, encode_image
+
+DT = "2026-10-05"
+
+
+def files(counts: list[int], dt: str = DT) -> list[RequestFile]:
+    offsets = [sum(counts[:i]) for i in range(len(counts))]
+    return [RequestFile(dt, {"manifest_uri": "m", "offset": o, "count": c, "index": i})
+            for i, (o, c) in enumerate(zip(offsets, counts, strict=True))]  # fmt: skip
+
+
+def test_jobs_hold_consecutive_files_within_the_image_limit_under_deterministic_valid_names() -> None:
+    jobs = plan.chunk_jobs(files([2, 2, 1, 2, 5]), prefix="file:///b", run_key="k", identity={}, images_per_job=4)
+    assert [[f.shard["index"] for f in j.files] for j in jobs] == [[0, 1], [2, 3], [4]]  # a big file: a job alone
+    assert [j.images for j in jobs] == [4, 3, 5]
+    for job in jobs:
+        check_sagemaker_name(job.name, "job")
+        assert job.input_uri == f"file:///b/{job.name}/input/" and job.output_uri == f"file:///b/{job.name}/output/"
+    again = plan.chunk_jobs(files([2, 2, 1, 2, 5]), prefix="file:///b", run_key="k", identity={}, images_per_job=4)
+    assert [j.name for j in again] == [j.name for j in jobs]  # a rerun with the same work: the same jobs
+    changed = plan.chunk_jobs(files([2, 2, 1, 1, 5]), prefix="file:///b", run_key="k", identity={}, images_per_job=4)
+    assert changed[0].name == jobs[0].name and changed[1].name != jobs[1].name  # other images: never the old job
+    other_run = plan.chunk_jobs(files([2, 2]), prefix="file:///b", run_key="k2", identity={}, images_per_job=4)
+    assert other_run[0].name != jobs[0].name
+    assert TransformJob.from_dict(jobs[0].to_dict()) == jobs[0]
+
+
+def test_the_transform_request_keeps_payload_times_concurrency_within_100_mb() -> None:
+    job = plan.chunk_jobs(files([2]), prefix="s3://b/p", run_key="k", identity={}, images_per_job=4)[0]
+    request = plan.transform_request(job, Resources("ml.g5.xlarge", 3, 64), model_name="m", max_record_bytes=1000)
+    assert (request["MaxPayloadInMB"], request["MaxConcurrentTransforms"]) == (1, 64)
+    assert request["TransformResources"] == {"InstanceType": "ml.g5.xlarge", "InstanceCount": 3}
+    assert request["BatchStrategy"] == "SingleRecord" and request["TransformInput"]["SplitType"] == "Line"
+    big = plan.transform_request(job, Resources("ml.g5.xlarge", 1, 64), model_name="m", max_record_bytes=3 * 2**20 + 1)
+    assert (big["MaxPayloadInMB"], big["MaxConcurrentTransforms"]) == (4, 25)  # 4 MB x 25 = 100 MB
+    assert len(big["DataProcessing"]["OutputFilter"]) <= 63 and len(big["DataProcessing"]["InputFilter"]) <= 63
+    with pytest.raises(ValueError, match="100 MB"):
+        plan.transform_request(job, Resources("ml.g5.xlarge", 1, 8), model_name="m", max_record_bytes=101 * 2**20)
+    for bad in ({"instance_count": 0}, {"instance_count": 101}, {"invocation_timeout_s": 3601},
+                {"invocation_retries": 4}, {"concurrency": 0}):  # fmt: skip
+        with pytest.raises(ValueError):
+            Resources(**{"instance_type": "ml.g5.xlarge", "instance_count": 1, "concurrency": 8, **bad})
+
+
+def test_the_estimate_counts_startup_per_job_and_instance_and_sizes_a_deadline() -> None:
+    pricing = EndpointPricing("sagemaker", "us-east-1", "ml.g5.xlarge", 4)
+    speed = Throughput(1000 / 674, "assumed")
+    result = plan.estimate(1_000_000, 2, pricing, speed, startup_s=600, deadline_hours=24)
+    compute_h = 1_000_000 * 0.674 / 3600  # 187.2 instance-hours of inference
+    assert result.instance_hours == pytest.approx(compute_h + 2 * 600 * 4 / 3600)
+    assert result.wall_hours == pytest.approx(2 * 600 / 3600 + compute_h / 4)
+    assert result.usd == pytest.approx(result.instance_hours * 1.408)
+    assert result.instances_for_deadline == 8  # 187.2 h of work in 24 h minus 20 min of start-up: 7.9
+    assert plan.estimate(1_000_000, 1, pricing, speed, startup_s=600, deadline_hours=0.1).instances_for_deadline is None
+    assert plan.estimate(0, 0, pricing, speed, startup_s=600).usd == 0.0
+    assert any("ASSUMED" in line or "assumed" in line for line in result.lines())
+
+
+def uri(path: Path) -> str:
+    return f"file://{path}"  # Path.as_uri() would escape the "=" of dt=…
+
+
+@pytest.fixture
+def day(tmp_path: Path, image_bytes) -> tuple[PartitionJob, TransformJob, RequestFile]:
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    for i in range(3):
+        (incoming / f"img-{i}.png").write_bytes(image_bytes(seed=i))
+    (incoming / "img-9-broken.png").write_bytes(b"not an image")
+    record = endpoint_record("http://127.0.0.1:9") | {"supports_choice": True}
+    partition = storage_path(uri(tmp_path / "predictions" / f"dt={DT}"))
+    day_plan = plan_partition(storage_path(uri(incoming)), partition, dt=DT, model_version="v1", shard_size=10)
+    job = PartitionJob(DT, uri(incoming), str(partition), day_plan.run_token, record, 4, "aws_default")
+    request = RequestFile(DT, day_plan.shards[0].__dict__)
+    [transform_job] = plan.chunk_jobs([request], prefix=uri(tmp_path / "backlog"), run_key="k", identity={},
+                                      images_per_job=10)  # fmt: skip
+    return job, transform_job, request
+
+
+def test_a_record_is_the_endpoint_clients_body_and_a_broken_image_is_indexed_as_rejected(day, image_bytes) -> None:
+    job, transform_job, request = day
+    from tasks.nightly.partitions import Shard
+
+    written = requests.write_request_file(job, Shard(**request.shard), transform_job.input_uri + request.name,
+                                          transform_job.index_uri(request))  # fmt: skip
+    assert (written.images, written.records) == (4, 3)
+    lines = storage_path(transform_job.input_uri + request.name).read_bytes().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["key"] for r in records] == ["img-0.png", "img-1.png", "img-2.png"]
+    client = job.client()
+    expected = build_request(client.prompt, encode_image(image_bytes(seed=0), client.policy), client.spec,
+                             client.choices)  # fmt: skip
+    assert records[0]["body"] == expected and "structured_outputs" in expected  # the label constraint travels
+    assert written.max_record_bytes == max(len(line) + 1 for line in lines)
+    index = requests.read_index(storage_path(transform_job.index_uri(request)))
+    assert [(e["key"], e["rejected"] is not None) for e in index][-1] == ("img-9-broken.png", True)
+
+
+def answer(content: str) -> dict:
+    return {"choices": [{"message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 40, "completion_tokens": 6}}  # fmt: skip
+
+
+def test_the_join_gives_every_image_a_row_and_says_why_one_has_no_answer(day) -> None:
+    job, transform_job, request = day
+    from tasks.nightly.partitions import Shard
+
+    requests.write_request_file(job, Shard(**request.shard), transform_job.input_uri + request.name,
+                                transform_job.index_uri(request))  # fmt: skip
+    digits = load_taxonomy("digits")
+    failed_job = {"status": "Failed", "failure_reason": "ClientError: 424 from the model", "seconds": 10.0}
+    result = join.join_file(job, transform_job, request, failed_job, digits)  # no .out: the job failed on it
+    rows = _rows(job, result)
+    assert [r["status"] for r in rows] == ["failed", "failed", "failed", "rejected"]
+    assert "ClientError: 424 from the model" in rows[0]["reason"] and rows[0]["content_sha256"]
+
+    out = storage_path(transform_job.output_uri) / f"{request.name}.out"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"key": "img-0.png", "SageMakerOutput": answer("this is a photo of 7.")}) + "\n\n"
+                   + json.dumps({"key": "img-2.png", "SageMakerOutput": answer("a kitchen")}) + "\n")  # fmt: skip
+    rows = _rows(job, join.join_file(job, transform_job, request, {"status": "Completed"}, digits))
+    assert [(r["key"], r["status"], r["label"]) for r in rows] == [
+        ("img-0.png", "ok", "7"), ("img-1.png", "failed", None), ("img-2.png", "invalid", None),
+        ("img-9-broken.png", "rejected", None),
+    ]  # fmt: skip
+    assert "has no line for this image" in rows[1]["reason"] and rows[0]["prompt_tokens"] == 40
+
+    out.write_text(json.dumps({"key": "someone-else.png", "SageMakerOutput": answer("7")}) + "\n")
+    with pytest.raises(RuntimeError, match="never sent"):
+        join.join_file(job, transform_job, request, {"status": "Completed"}, digits)
+
+
+def _rows(job: PartitionJob, result) -> list[dict]:
+    from tasks.nightly import predictions
+
+    return predictions.read_table(storage_path(f"{job.partition_uri}/{result.path}")).to_pylist()
+
+
+def test_a_days_billed_share_splits_each_jobs_seconds_by_its_images() -> None:
+    a, b = files([3, 1], dt="2026-10-05"), files([4], dt="2026-10-06")
+    jobs = [TransformJob(0, "j0", "p0", [a[0]]), TransformJob(1, "j1", "p1", [a[1], b[0]])]
+    outcomes = {"j0": {"seconds": 30.0}, "j1": {"seconds": 50.0}}
+    assert join.billed_share("2026-10-05", jobs, outcomes) == pytest.approx(30 + 50 * 1 / 5)
+    assert join.billed_share("2026-10-06", jobs, outcomes) == pytest.approx(50 * 4 / 5)
+    assert join.billed_share("2026-10-06", jobs, {"j1": None}) == 0.0
+
+
+# --- AttachingTransformOperator against a stubbed SageMaker API ----------------------------------------------------
+JOB = "backlog-2026-10-05-2026-10-07-j000-0123abcd"
+START = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def transform(monkeypatch):
+    from tasks.backlog.sagemaker import AttachingTransformOperator
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setattr(SageMakerHook, "check_s3_url", lambda self, url: True)  # the request files "exist"
+    job = plan.chunk_jobs(files([2]), prefix="s3://b/backlog/run", run_key="k", identity={}, images_per_job=4)[0]
+    config = plan.transform_request(job, Resources("ml.g5.xlarge", 2, 16), model_name="m", max_record_bytes=10)
+    config["TransformJobName"] = JOB
+    operator = AttachingTransformOperator(task_id="transform", config=config, aws_conn_id=None, region_name="us-east-1")
+    with Stubber(operator.hook.conn) as stubber:
+        yield operator, stubber, config
+        stubber.assert_no_pending_responses()
+
+
+def described(status: str, **extra) -> dict:
+    return {
+        "TransformJobName": JOB, "TransformJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:transform-job/{JOB}",
+        "TransformJobStatus": status, "ModelName": "m", "CreationTime": START,
+        "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/in/"}}},
+        "TransformOutput": {"S3OutputPath": "s3://b/out/"},
+        "TransformResources": {"InstanceType": "ml.g5.xlarge", "InstanceCount": 2}, **extra,
+    }  # fmt: skip
+
+
+NOT_FOUND = {"service_error_code": "ValidationException", "service_message": f"Could not find transform job {JOB}"}
+
+
+@pytest.mark.parametrize("status", ["Failed", "Stopped"])
+def test_a_new_transform_job_that_ends_badly_fails_the_task_with_its_reason(transform, status) -> None:
+    operator, stub, config = transform
+    reason = "ClientError: See job logs for more information" if status == "Failed" else "Stopped by user"
+    stub.add_client_error("describe_transform_job", **NOT_FOUND)
+    stub.add_response("create_transform_job", {"TransformJobArn": "arn"}, config)
+    stub.add_response("describe_transform_job", described(status, FailureReason=reason), {"TransformJobName": JOB})
+    with pytest.raises(AirflowFailException, match=f"transform job {JOB} ended {status}: {reason}"):
+        operator.execute({})
+
+
+def test_an_existing_transform_job_is_attached_to_never_created_twice(transform) -> None:
+    operator, stub, _ = transform
+    stub.add_response("describe_transform_job", described("InProgress"), {"TransformJobName": JOB})
+    stub.add_response("describe_transform_job", described("InProgress"), {"TransformJobName": JOB})
+    with pytest.raises(TaskDeferred) as deferred:  # no create_transform_job stubbed: creating one would fail
+        operator.execute({})
+    assert deferred.value.trigger.job_name == JOB
+    done = described("Completed", TransformStartTime=START, TransformEndTime=START + timedelta(seconds=90))
+    stub.add_response("describe_transform_job", done, {"TransformJobName": JOB})
+    outcome = operator.execute_complete({}, {"status": "success", "job_name": JOB})
+    assert (outcome["status"], outcome["seconds"], outcome["instance_count"]) == ("Completed", 90.0, 2)
+
+
+def test_success_is_the_transform_jobs_status_not_the_trigger_event(transform) -> None:
+    operator, stub, _ = transform
+    stub.add_response("describe_transform_job", described("Failed", FailureReason="AlgorithmError: OOM"))
+    with pytest.raises(AirflowFailException, match="AlgorithmError: OOM"):
+        operator.execute_complete({}, {"status": "success", "job_name": JOB})
