@@ -65,18 +65,43 @@ version (same key, size and version of the file) unless `reclassify` is set; `fa
             type="string",
             description="The day's images; {dt} becomes YYYY-MM-DD.",
         ),
-        "endpoint_name": Param("", type="string", description="Empty: the deployed one; set: refuse any other."),
-        "endpoint_backend": Param("", enum=["", "local", "sagemaker"], description="Empty: the deployed one's."),
-        "shard_size": Param(500, type="integer", minimum=1, description="Images per mapped classify_shard task."),
-        "concurrency": Param(8, type="integer", minimum=1, maximum=256, description="Requests in flight per shard."),
-        "budget_usd": Param(25.0, type="number", minimum=0, description="Refuse a partition estimated above this."),
+        "endpoint_name": Param(
+            None,
+            type=["null", "string"],
+            description="None: the deployed one; set: refuse any other.",
+            section="Endpoint",
+        ),
+        "endpoint_backend": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, "local", "sagemaker"],
+            description="None: the deployed one's.",
+            section="Endpoint",
+        ),
+        "shard_size": Param(
+            500, type="integer", minimum=1, description="Images per mapped classify_shard task.", section="Throughput"
+        ),
+        "concurrency": Param(
+            8, type="integer", minimum=1, maximum=256, description="Requests in flight per shard.", section="Throughput"
+        ),
+        "budget_usd": Param(
+            25.0, type="number", minimum=0, description="Refuse a partition estimated above this.", section="Budget"
+        ),
         "assumed_images_per_second": Param(
-            1.0, type="number", exclusiveMinimum=0, description="Throughput estimate until one is measured."
+            1.0,
+            type="number",
+            exclusiveMinimum=0,
+            description="Throughput estimate until one is measured.",
+            section="Budget",
         ),
         "late_data_wait_minutes": Param(120, type="integer", minimum=0, description="After the day, for late data."),
         "reclassify": Param(False, type="boolean", description="Ignore rows already classified by this model."),
-        "request_timeout_s": Param(60.0, type="number", exclusiveMinimum=0, description="Per endpoint request."),
-        "max_retries": Param(4, type="integer", minimum=0, description="Per image: throttling, 5xx, timeouts."),
+        "request_timeout_s": Param(
+            60.0, type="number", exclusiveMinimum=0, description="Per endpoint request.", section="Endpoint"
+        ),
+        "max_retries": Param(
+            4, type="integer", minimum=0, description="Per image: throttling, 5xx, timeouts.", section="Endpoint"
+        ),
         "quality": Param(
             QualityThresholds().__dict__,
             type="object",

@@ -42,9 +42,9 @@ and label conflicts are *rejected with a reason*; hidden/system files are *ignor
         ),
         "taxonomy": Param(SETTINGS.taxonomy, enum=available_taxonomies()),
         "dataset_uri": Param(
-            "",
-            type="string",
-            description="Where to write the DatasetDict; empty = <storage>/datasets/<taxonomy>-<run date>.",
+            None,
+            type=["null", "string"],
+            description="Where to write the DatasetDict; none = <storage>/datasets/<taxonomy>-<run date>.",
         ),
         "test_fraction": Param(0.2, type="number", minimum=0, maximum=0.9),
         "val_fraction": Param(0.1, type="number", minimum=0, maximum=0.9),

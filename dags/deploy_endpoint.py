@@ -43,7 +43,7 @@ are skipped, so retries and reruns never duplicate. **Local**: `transformers ser
     default_args=default_args(),
     params={
         "endpoint_name": Param(DEFAULT_ENDPOINT_NAME, type="string", description="SageMaker endpoint name."),
-        "model_version": Param("", type="string", description="Empty: the registry's production model."),
+        "model_version": Param(None, type=["null", "string"], description="None: the registry's production model."),
         "instance_type": Param("ml.g5.xlarge", type="string", description="SageMaker only."),
         "instance_count": Param(1, type="integer", minimum=1),
         "min_instances": Param(1, type="integer", minimum=1, description="Autoscaling lower bound."),
@@ -54,7 +54,7 @@ are skipped, so retries and reruns never duplicate. **Local**: `transformers ser
         "images_per_prompt": Param(1, type="integer", minimum=1, description="vLLM limit_mm_per_prompt."),
         "extra_options": Param({}, type="object", description="More serving.properties option.* entries."),
         "max_image_tokens": Param(DEFAULT_MAX_IMAGE_TOKENS, type=["integer", "null"], description="Per image."),
-        "smoke_image_uri": Param("", type="string", description="Probe image; empty: a fixed digit."),
+        "smoke_image_uri": Param(None, type=["null", "string"], description="Probe image; none: a fixed digit."),
         "ready_timeout_s": Param(180, type="integer", minimum=10, description="Local server start limit."),
     },
 )

@@ -43,23 +43,38 @@ backend, the **same script as a subprocess** on an offline tiny LLaVA-NeXT on th
     doc_md=DOC,
     default_args=default_args(),
     params={
-        "dataset_uri": Param("", type="string", description="Empty: the triggering event's, else the newest."),
-        "base_model": Param("", type="string", description="Hub id, s3:// prefix or directory; empty: default."),
+        "dataset_uri": Param(
+            None, type=["null", "string"], description="None: the triggering event's, else the newest."
+        ),
+        "base_model": Param(
+            None, type=["null", "string"], description="Hub id, s3:// prefix or directory; none: default."
+        ),
         "hyperparameters": Param(
             dict(TRAINING.hyperparameters),
             type="object",
             description="Flags of include/training/train.py; override the backend's defaults key by key.",
         ),
-        "instance_type": Param("ml.g5.48xlarge", type="string", description="SageMaker training instance."),
-        "instance_count": Param(1, type="integer", minimum=1),
-        "spot": Param(True, type="boolean", description="SageMaker managed spot training."),
-        "max_run_seconds": Param(8 * 3600, type="integer", minimum=60),
-        "max_wait_seconds": Param(16 * 3600, type="integer", minimum=60, description="Spot: wait + run."),
+        "instance_type": Param(
+            "ml.g5.48xlarge", type="string", description="SageMaker training instance.", section="SageMaker"
+        ),
+        "instance_count": Param(1, type="integer", minimum=1, section="SageMaker"),
+        "spot": Param(True, type="boolean", description="SageMaker managed spot training.", section="SageMaker"),
+        "max_run_seconds": Param(8 * 3600, type="integer", minimum=60, section="SageMaker"),
+        "max_wait_seconds": Param(
+            16 * 3600, type="integer", minimum=60, description="Spot: wait + run.", section="SageMaker"
+        ),
         "local_processes": Param(
             1, type="integer", minimum=1, description="Local: >= 2 runs ZeRO-3 on CPU (measured 2x slower per step)."
         ),
-        "min_accuracy": Param(0.9, type="number", minimum=0, maximum=1),
-        "tolerance": Param(0.01, type="number", minimum=0, maximum=1, description="Allowed drop vs production."),
+        "min_accuracy": Param(0.9, type="number", minimum=0, maximum=1, section="Promotion gate"),
+        "tolerance": Param(
+            0.01,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Allowed drop vs production.",
+            section="Promotion gate",
+        ),
     },
 )
 def finetune_llava():

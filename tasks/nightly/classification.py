@@ -68,7 +68,9 @@ class PartitionJob:
         return asdict(self)
 
 
-def deployed_endpoint(settings: Settings, *, name: str = "", backend: str = "", required: bool = True) -> dict | None:
+def deployed_endpoint(
+    settings: Settings, *, name: str | None = None, backend: str | None = None, required: bool = True
+) -> dict | None:
     """The endpoint record to classify with (None when none is deployed and it is not `required`).
 
     `name`/`backend`, when set, pin the run to that endpoint: it refuses to classify through another one (e.g. a

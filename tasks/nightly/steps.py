@@ -98,7 +98,7 @@ def estimate(settings: Settings, record: dict[str, Any], images: int, params: di
 def estimate_backfill(settings: Settings, days: list[str], params: dict[str, Any]) -> dict[str, Any]:
     """The budget guard for a whole range before `backfill create`: every image of every partition counted (an
     upper bound: a rerun skips what is already classified). Raises BudgetExceeded above `params["budget_usd"]`."""
-    record = classification.deployed_endpoint(settings, name=params.get("endpoint_name", ""), required=False)
+    record = classification.deployed_endpoint(settings, name=params.get("endpoint_name"), required=False)
     if record is None:
         raise LookupError("no endpoint deployed: nothing to price the range with (run deploy_endpoint first)")
     per_day = {day: count_images(settings, params["incoming_uri"].format(dt=day)) for day in days}

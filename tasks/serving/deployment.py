@@ -62,7 +62,7 @@ def base_plan(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _release(models_root: ObjectStoragePath, version: str) -> dict[str, Any]:
+def _release(models_root: ObjectStoragePath, version: str | None) -> dict[str, Any]:
     """The registry's production entry; a named version must be that one (the registry exposes no other lookup)."""
     from tasks.training import registry
 
@@ -117,7 +117,7 @@ def resize_policy(record: dict[str, Any]) -> ResizePolicy:
     return ResizePolicy(record["max_image_tokens"], VisionGeometry.from_dict(record["vision_geometry"]))
 
 
-def smoke_image(uri: str, conn_id: str | None) -> tuple[bytes, str | None]:
+def smoke_image(uri: str | None, conn_id: str | None) -> tuple[bytes, str | None]:
     """The probe image and its label when known: the image at `uri`, or a fixed digit from scikit-learn."""
     if uri:
         return storage.storage_path(uri, conn_id).read_bytes(), None

@@ -151,7 +151,7 @@ def plan_training(
     )
 
 
-def find_dataset(requested_uri: str, event_extras: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
+def find_dataset(requested_uri: str | None, event_extras: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
     """The dataset to train on: the param, else the newest triggering curated_dataset event's, else the newest
     complete dataset under `<storage>/datasets/` (one with curation_report.json, which curation writes last).
 
