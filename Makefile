@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch, installed first: an unpinned torch pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install demo test lint format constraints clean
+.PHONY: install demo ui test lint format constraints clean
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 
 demo: install
 	bin/demo
+
+# The Airflow UI on 127.0.0.1 with the demo's runs, logs and settings, until Ctrl-C (after make demo or make install).
+ui: install
+	bin/ui
 
 lint: install
 	$(VENV)/bin/ruff check .
