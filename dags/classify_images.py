@@ -35,7 +35,7 @@ version (same key, size and version of the file) unless `reclassify` is set; `fa
 - *plan_partition: no endpoint recorded*: run `deploy_endpoint`. *wants endpoint …*: the run is pinned to another
   endpoint (params `endpoint_name`/`endpoint_backend`); clear them or redeploy.
 - *check_budget: estimated $… above the budget*: nothing was spent. Raise `budget_usd` for this run if expected.
-  Before a long backfill: `python -m tasks.cli estimate-cost --from-date A --to-date B --budget-usd X`.
+  Before a long backfill: `llava-pipelines estimate-cost --from-date A --to-date B --budget-usd X`.
 - *classify_shard failed*: the endpoint is down or the task timed out; retries resume (a shard rewrites only its
   own file). Throttling and bad answers do not fail a shard: they become `failed`/`invalid` rows.
 - *collect_shards: accounting is off*: a bug, never data: open an issue with the log. Nothing was published.
@@ -44,8 +44,8 @@ version (same key, size and version of the file) unless `reclassify` is set; `fa
   `quality.on_violation = warn` to publish anyway.
 - Late data: an empty partition is waited for until `late_data_wait_minutes` after the day ends, then committed
   as zero images. Images that arrive later: clear the run (only the new images are classified).
-- Query: `python -m tasks.cli predictions-summary --from-date A --to-date B`; costs:
-  `python -m tasks.cli cost-report`. Read predictions only through `_SUCCESS` (tasks.predictions.read_partition).
+- Query: `llava-pipelines predictions-summary --from-date A --to-date B`; costs:
+  `llava-pipelines cost-report`. Read predictions only through `_SUCCESS` (tasks.predictions.read_partition).
 """
 
 

@@ -8,7 +8,7 @@ from tasks.common.assets import PROMOTED_MODEL, SERVING_ENDPOINT
 from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
 from tasks.model.vision_tokens import DEFAULT_MAX_IMAGE_TOKENS
 from tasks.serving import steps
-from tasks.serving.deployment import DEFAULT_ENDPOINT_NAME
+from tasks.serving.deployment import DEFAULT_ENDPOINT_NAME, DEFAULT_INSTANCE_TYPE
 
 SERVING = steps.serving_backend(SETTINGS)
 
@@ -44,7 +44,7 @@ are skipped, so retries and reruns never duplicate. **Local**: `transformers ser
     params={
         "endpoint_name": Param(DEFAULT_ENDPOINT_NAME, type="string", description="SageMaker endpoint name."),
         "model_version": Param(None, type=["null", "string"], description="None: the registry's production model."),
-        "instance_type": Param("ml.g5.xlarge", type="string", description="SageMaker only."),
+        "instance_type": Param(DEFAULT_INSTANCE_TYPE, type="string", description="SageMaker only."),
         "instance_count": Param(1, type="integer", minimum=1),
         "min_instances": Param(1, type="integer", minimum=1, description="Autoscaling lower bound."),
         "max_instances": Param(2, type="integer", minimum=1, description="Autoscaling upper bound."),

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 RECORD_NAME = "endpoint.json"
 DEFAULT_ENDPOINT_NAME = "llava-classifier"
+DEFAULT_INSTANCE_TYPE = "ml.g5.xlarge"  # deploy_endpoint's default on SageMaker
 SMOKE_DIGIT_INDEX = 0  # a fixed, known image: the answer must parse as a label (right or not, it is logged)
 RECORD_FIELDS = (
     "backend", "endpoint_name", "transport", "url", "model_version", "model_uri", "taxonomy", "prompt",
@@ -72,6 +73,22 @@ def _release(models_root: ObjectStoragePath, version: str | None) -> dict[str, A
     if version and str(release["version"]) != version:
         raise LookupError(f"model version {version!r} is not the promoted one ({release['version']!r})")
     return release
+
+
+def default_pricing(settings: Settings) -> dict[str, Any]:
+    """The pricing fields of the endpoint deploy_endpoint deploys with its default params: what a budget estimate
+    prices before any endpoint is deployed."""
+
+    def local() -> dict[str, Any]:
+        from tasks.serving.local import PRICE_REGION
+
+        return {"backend": "local", "price_region": PRICE_REGION, "instance_type": PRICE_REGION, "instance_count": 1}
+
+    def sagemaker() -> dict[str, Any]:
+        return {"backend": "sagemaker", "price_region": settings.region, "instance_type": DEFAULT_INSTANCE_TYPE,
+                "instance_count": 1}  # fmt: skip
+
+    return settings.by_backend(local=local, sagemaker=sagemaker)
 
 
 def endpoint_record(plan: dict[str, Any], url: str | None) -> dict[str, Any]:
