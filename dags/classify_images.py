@@ -141,7 +141,10 @@ def classify_images():
     @task(
         pool="endpoint_inference",
         execution_timeout=timedelta(hours=2),
-        map_index_template="{{ task.op_kwargs['shard']['index'] }}",
+        # The label each mapped instance shows in the UI: which dt, which shard, which manifest rows.
+        map_index_template="dt={{ task.op_kwargs['job']['dt'] }} shard {{ task.op_kwargs['shard']['index'] }} "
+        "(rows {{ task.op_kwargs['shard']['offset'] }}.."
+        "{{ task.op_kwargs['shard']['offset'] + task.op_kwargs['shard']['count'] }})",
         doc_md="Classifies one shard (manifest rows offset..offset+count) with bounded concurrency; logs progress "
         "and writes its rows as one Parquet file. Bad images and bad answers are rows, not failures.",
     )
@@ -165,7 +168,12 @@ def classify_images():
 
         return quality_gate(SETTINGS, planned, staged, params["quality"])
 
-    @task(outlets=[PREDICTIONS], doc_md="Writes `_SUCCESS` (the commit), deletes replaced runs, emits the asset.")
+    @task(
+        outlets=[PREDICTIONS],
+        doc_md="Writes `_SUCCESS` (the commit), deletes replaced runs, emits the asset. The run's outcome (dt, rows "
+        "per status, quality verdict, model) is this task's return value and the asset event's extra, both on the run "
+        "in the UI.",
+    )
     def publish_partition(planned: dict, staged: dict, verdict: dict, outlet_events=None) -> dict:
         from tasks.nightly.steps import publish
 

@@ -152,8 +152,8 @@ def classify_shard(job: PartitionJob, shard: Shard) -> ShardResult:
 
 
 async def _classify_all(client: EndpointClient, images, concurrency: int, progress: Progress):
-    def advance(_: ClassificationResult) -> None:
-        progress.advance()
+    def advance(result: ClassificationResult) -> None:
+        progress.advance(outcome=result.status)
 
     return [r async for r in client.classify_many(images, concurrency=concurrency, on_progress=advance)]
 

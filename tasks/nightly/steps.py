@@ -140,12 +140,18 @@ def quality_gate(
 
 
 def publish(planned: dict[str, Any], staged: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any]:
-    """Commit; returns the asset event's extra."""
+    """Commit; returns the asset event's extra: the run's outcome at a glance (in the UI without opening logs)."""
     job = PartitionJob(**planned["job"])
     manifest = classification.publish(job, PartitionPlan.from_dict(planned["plan"]), StagedPartition(**staged), verdict)
     log.info("committed %s/%s: %d rows, %s", job.partition_uri, predictions.SUCCESS, manifest["rows"],
              manifest["stats"]["statuses"])  # fmt: skip
-    return {"dt": manifest["dt"], "rows": manifest["rows"], "model_version": manifest["model_version"]}
+    return {
+        "dt": manifest["dt"],
+        "rows": manifest["rows"],
+        "statuses": manifest["stats"]["statuses"],
+        "quality": "passed" if verdict["passed"] else "violated (published: on_violation=warn)",
+        "model_version": manifest["model_version"],
+    }
 
 
 def record_costs(settings: Settings, planned: dict[str, Any], staged: dict[str, Any], run_id: str) -> list[str]:
