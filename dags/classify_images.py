@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, TriggerRule, dag, task
 
 from tasks.common.assets import PREDICTIONS
-from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
+from tasks.common.dag_defaults import SETTINGS, TAGS, default_args, nightly_deadline
 from tasks.nightly.partitions import NightlySchedule
 from tasks.nightly.quality import QualityThresholds
 
@@ -56,6 +56,7 @@ version (same key, size and version of the file) unless `reclassify` is set; `fa
     catchup=True,
     max_active_runs=2,  # the endpoint_inference pool bounds the load on the endpoint across runs
     dagrun_timeout=timedelta(hours=12),  # a hung night fails instead of blocking the next ones
+    deadline=nightly_deadline(),  # pages when a night is not done 4 h after it was queued (see nightly_deadline)
     tags=[*TAGS, "classification"],
     doc_md=DOC,
     default_args=default_args(execution_timeout=timedelta(minutes=30)),

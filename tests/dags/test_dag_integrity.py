@@ -36,6 +36,7 @@ def form_errors(params):  # what the trigger and backfill forms check before ena
 for dag_id, dag in bag.dags.items():
     dags[dag_id] = {
         "form_errors": form_errors(dag.params),
+        "deadlines": [alert.name for alert in (dag.deadline or [])],
         "tags": sorted(dag.tags), "doc_md": bool(dag.doc_md),
         "tasks": {t.task_id: {"owner": t.owner, "retries": t.retries, "doc": bool(t.doc_md or t.doc),
                               "alerts": callbacks(t.on_failure_callback),
@@ -113,3 +114,8 @@ def test_every_dag_can_be_triggered_from_the_ui_form_with_its_defaults(bags: dic
     for backend, bag in bags.items():
         for dag_id, dag in bag["dags"].items():
             assert dag["form_errors"] == [], f"{backend}: {dag_id}"
+
+
+def test_the_nightly_dag_pages_when_a_night_is_overdue(bags: dict[str, dict]) -> None:
+    for bag in bags.values():
+        assert bag["dags"]["classify_images"]["deadlines"] == ["nightly run overdue"]
