@@ -111,7 +111,7 @@ def review_request(
         "",
         "| | this version | production |",
         "|---|---|---|",
-        f"| version | `{training.version}` | `{current['version']}` |" if current else "| version | | none yet |",
+        f"| version | `{training.version}` | " + (f"`{current['version']}` |" if current else "none yet |"),
     ]
     for key in ("accuracy", "macro_f1", "invalid_rate"):
         theirs = current["metrics"].get(key) if current else None

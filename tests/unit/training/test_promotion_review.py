@@ -40,7 +40,11 @@ def test_the_reviewer_sees_the_verdict_metrics_per_class_scores_and_the_confusio
     subject, body = steps.review_request(settings(tmp_path), training.to_dict(), metrics, PARAMS, "http://af:8080/")
     assert subject == f"Promote {training.version}?"
     assert "The gate says: accuracy 0.9000 passes the gate" in body
-    assert "| accuracy | 0.9000 | — |" in body and "| invalid_rate | 0.1000 | — |" in body
+    assert (
+        f"| version | `{training.version}` | none yet |" in body
+        and "| accuracy | 0.9000 | — |" in body
+        and "| invalid_rate | 0.1000 | — |" in body
+    )
     assert "| 9 | 0.000 | 0.000 | 0.000 | 1 |" in body  # per-class rows from metrics.json
     assert f"![confusion matrix of {training.version}](http://af:8080/costs-quality/models/{training.version}/" in body
 
