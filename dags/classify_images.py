@@ -124,15 +124,24 @@ def classify_images():
         done, found = look_for_partition(SETTINGS, params, logical_date, data_interval_start)
         return PokeReturnValue(is_done=done, xcom_value=found)
 
-    @task(doc_md="Lists dt into a manifest, carries over rows already classified by this model, and shards the rest.")
+    @task(
+        doc_md="""Lists dt into a manifest, carries over rows already classified by this model, and shards the rest.
+
+**Runbook** — *no endpoint recorded*: run `deploy_endpoint`, then clear this task. *the deployed endpoint has
+endpoint_name=…; this run: …*: the run is pinned (params `endpoint_name`/`endpoint_backend`) to another endpoint;
+trigger it again without the pin, or redeploy the pinned one. A local server that died is restarted here."""
+    )
     def plan_partition(found: dict, params=None) -> dict:
         from tasks.nightly.steps import plan
 
         return plan(SETTINGS, found["dt"], found["present"], params)
 
     @task(
-        doc_md="Estimates the partition's cost from measured throughput and the price table; refuses (no retry) "
-        "above `budget_usd` before anything is spent. Returns the shards it approves."
+        doc_md="""Estimates the partition's cost from measured throughput and the price table; refuses (no retry)
+above `budget_usd` before anything is spent. Returns the shards it approves.
+
+**Runbook** — *estimated $… above the budget*: nothing was spent. If the volume is expected, trigger the day again
+(Trigger → logical date D, or a backfill of D) with a higher `budget_usd`; if not, look at `incoming/dt=D/` first."""
     )
     def check_budget(planned: dict, params=None) -> list[dict]:
         from tasks.nightly.steps import check_budget
@@ -146,8 +155,13 @@ def classify_images():
         map_index_template="dt={{ task.op_kwargs['job']['dt'] }} shard {{ task.op_kwargs['shard']['index'] }} "
         "(rows {{ task.op_kwargs['shard']['offset'] }}.."
         "{{ task.op_kwargs['shard']['offset'] + task.op_kwargs['shard']['count'] }})",
-        doc_md="Classifies one shard (manifest rows offset..offset+count) with bounded concurrency; logs progress "
-        "and writes its rows as one Parquet file. Bad images and bad answers are rows, not failures.",
+        doc_md="""Classifies one shard (manifest rows offset..offset+count) with bounded concurrency; logs progress
+(ok/invalid/failed so far, ETA) and writes its rows as one Parquet file. Bad images and bad answers are rows, not
+failures.
+
+**Runbook** — *failed or timed out*: the endpoint is down or far too slow (the log's last progress line says how far
+it got). Check the endpoint (`deploy_endpoint`'s smoke test, its logs), then clear the failed shards only: a shard
+rewrites its own file, the others are kept.""",
     )
     def classify_shard(job: dict, shard: dict) -> dict:
         from tasks.nightly.steps import classify
@@ -163,7 +177,13 @@ def classify_images():
 
         return collect(planned, results)
 
-    @task(doc_md="Invalid rate, failed rate and label shift against trailing partitions; warn or fail per params.")
+    @task(
+        doc_md="""Invalid rate, failed rate and label shift against trailing partitions; warn or fail per params.
+
+**Runbook** — *failed*: a threshold was crossed (values and thresholds in the log); nothing was published, the
+previous version of dt stays. Endpoint or model trouble: fix it and clear the run. A real change in the data:
+trigger the day again with `quality.on_violation = warn` (publishes, records the violation)."""
+    )
     def quality_gate(planned: dict, staged: dict, params=None) -> dict:
         from tasks.nightly.steps import quality_gate
 

@@ -63,7 +63,14 @@ and label conflicts are *rejected with a reason*; hidden/system files are *ignor
     },
 )
 def curate_dataset():
-    @task(outlets=[CURATED_DATASET], doc_md="Decode, validate, dedupe, split and save; see the DAG runbook.")
+    @task(
+        outlets=[CURATED_DATASET],
+        doc_md="""Decode, validate, dedupe, split and save.
+
+**Runbook** — *raw_uri … does not exist*: the drop is not where the param points; trigger again with the right
+`raw_uri`. *labels.csv header*: the CSV needs `path,label`. *Many rejections* are not a failure: the counts by
+reason are in `curation_report.json` (path in the log). Rerunning is safe.""",
+    )
     def curate(params=None, ts_nodash=None, outlet_events=None) -> dict:
         from tasks.curation import steps
 

@@ -62,7 +62,10 @@ def deploy_endpoint():
     @task(
         trigger_rule=TriggerRule.NONE_FAILED,  # deploy_endpoint is skipped when the endpoint was already right
         doc_md="""Classify one known image through the endpoint client; the answer must parse as a taxonomy
-        label (whether it is the right one is logged). Fails with the raw answer otherwise.""",
+        label (whether it is the right one is logged). Fails with the raw answer otherwise.
+
+**Runbook** — *failed*: the endpoint answers, but not with a label (raw answer in the log): `roll_back` restored
+what served before. Check the model's evaluation (Costs & quality view) and the serving config; do not force it.""",
     )
     def smoke_test(plan: dict, url: str | None) -> str:
         return steps.smoke_test(SETTINGS, plan, url)

@@ -89,7 +89,12 @@ backend, the **same script as a subprocess** on an offline tiny LLaVA-NeXT on th
     },
 )
 def finetune_llava():
-    @task(doc_md="Resolves the dataset and fixes this run's version, job name and paths (see the DAG runbook).")
+    @task(
+        doc_md="""Resolves the dataset and fixes this run's version, job name and paths.
+
+**Runbook** — *no curated dataset*: run `curate_dataset`, or trigger with `dataset_uri`. *not a complete curated
+dataset* / *no held-out test split*: curate it again (with `test_fraction` > 0)."""
+    )
     def plan(params=None, dag=None, dag_run=None, triggering_asset_events=None) -> dict:
         events = triggering_asset_events.get(CURATED_DATASET, []) if triggering_asset_events else []
         return steps.plan(SETTINGS, params, dag_id=dag.dag_id, dag_run=dag_run, events=events)
@@ -98,7 +103,12 @@ def finetune_llava():
     def record_cost(plan: dict, outcome: dict, run_id=None) -> dict:
         return steps.record_cost(SETTINGS, plan, outcome, run_id)
 
-    @task(doc_md="Scores the test split's answers with the strict parser; writes metrics.json and the plot.")
+    @task(
+        doc_md="""Scores the test split's answers with the strict parser; writes metrics.json and the plot.
+
+**Runbook** — *no eval_predictions.jsonl*: the training script did not finish; the train task's log says why.
+Retrying cannot help: fix the cause, then trigger a new run."""
+    )
     def evaluate(plan: dict, outcome: dict) -> dict:
         return steps.evaluate(SETTINGS, plan, outcome)
 

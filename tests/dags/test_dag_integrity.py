@@ -39,6 +39,7 @@ for dag_id, dag in bag.dags.items():
         "deadlines": [alert.name for alert in (dag.deadline or [])],
         "tags": sorted(dag.tags), "doc_md": bool(dag.doc_md),
         "tasks": {t.task_id: {"owner": t.owner, "retries": t.retries, "doc": bool(t.doc_md or t.doc),
+                              "runbook": "Runbook" in (t.doc_md or ""),
                               "alerts": callbacks(t.on_failure_callback),
                               "upstream": sorted(t.upstream_task_ids)}
                   for t in dag.tasks},
@@ -119,3 +120,18 @@ def test_every_dag_can_be_triggered_from_the_ui_form_with_its_defaults(bags: dic
 def test_the_nightly_dag_pages_when_a_night_is_overdue(bags: dict[str, dict]) -> None:
     for bag in bags.values():
         assert bag["dags"]["classify_images"]["deadlines"] == ["nightly run overdue"]
+
+
+# Tasks that fail for a reason an operator can act on (a param, missing input, the endpoint, a budget, a gate).
+RUNBOOK_TASKS = {
+    "curate_dataset": {"curate"},
+    "finetune_llava": {"plan", "train", "evaluate", "approve_promotion", "promote"},
+    "deploy_endpoint": {"smoke_test"},
+    "classify_images": {"plan_partition", "check_budget", "classify_shard", "quality_gate"},
+}
+
+
+def test_tasks_that_fail_for_an_operators_reason_carry_a_runbook(dagbag: dict) -> None:
+    for dag_id, task_ids in RUNBOOK_TASKS.items():
+        tasks = dagbag["dags"][dag_id]["tasks"]
+        assert [t for t in sorted(task_ids) if not tasks[t]["runbook"]] == [], dag_id
