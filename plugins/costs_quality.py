@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 URL_PREFIX = "/costs-quality"
 TEMPLATES = Path(__file__).parent / "templates"
+STATIC = Path(__file__).parent / "static"
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
@@ -73,6 +74,10 @@ def build_app() -> ASGIApp:
     @app.get("/")
     def costs_quality_page(version: str | None = None) -> Response:  # sync: DuckDB and matplotlib block (a thread)
         return respond(render_page(storage_root(), version), "text/html; charset=utf-8")
+
+    @app.get("/static/costs_quality.js")
+    def links_script() -> Response:
+        return respond((STATIC / "costs_quality.js").read_bytes(), "text/javascript")
 
     @app.get("/models/{version}/confusion_matrix.png")
     def confusion_matrix(version: str) -> Response:

@@ -62,8 +62,9 @@ def task_state(api: httpx.Client, dag_id: str, run_id: str, task_id: str) -> str
 
 @pytest.fixture(scope="module")
 def page(stack: AirflowStack):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=30_000)  # two busy cores: the UI can take a while to render a page
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run bin/test-setup (Debian package chromium)"
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
@@ -186,6 +187,6 @@ def test_the_dashboard_shows_the_confusion_matrix_and_links_to_the_run(
     expect(view.locator("#per-class")).to_contain_text("support")
     page.screenshot(path=ARTIFACTS / "ui_dashboard.png", full_page=True)
     view.locator("#models a", has_text="run").first.click()
-    page.wait_for_url(lambda url: "/dags/finetune_llava/runs/" in url)  # the top window, not the iframe
+    page.wait_for_url(lambda url: "/dags/finetune_llava/runs/" in url)  # the UI itself navigates, not the iframe
     expect(page.get_by_text(approved_run).first).to_be_visible()
     page.screenshot(path=ARTIFACTS / "ui_run_from_dashboard.png", full_page=True)
