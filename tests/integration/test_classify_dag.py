@@ -57,7 +57,14 @@ def test_three_partitions_then_reruns_reproduce_them(airflow: AirflowRunner, dep
         manifest, rows = committed(deployed, day)
         images = sorted(p.name for p in (deployed / "incoming" / f"dt={day}").iterdir() if p.name != ".DS_Store")
         assert [row["key"] for row in rows] == images  # rows == images, each exactly once
-        assert event == {"dt": day, "rows": len(images), "model_version": "v-it"}  # the asset event's extra
+        assert event == {  # the asset event's extra: what the run did, readable on the run in the UI
+            "dt": day,
+            "rows": len(images),
+            "statuses": manifest["stats"]["statuses"],
+            "quality": "passed" if manifest["quality"]["passed"] else "violated (published: on_violation=warn)",
+            "model_version": "v-it",
+        }
+        assert sum(event["statuses"].values()) == len(images)
         assert sum(manifest["stats"]["statuses"].values()) == manifest["rows"] == len(images)
         assert all(row["status"] in ("ok", "invalid") for row in rows if row["key"] != "broken.png")
     _, rows = committed(deployed, DAYS[0])
