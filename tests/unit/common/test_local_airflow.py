@@ -83,5 +83,5 @@ def test_wait_for_backfill_returns_only_once_completed_at_is_set() -> None:
 
 def test_create_backfill_retries_when_sqlite_was_locked() -> None:
     locked = {"detail": "Database is locked. Backfill creation is not supported on SQLite under concurrent access."}
-    answers = [httpx.Response(503, json=locked), httpx.Response(200, json={"id": 8})]
+    answers = [httpx.Response(503, json=locked), httpx.Response(500, json={}), httpx.Response(200, json={"id": 8})]
     assert create_backfill(api(lambda request: answers.pop(0)), {"dag_id": "d"}, wait_s=10, poll_s=0) == {"id": 8}
