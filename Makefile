@@ -7,19 +7,24 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch, installed first: an unpinned torch pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install demo test lint format constraints clean
+.PHONY: install demo ui test lint format constraints clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade pip "setuptools>=70.1"  # builds the editable install below offline
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -c constraints.txt -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .  # the llava-pipelines command
 	touch $@
 
 demo: install
 	bin/demo
+
+# The Airflow UI on 127.0.0.1 with the demo's runs, logs and settings, until Ctrl-C (after make demo or make install).
+ui: install
+	bin/ui
 
 lint: install
 	$(VENV)/bin/ruff check .

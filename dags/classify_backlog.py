@@ -52,8 +52,15 @@ serving the nightly traffic meanwhile.
     doc_md=DOC,
     default_args=default_args(execution_timeout=timedelta(hours=6)),
     params={
-        "from_date": Param(type="string", format="date", description="First dt (YYYY-MM-DD)."),
-        "to_date": Param(type="string", format="date", description="Last dt, inclusive."),
+        "from_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="First dt (YYYY-MM-DD); empty: a week before to_date.",
+        ),
+        "to_date": Param(
+            None, type=["null", "string"], format="date", description="Last dt, inclusive; empty: yesterday."
+        ),
         "model_version": Param(None, type=["null", "string"], description="Empty: the deployed (promoted) model."),
         "instance_type": Param(None, type=["null", "string"], description=f"Empty: {BACKEND.default_instance_type}."),
         "instance_count": Param(1, type="integer", minimum=1, maximum=100, description="Instances per job."),

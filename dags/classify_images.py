@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, TriggerRule, dag, task
 
 from tasks.common.assets import PREDICTIONS
-from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
+from tasks.common.dag_defaults import SETTINGS, TAGS, default_args, nightly_deadline
 from tasks.nightly.partitions import NightlySchedule, say_when_nothing_ran
 from tasks.nightly.quality import QualityThresholds
 
@@ -38,7 +38,7 @@ retried. Symlinks, FIFOs and unsafe file names are never read: they get `rejecte
 - *plan_partition: no endpoint recorded*: run `deploy_endpoint`. *wants endpoint …*: the run is pinned to another
   endpoint (params `endpoint_name`/`endpoint_backend`); clear them or redeploy.
 - *check_budget: estimated $… above the budget*: nothing was spent. Raise `budget_usd` for this run if expected.
-  Before a long backfill: `python -m tasks.cli estimate-cost --from-date A --to-date B --budget-usd X`.
+  Before a long backfill: `llava-pipelines estimate-cost --from-date A --to-date B --budget-usd X`.
 - *classify_shard failed*: the endpoint is down or the task timed out; retries resume (a shard rewrites only its
   own file). Throttling and bad answers do not fail a shard: they become `failed`/`invalid` rows. *circuit
   breaker*: `max_consecutive_failures` requests in a row failed (a hung or dead endpoint); fix it and clear.
@@ -53,8 +53,8 @@ retried. Symlinks, FIFOs and unsafe file names are never read: they get `rejecte
   `quality.on_violation = warn` to publish anyway.
 - Late data: an empty partition is waited for until `late_data_wait_minutes` after the day ends, then committed
   as zero images. Images that arrive later: clear the run (only the new images are classified).
-- Query: `python -m tasks.cli predictions-summary --from-date A --to-date B`; costs:
-  `python -m tasks.cli cost-report`. Read predictions only through `_SUCCESS`
+- Query: `llava-pipelines predictions-summary --from-date A --to-date B`; costs:
+  `llava-pipelines cost-report`. Read predictions only through `_SUCCESS`
   (tasks.nightly.predictions.read_partition).
 """
 
@@ -67,6 +67,7 @@ retried. Symlinks, FIFOs and unsafe file names are never read: they get `rejecte
     max_active_runs=2,  # the endpoint_inference pool bounds the load on the endpoint across runs
     dagrun_timeout=timedelta(hours=12),  # a hung night fails instead of blocking the next ones
     on_success_callback=say_when_nothing_ran,  # a dt before the start date runs no task: never silently
+    deadline=nightly_deadline(),  # pages when a night is not done 4 h after it was queued (see nightly_deadline)
     tags=[*TAGS, "classification"],
     doc_md=DOC,
     default_args=default_args(execution_timeout=timedelta(minutes=30)),
@@ -76,23 +77,49 @@ retried. Symlinks, FIFOs and unsafe file names are never read: they get `rejecte
             type="string",
             description="The day's images; {dt} becomes YYYY-MM-DD.",
         ),
-        "endpoint_name": Param("", type="string", description="Empty: the deployed one; set: refuse any other."),
-        "endpoint_backend": Param("", enum=["", "local", "sagemaker"], description="Empty: the deployed one's."),
-        "shard_size": Param(500, type="integer", minimum=1, description="Images per mapped classify_shard task."),
-        "concurrency": Param(8, type="integer", minimum=1, maximum=256, description="Requests in flight per shard."),
-        "budget_usd": Param(25.0, type="number", minimum=0, description="Refuse a partition estimated above this."),
+        "endpoint_name": Param(
+            None,
+            type=["null", "string"],
+            description="None: the deployed one; set: refuse any other.",
+            section="Endpoint",
+        ),
+        "endpoint_backend": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, "local", "sagemaker"],
+            description="None: the deployed one's.",
+            section="Endpoint",
+        ),
+        "shard_size": Param(
+            500, type="integer", minimum=1, description="Images per mapped classify_shard task.", section="Throughput"
+        ),
+        "concurrency": Param(
+            8, type="integer", minimum=1, maximum=256, description="Requests in flight per shard.", section="Throughput"
+        ),
+        "budget_usd": Param(
+            25.0, type="number", minimum=0, description="Refuse a partition estimated above this.", section="Budget"
+        ),
         "assumed_images_per_second": Param(
-            1.0, type="number", exclusiveMinimum=0, description="Throughput estimate until one is measured."
+            1.0,
+            type="number",
+            exclusiveMinimum=0,
+            description="Throughput estimate until one is measured.",
+            section="Budget",
         ),
         "late_data_wait_minutes": Param(120, type="integer", minimum=0, description="After the day, for late data."),
         "reclassify": Param(False, type="boolean", description="Ignore rows already classified by this model."),
-        "request_timeout_s": Param(60.0, type="number", exclusiveMinimum=0, description="Per endpoint request."),
-        "max_retries": Param(4, type="integer", minimum=0, description="Per image: throttling, 5xx, timeouts."),
+        "request_timeout_s": Param(
+            60.0, type="number", exclusiveMinimum=0, description="Per endpoint request.", section="Endpoint"
+        ),
+        "max_retries": Param(
+            4, type="integer", minimum=0, description="Per image: throttling, 5xx, timeouts.", section="Endpoint"
+        ),
         "max_consecutive_failures": Param(
             20,
             type="integer",
             minimum=1,
             description="Circuit breaker: a shard stops after this many failed requests in a row.",
+            section="Endpoint",
         ),
         "quality": Param(
             QualityThresholds().__dict__,
@@ -115,7 +142,14 @@ def classify_images():
         done, found = look_for_partition(SETTINGS, params, logical_date, data_interval_start)
         return PokeReturnValue(is_done=done, xcom_value=found)
 
-    @task(doc_md="Lists dt into a manifest, carries over rows already classified by this model, and shards the rest.")
+    @task(
+        doc_md="""Lists dt into a manifest, carries over rows already classified by this model, and shards the rest.
+
+**Runbook** — *no endpoint recorded*: run `deploy_endpoint`, then clear this task. *the deployed endpoint has
+endpoint_name=…; this run: …*: the run is pinned (params `endpoint_name`/`endpoint_backend`) to another endpoint;
+trigger it again without the pin, or redeploy the pinned one. A local server that died is restarted here.
+*… is being processed by DagRun …*: another run of the same dt is active (one run per dt); wait for it."""
+    )
     def plan_partition(found: dict, params=None, dag_run=None, ti=None) -> dict:
         from functools import partial
 
@@ -125,8 +159,11 @@ def classify_images():
         return plan(SETTINGS, found["dt"], found["present"], params, dag_run.run_id, state)
 
     @task(
-        doc_md="Estimates the partition's cost from measured throughput and the price table; refuses (no retry) "
-        "above `budget_usd` before anything is spent. Returns the shards it approves."
+        doc_md="""Estimates the partition's cost from measured throughput and the price table; refuses (no retry)
+above `budget_usd` before anything is spent. Returns the shards it approves.
+
+**Runbook** — *estimated $… above the budget*: nothing was spent. If the volume is expected, trigger the day again
+(Trigger → logical date D, or a backfill of D) with a higher `budget_usd`; if not, look at `incoming/dt=D/` first."""
     )
     def check_budget(planned: dict, params=None) -> list[dict]:
         from tasks.nightly.steps import check_budget
@@ -136,9 +173,17 @@ def classify_images():
     @task(
         pool="endpoint_inference",
         execution_timeout=timedelta(hours=2),
-        map_index_template="{{ task.op_kwargs['shard']['index'] }}",
-        doc_md="Classifies one shard (manifest rows offset..offset+count) with bounded concurrency; logs progress "
-        "and writes its rows as one Parquet file. Bad images and bad answers are rows, not failures.",
+        # The label each mapped instance shows in the UI: which dt, which shard, which manifest rows.
+        map_index_template="dt={{ task.op_kwargs['job']['dt'] }} shard {{ task.op_kwargs['shard']['index'] }} "
+        "(rows {{ task.op_kwargs['shard']['offset'] }}.."
+        "{{ task.op_kwargs['shard']['offset'] + task.op_kwargs['shard']['count'] }})",
+        doc_md="""Classifies one shard (manifest rows offset..offset+count) with bounded concurrency; logs progress
+(ok/invalid/failed so far, ETA) and writes its rows as one Parquet file. Bad images and bad answers are rows, not
+failures.
+
+**Runbook** — *failed or timed out*: the endpoint is down or far too slow (the log's last progress line says how far
+it got). Check the endpoint (`deploy_endpoint`'s smoke test, its logs), then clear the failed shards only: a shard
+rewrites its own file, the others are kept.""",
     )
     def classify_shard(job: dict, shard: dict) -> dict:
         from tasks.nightly.steps import classify
@@ -154,13 +199,24 @@ def classify_images():
 
         return collect(planned, results)
 
-    @task(doc_md="Invalid rate, failed rate and label shift against trailing partitions; warn or fail per params.")
+    @task(
+        doc_md="""Invalid rate, failed rate and label shift against trailing partitions; warn or fail per params.
+
+**Runbook** — *failed*: a threshold was crossed (values and thresholds in the log); nothing was published, the
+previous version of dt stays. Endpoint or model trouble: fix it and clear the run. A real change in the data:
+trigger the day again with `quality.on_violation = warn` (publishes, records the violation)."""
+    )
     def quality_gate(planned: dict, staged: dict, params=None) -> dict:
         from tasks.nightly.steps import quality_gate
 
         return quality_gate(SETTINGS, planned, staged, params["quality"])
 
-    @task(outlets=[PREDICTIONS], doc_md="Writes `_SUCCESS` (the commit), deletes replaced runs, emits the asset.")
+    @task(
+        outlets=[PREDICTIONS],
+        doc_md="Writes `_SUCCESS` (the commit), deletes replaced runs, emits the asset. The run's outcome (dt, rows "
+        "per status, quality verdict, model) is this task's return value and the asset event's extra, both on the run "
+        "in the UI.",
+    )
     def publish_partition(planned: dict, staged: dict, verdict: dict, outlet_events=None) -> dict:
         from tasks.nightly.steps import publish
 

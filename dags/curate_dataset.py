@@ -42,9 +42,9 @@ and label conflicts are *rejected with a reason*; hidden/system files are *ignor
         ),
         "taxonomy": Param(SETTINGS.taxonomy, enum=available_taxonomies()),
         "dataset_uri": Param(
-            "",
-            type="string",
-            description="Where to write the DatasetDict; empty = <storage>/datasets/<taxonomy>-<run date>.",
+            None,
+            type=["null", "string"],
+            description="Where to write the DatasetDict; none = <storage>/datasets/<taxonomy>-<run date>.",
         ),
         "test_fraction": Param(0.2, type="number", minimum=0, maximum=0.9),
         "val_fraction": Param(0.1, type="number", minimum=0, maximum=0.9),
@@ -63,7 +63,14 @@ and label conflicts are *rejected with a reason*; hidden/system files are *ignor
     },
 )
 def curate_dataset():
-    @task(outlets=[CURATED_DATASET], doc_md="Decode, validate, dedupe, split and save; see the DAG runbook.")
+    @task(
+        outlets=[CURATED_DATASET],
+        doc_md="""Decode, validate, dedupe, split and save.
+
+**Runbook** — *raw_uri … does not exist*: the drop is not where the param points; trigger again with the right
+`raw_uri`. *labels.csv header*: the CSV needs `path,label`. *Many rejections* are not a failure: the counts by
+reason are in `curation_report.json` (path in the log). Rerunning is safe.""",
+    )
     def curate(params=None, ts_nodash=None, outlet_events=None) -> dict:
         from tasks.curation import steps
 

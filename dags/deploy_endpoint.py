@@ -8,7 +8,7 @@ from tasks.common.assets import PROMOTED_MODEL, SERVING_ENDPOINT
 from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
 from tasks.model.vision_tokens import DEFAULT_MAX_IMAGE_TOKENS
 from tasks.serving import steps
-from tasks.serving.deployment import DEFAULT_ENDPOINT_NAME
+from tasks.serving.deployment import DEFAULT_ENDPOINT_NAME, DEFAULT_INSTANCE_TYPE
 
 SERVING = steps.serving_backend(SETTINGS)
 
@@ -43,8 +43,8 @@ are skipped, so retries and reruns never duplicate. **Local**: `transformers ser
     default_args=default_args(),
     params={
         "endpoint_name": Param(DEFAULT_ENDPOINT_NAME, type="string", description="SageMaker endpoint name."),
-        "model_version": Param("", type="string", description="Empty: the registry's production model."),
-        "instance_type": Param("ml.g5.xlarge", type="string", description="SageMaker only."),
+        "model_version": Param(None, type=["null", "string"], description="None: the registry's production model."),
+        "instance_type": Param(DEFAULT_INSTANCE_TYPE, type="string", description="SageMaker only."),
         "instance_count": Param(1, type="integer", minimum=1),
         "min_instances": Param(1, type="integer", minimum=1, description="Autoscaling lower bound."),
         "max_instances": Param(2, type="integer", minimum=1, description="Autoscaling upper bound."),
@@ -54,7 +54,7 @@ are skipped, so retries and reruns never duplicate. **Local**: `transformers ser
         "images_per_prompt": Param(1, type="integer", minimum=1, description="vLLM limit_mm_per_prompt."),
         "extra_options": Param({}, type="object", description="More serving.properties option.* entries."),
         "max_image_tokens": Param(DEFAULT_MAX_IMAGE_TOKENS, type=["integer", "null"], description="Per image."),
-        "smoke_image_uri": Param("", type="string", description="Probe image; empty: a fixed digit."),
+        "smoke_image_uri": Param(None, type=["null", "string"], description="Probe image; none: a fixed digit."),
         "ready_timeout_s": Param(180, type="integer", minimum=10, description="Local server start limit."),
     },
 )
@@ -62,7 +62,10 @@ def deploy_endpoint():
     @task(
         trigger_rule=TriggerRule.NONE_FAILED,  # deploy_endpoint is skipped when the endpoint was already right
         doc_md="""Classify one known image through the endpoint client; the answer must parse as a taxonomy
-        label (whether it is the right one is logged). Fails with the raw answer otherwise.""",
+        label (whether it is the right one is logged). Fails with the raw answer otherwise.
+
+**Runbook** — *failed*: the endpoint answers, but not with a label (raw answer in the log): `roll_back` restored
+what served before. Check the model's evaluation (Costs & quality view) and the serving config; do not force it.""",
     )
     def smoke_test(plan: dict, url: str | None) -> str:
         return steps.smoke_test(SETTINGS, plan, url)

@@ -8,6 +8,7 @@ from airflow.sdk import Param, dag, task
 from tasks.common.assets import CURATED_DATASET, PROMOTED_MODEL
 from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
 from tasks.training import steps
+from tasks.training.approval import PromotionApproval
 
 TRAINING = steps.training_backend(SETTINGS)
 
@@ -17,7 +18,7 @@ Runs when `curate_dataset` emits **curated_dataset**, or by hand with params. TR
 `include/training/launch.py` (DeepSpeed ZeRO-3 on several GPUs): a **SageMaker training job** on the `sagemaker`
 backend, the **same script as a subprocess** on an offline tiny LLaVA-NeXT on the `local` backend.
 
-`plan` → `prepare_training` → `train` → `record_cost` + `evaluate` → `promote`
+`plan` → `prepare_training` → `train` → `record_cost` + `evaluate` → `approve_promotion` → `promote`
 
 **Where things land** (`models/<version>/`, version = `<taxonomy>-<run time>-<run hash>`): `metrics.json`,
 `confusion_matrix.png`, `eval_predictions.jsonl`; the model in `model/` locally, in `<job>/output/model/`
@@ -29,7 +30,10 @@ backend, the **same script as a subprocess** on an offline tiny LLaVA-NeXT on th
   the run id), so clearing or rerunning reattaches to its job; to train again after a Failed/Stopped job, trigger a
   run with another logical date.
 - *evaluate: no eval_predictions.jsonl*: the script did not finish; the train log says why.
-- *promote skipped*: the gate said no (reason in the log and in `registry.json`). Nothing is deployed.
+- *promote skipped*: the gate said no, or a reviewer rejected it (reason in the log and in `registry.json`).
+  Nothing is deployed.
+- *approve_promotion waiting* (`require_approval` on — recommended in production): answer it under the run's
+  Required Actions; the request shows the metrics and the confusion matrix.
 - Cost: one ledger row per job (`costs/ledger/kind=training/`), shared with nightly classification.
 """
 
@@ -43,27 +47,54 @@ backend, the **same script as a subprocess** on an offline tiny LLaVA-NeXT on th
     doc_md=DOC,
     default_args=default_args(),
     params={
-        "dataset_uri": Param("", type="string", description="Empty: the triggering event's, else the newest."),
-        "base_model": Param("", type="string", description="Hub id, s3:// prefix or directory; empty: default."),
+        "dataset_uri": Param(
+            None, type=["null", "string"], description="None: the triggering event's, else the newest."
+        ),
+        "base_model": Param(
+            None, type=["null", "string"], description="Hub id, s3:// prefix or directory; none: default."
+        ),
         "hyperparameters": Param(
             dict(TRAINING.hyperparameters),
             type="object",
             description="Flags of include/training/train.py; override the backend's defaults key by key.",
         ),
-        "instance_type": Param("ml.g5.48xlarge", type="string", description="SageMaker training instance."),
-        "instance_count": Param(1, type="integer", minimum=1),
-        "spot": Param(True, type="boolean", description="SageMaker managed spot training."),
-        "max_run_seconds": Param(8 * 3600, type="integer", minimum=60),
-        "max_wait_seconds": Param(16 * 3600, type="integer", minimum=60, description="Spot: wait + run."),
+        "instance_type": Param(
+            "ml.g5.48xlarge", type="string", description="SageMaker training instance.", section="SageMaker"
+        ),
+        "instance_count": Param(1, type="integer", minimum=1, section="SageMaker"),
+        "spot": Param(True, type="boolean", description="SageMaker managed spot training.", section="SageMaker"),
+        "max_run_seconds": Param(8 * 3600, type="integer", minimum=60, section="SageMaker"),
+        "max_wait_seconds": Param(
+            16 * 3600, type="integer", minimum=60, description="Spot: wait + run.", section="SageMaker"
+        ),
         "local_processes": Param(
             1, type="integer", minimum=1, description="Local: >= 2 runs ZeRO-3 on CPU (measured 2x slower per step)."
         ),
-        "min_accuracy": Param(0.9, type="number", minimum=0, maximum=1),
-        "tolerance": Param(0.01, type="number", minimum=0, maximum=1, description="Allowed drop vs production."),
+        "min_accuracy": Param(0.9, type="number", minimum=0, maximum=1, section="Promotion gate"),
+        "tolerance": Param(
+            0.01,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Allowed drop vs production.",
+            section="Promotion gate",
+        ),
+        "require_approval": Param(
+            False,
+            type="boolean",
+            description="Wait for a person to approve the promotion in the UI (Required Actions), with the metrics "
+            "and confusion matrix. Off locally; recommended on in production.",
+            section="Promotion gate",
+        ),
     },
 )
 def finetune_llava():
-    @task(doc_md="Resolves the dataset and fixes this run's version, job name and paths (see the DAG runbook).")
+    @task(
+        doc_md="""Resolves the dataset and fixes this run's version, job name and paths.
+
+**Runbook** — *no curated dataset*: run `curate_dataset`, or trigger with `dataset_uri`. *not a complete curated
+dataset* / *no held-out test split*: curate it again (with `test_fraction` > 0)."""
+    )
     def plan(params=None, dag=None, dag_run=None, triggering_asset_events=None) -> dict:
         events = triggering_asset_events.get(CURATED_DATASET, []) if triggering_asset_events else []
         return steps.plan(SETTINGS, params, dag_id=dag.dag_id, dag_run=dag_run, events=events)
@@ -72,20 +103,46 @@ def finetune_llava():
     def record_cost(plan: dict, outcome: dict, run_id=None) -> dict:
         return steps.record_cost(SETTINGS, plan, outcome, run_id)
 
-    @task(doc_md="Scores the test split's answers with the strict parser; writes metrics.json and the plot.")
+    @task(
+        doc_md="""Scores the test split's answers with the strict parser; writes metrics.json and the plot.
+
+**Runbook** — *no eval_predictions.jsonl*: the training script did not finish; the train task's log says why.
+Retrying cannot help: fix the cause, then trigger a new run."""
+    )
     def evaluate(plan: dict, outcome: dict) -> dict:
         return steps.evaluate(SETTINGS, plan, outcome)
 
-    @task(outlets=[PROMOTED_MODEL], doc_md="Registers the version; promotes it if it passes the gate, else skips.")
-    def promote(plan: dict, metrics: dict, params=None, outlet_events=None) -> dict:
-        promoted = steps.promote(SETTINGS, plan, metrics, params)
+    @task(
+        outlets=[PROMOTED_MODEL],
+        doc_md="""Registers the version (with this run's id) and promotes it if it passes the gate and no reviewer
+        rejected it; else skips, with the reason in the log and in `registry.json`.
+
+**Runbook** — *skipped*: not an error; nothing is deployed. Gate refusal: the log says which bar it missed
+(`min_accuracy`, or worse than production by more than `tolerance`); retrain, or rerun with other gate params if the
+bar is wrong. *Rejected in review*: the reviewer's name is in the decision; talk to them.""",
+    )
+    def promote(plan: dict, metrics: dict, review: dict, params=None, outlet_events=None, dag=None, run_id=None):
+        run = {"dag_id": dag.dag_id, "run_id": run_id}
+        promoted = steps.promote(SETTINGS, plan, metrics, params, review, run)
         outlet_events[PROMOTED_MODEL].extra = {key: promoted[key] for key in ("version", "model_uri", "taxonomy")}
         return promoted
 
     planned = plan()
     outcome = TRAINING.train(planned, pool=steps.TRAINING_POOL)
     record_cost(planned, outcome)
-    promote(planned, evaluate(planned, outcome))
+    metrics = evaluate(planned, outcome)
+    review = PromotionApproval(
+        task_id="approve_promotion",
+        plan=planned,
+        metrics=metrics,
+        doc_md="""With `require_approval` on (and the gate passing), waits for **Approve / Reject** under the run's
+Required Actions, showing the gate's verdict, metrics vs production, per-class scores and the confusion matrix.
+Otherwise passes straight through.
+
+**Runbook** — *waiting*: a reviewer must answer (unanswered for 3 days = rejected). *Approve* promotes and
+deploy_endpoint serves the version; *Reject* keeps it registered as rejected, nothing is deployed.""",
+    )
+    promote(planned, metrics, review.output)
 
 
 finetune_llava()

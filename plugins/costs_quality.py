@@ -1,5 +1,7 @@
-"""The "Costs & quality" view: per-partition volume, $ per 1000 images, invalid rate, the production model's accuracy
-and a chart, read live from the cost ledger and the model registry under PIPELINE_STORAGE_URI.
+"""The "Costs & quality" view — the model and partition dashboard: per-partition volume, $ per 1000 images, invalid
+rate and quality-gate verdict, gaps, the production model and every version's metrics and promotion decision, a
+chosen version's per-class metrics and confusion matrix, links to the DAG runs; read live from the cost ledger, the
+committed partitions and the model registry under PIPELINE_STORAGE_URI (tasks.costs.view_data).
 
 A FastAPI app mounted by the API server at /costs-quality/, behind Airflow's own authentication (the UI's `_token`
 cookie, or an `Authorization: Bearer` JWT from /auth/token); anonymous requests get 401. The UI shows it in its
@@ -24,12 +26,14 @@ if TYPE_CHECKING:
 
 URL_PREFIX = "/costs-quality"
 TEMPLATES = Path(__file__).parent / "templates"
+STATIC = Path(__file__).parent / "static"
 
-# The page is one self-contained response: no scripts at all, its own inline styles (and the SVG's), shown only in an
-# iframe of the Airflow UI, which has the same origin.
+# The page's own inline styles (and the SVG's), images and one same-origin script (static/costs_quality.js: run links
+# open in the surrounding Airflow UI) — never an inline script; shown only in an iframe of the Airflow UI, which has
+# the same origin.
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
-    "frame-ancestors 'self'; base-uri 'none'; form-action 'none'",
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; "
+    "img-src 'self' data:; frame-ancestors 'self'; base-uri 'none'; form-action 'none'",
     "X-Frame-Options": "SAMEORIGIN",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
@@ -55,8 +59,8 @@ class BuiltOnFirstRequest:
 def build_app() -> ASGIApp:
     from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
     from airflow.api_fastapi.core_api.security import requires_access_view
-    from fastapi import Depends, FastAPI
-    from fastapi.responses import HTMLResponse
+    from fastapi import Depends, FastAPI, HTTPException
+    from fastapi.responses import Response
 
     # Airflow's own security dependency: the user comes from the Bearer JWT or the UI's `_token` cookie, validated by
     # the configured auth manager (401 without a token, 403 for an invalid one), and must be allowed to see the
@@ -75,22 +79,42 @@ def build_app() -> ASGIApp:
         response.headers.update(SECURITY_HEADERS)
         return response
 
-    @app.get("/", response_class=HTMLResponse)
-    def costs_quality_page() -> HTMLResponse:  # sync: DuckDB and matplotlib block, FastAPI runs it in a thread
+    def storage_root() -> ObjectStoragePath:
         from tasks.common.settings import load_settings
         from tasks.common.storage import root
 
-        return HTMLResponse(render_page(root(load_settings())))
+        return root(load_settings())
+
+    def respond(body: str | bytes, media_type: str) -> Response:  # every route answers through here
+        return Response(body, media_type=media_type)
+
+    @app.get("/")
+    def costs_quality_page(version: str | None = None) -> Response:  # sync: DuckDB and matplotlib block (a thread)
+        return respond(render_page(storage_root(), version), "text/html; charset=utf-8")
+
+    @app.get("/static/costs_quality.js")
+    def links_script() -> Response:
+        return respond((STATIC / "costs_quality.js").read_bytes(), "text/javascript")
+
+    @app.get("/models/{version}/confusion_matrix.png")
+    def confusion_matrix(version: str) -> Response:
+        from tasks.common import storage
+        from tasks.costs.view_data import confusion_matrix_png
+
+        png = confusion_matrix_png(storage_root() / storage.MODELS, version)
+        if png is None:
+            raise HTTPException(status_code=404, detail="no confusion matrix for that version")
+        return respond(png, "image/png")
 
     return app
 
 
-def render_page(storage_root: ObjectStoragePath) -> str:
+def render_page(storage_root: ObjectStoragePath, version: str | None = None) -> str:
     import jinja2
 
     from tasks.costs import view_data
 
-    report = view_data.build_report(storage_root)
+    report = view_data.build_report(storage_root, version)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
     env.filters.update(usd=view_data.usd, percent=view_data.percent, thousands=view_data.thousands)
     return env.get_template("costs_quality.html").render(

@@ -1,9 +1,13 @@
-"""Command-line entry points for people (and `make demo`): `python -m tasks.cli <command> --help`."""
+"""Command-line entry points for people (and `make demo`): `llava-pipelines <command> --help` from any directory
+(installed by `make install`), or `python -m tasks.cli` from the checkout. Errors are one line on stderr (exit 1);
+LLAVA_PIPELINES_DEBUG=1 shows the traceback."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 
 from tasks.common.settings import load_settings
 from tasks.common.storage import read_json, storage_path
@@ -94,6 +98,11 @@ def _estimate_cost(args: argparse.Namespace) -> None:
         raise SystemExit(f"REFUSED: {exc}") from None
     for day, n in result["per_day"].items():
         print(f"dt={day}: {n} images")
+    endpoint = f"{result['instance_count']} x {result['instance_type']} at ${result['price_per_hour_usd']}/h"
+    if result["endpoint"] == "assumed":
+        print(f"no endpoint deployed: priced as the default deploy_endpoint would deploy ({endpoint})")
+    else:
+        print(f"priced on the deployed endpoint ({endpoint})")
     print(f"estimate: ${result['usd']:.4f} for {result['images']} images at {result['images_per_second']:.2f} "
           f"images/s ({result['throughput']}), budget ${result['budget_usd']:.2f}: OK")  # fmt: skip
 
@@ -173,7 +182,8 @@ def _cost_report(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = argparse.ArgumentParser(prog="python -m tasks.cli", description=__doc__)
+    prog = "llava-pipelines" if os.path.basename(sys.argv[0]) == "llava-pipelines" else "python -m tasks.cli"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     sub = parser.add_subparsers(required=True)
 
     p = sub.add_parser("write-digits", help="write scikit-learn digits as <dest>/<label>/*.png")
@@ -231,7 +241,16 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=_cost_report)
 
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as error:  # a person reads this: one line, what went wrong; the traceback on request
+        if os.environ.get("LLAVA_PIPELINES_DEBUG"):
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        command = (sys.argv[1:] if argv is None else argv)[0]  # the subcommand: argparse required one
+        raise SystemExit(f"{prog} {command}: error: {message}") from None
 
 
 if __name__ == "__main__":

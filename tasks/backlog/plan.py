@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from tasks.common.aws_names import sagemaker_name, slug
@@ -30,9 +30,13 @@ REQUEST_SUFFIX = ".jsonl"
 OUTPUT_SUFFIX = ".out"  # Batch Transform names the output of <file> <file>.out
 
 
-def days_between(first: str, last: str) -> list[str]:
-    """Every dt from `first` to `last`, inclusive."""
-    start, end = date.fromisoformat(first), date.fromisoformat(last)
+DEFAULT_DAYS = 7  # without dates: the last week of complete days
+
+
+def days_between(first: str | None, last: str | None, today: date | None = None) -> list[str]:
+    """Every dt from `first` to `last`, inclusive; `last` defaults to yesterday (UTC), `first` to a week before it."""
+    end = date.fromisoformat(last) if last else (today or datetime.now(UTC).date()) - timedelta(days=1)
+    start = date.fromisoformat(first) if first else end - timedelta(days=DEFAULT_DAYS - 1)
     if end < start:
         raise ValueError(f"to_date {last} is before from_date {first}")
     return [(start + timedelta(days=n)).isoformat() for n in range((end - start).days + 1)]

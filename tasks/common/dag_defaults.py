@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
 from typing import Any
 
@@ -28,7 +29,14 @@ def default_args(**overrides: Any) -> dict[str, Any]:
     return args
 
 
-def nightly_deadline(within: timedelta = NIGHTLY_RUN_BUDGET) -> DeadlineAlert:
+def nightly_deadline(within: timedelta = NIGHTLY_RUN_BUDGET) -> DeadlineAlert | None:
     """For the nightly DAG's `deadline=`: alert when a run is still not finished `within` after it was queued — a
-    stuck night (hung endpoint, starved pool) fails no task, so no failure callback would ever fire."""
+    stuck night (hung endpoint, starved pool) fails no task, so no failure callback would ever fire.
+
+    None under `airflow dags test` only: in Airflow 3.3.2 a DAG with a deadline makes every successful `dags test`
+    crash at the end of the run (`'dict' object has no attribute 'hex'` in DagRun.update_state: apache/airflow#73428,
+    fix proposed in #73430). Scheduler-run DAG runs (scheduled, backfills, UI triggers) keep the deadline; drop this
+    guard once the fix is released."""
+    if sys.argv[1:3] == ["dags", "test"]:
+        return None
     return ALERTS.deadline_alert(within, name="nightly run overdue")

@@ -1,21 +1,38 @@
-"""What the "Costs & quality" view shows: per-partition volume, cost and invalid rate from the cost ledger, training
-spend, and the production model's held-out accuracy from the model registry.
+"""What the "Costs & quality" view shows: per-partition volume, cost and invalid rate from the cost ledger with each
+committed partition's quality-gate verdict (its `_SUCCESS` manifest) and the days with no committed partition (gaps),
+training spend, and the model registry: the production model, every version's metrics and promotion decision, and a
+chosen version's per-class metrics and confusion matrix. Every row links to the DAG run that produced it.
 
 Plain data and formatting, apart from the web layer, so tests can compute exactly the strings the page must show.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import date, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from airflow.sdk import ObjectStoragePath
 
 from tasks.common import storage
 from tasks.costs import ledger, pricing
+from tasks.nightly import predictions
 from tasks.training import registry
+from tasks.training.evaluation import CONFUSION_MATRIX_FILE, METRICS_FILE
 
 MAX_PARTITIONS = 90  # a quarter of nights: enough for a trend, small enough for one page
+NIGHTLY_DAG = "classify_images"
+
+
+def run_link(dag_id: str, run_id: str) -> str:
+    """The DAG run's page in the Airflow UI, relative to the view (served at <base>/costs-quality/), so it also
+    works behind a base-URL prefix; "" without a run id."""
+    return f"../dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}" if dag_id and run_id else ""
+
+
+def confusion_matrix_link(version: str) -> str:
+    return f"models/{quote(version, safe='')}/{CONFUSION_MATRIX_FILE}"
 
 
 @dataclass(frozen=True)
@@ -29,6 +46,14 @@ class PartitionRow:
     cost_usd: float
     usd_per_1000_images: float | None
     model_version: str
+    run_id: str = ""
+    quality: str = "not committed"  # passed | violated (published anyway) | not committed: from _SUCCESS
+    quality_detail: str = ""
+    gap: bool = False
+
+    @property
+    def run_link(self) -> str:
+        return run_link(NIGHTLY_DAG, self.run_id)
 
     @property
     def invalid_rate(self) -> float | None:
@@ -44,6 +69,20 @@ class TrainingRow:
     hours: float
     cost_usd: float
     recorded_at: str
+    run_id: str = ""
+    dag_id: str = "finetune_llava"
+
+    @property
+    def run_link(self) -> str:
+        return run_link(self.dag_id, self.run_id)
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A day between the oldest and the newest partition with nothing committed."""
+
+    dt: str
+    gap: bool = True
 
 
 @dataclass(frozen=True)
@@ -51,6 +90,41 @@ class ModelSummary:
     version: str
     accuracy: float | None
     invalid_rate: float | None
+    macro_f1: float | None = None
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    version: str
+    status: str  # production | retired | rejected | candidate
+    accuracy: float | None
+    macro_f1: float | None
+    invalid_rate: float | None
+    decision: str  # why it was promoted or refused
+    created_at: str
+    dag_id: str
+    run_id: str
+
+    @property
+    def run_link(self) -> str:
+        return run_link(self.dag_id, self.run_id)
+
+    @property
+    def confusion_matrix_link(self) -> str:
+        return confusion_matrix_link(self.version)
+
+
+@dataclass(frozen=True)
+class ModelDetail:
+    """The chosen version: per-class metrics from its metrics.json."""
+
+    version: str
+    per_class: dict[str, dict[str, float]]
+    n_test: int | None
+
+    @property
+    def confusion_matrix_link(self) -> str:
+        return confusion_matrix_link(self.version)
 
 
 @dataclass(frozen=True)
@@ -60,34 +134,114 @@ class CostsQualityReport:
     spend_by_kind: dict[str, float]
     model: ModelSummary | None
     prices_as_of: str
+    days: list[PartitionRow | Gap]  # newest first: partitions with their verdicts, and the gaps between them
+    models: list[ModelRow]  # newest first
+    selected: ModelDetail | None  # the version whose per-class metrics and confusion matrix are shown
 
 
 _PARTITIONS_SQL = f"""
 SELECT key AS dt, images, images_ok, images_invalid, images_rejected, images_failed, cost_usd, usd_per_1000_images,
-       model_version
+       model_version, run_id
 FROM ledger WHERE kind = 'classification' ORDER BY key DESC LIMIT {MAX_PARTITIONS}
 """
 _TRAINING_SQL = """
-SELECT key AS job, model_version, instance_type, instance_count, spot, billable_seconds, cost_usd, recorded_at
+SELECT key AS job, model_version, instance_type, instance_count, spot, billable_seconds, cost_usd, recorded_at, run_id
 FROM ledger WHERE kind = 'training' ORDER BY recorded_at DESC
 """
 # An empty ledger has string columns only (tasks.costs.read_ledger): cast before summing.
 _SPEND_SQL = "SELECT kind, SUM(CAST(cost_usd AS DOUBLE)) AS usd FROM ledger GROUP BY kind ORDER BY kind"
 
 
-def build_report(root: ObjectStoragePath) -> CostsQualityReport:
-    """Everything the view shows, from the storage root (the `costs/` ledger and the `models/` registry)."""
+def build_report(root: ObjectStoragePath, version: str | None = None) -> CostsQualityReport:
+    """Everything the view shows, from the storage root (the `costs/` ledger, the `predictions/` manifests and the
+    `models/` registry). `version`: whose per-class metrics and confusion matrix to show (default: production,
+    else the newest); an unknown one shows none."""
     costs_root = root / storage.COSTS
-    partitions = [PartitionRow(**row) for row in ledger.query(costs_root, _PARTITIONS_SQL)]
+    partitions = [
+        with_verdict(PartitionRow(**row), root / storage.PREDICTIONS)
+        for row in ledger.query(costs_root, _PARTITIONS_SQL)
+    ]
     training = [_training_row(row) for row in ledger.query(costs_root, _TRAINING_SQL)]
     spend = {row["kind"]: float(row["usd"]) for row in ledger.query(costs_root, _SPEND_SQL)}
+    models = model_rows(root / storage.MODELS)
+    chosen = version or next(
+        (m.version for m in models if m.status == "production"), models[0].version if models else None
+    )
     return CostsQualityReport(
         partitions=partitions,
         training=training,
         spend_by_kind=spend,
         model=production_model(root / storage.MODELS),
         prices_as_of=str(pricing.price_table()["as_of"]),
+        days=with_gaps(partitions, root / storage.PREDICTIONS),
+        models=models,
+        selected=model_detail(root / storage.MODELS, chosen) if chosen else None,
     )
+
+
+def with_verdict(row: PartitionRow, predictions_root: ObjectStoragePath) -> PartitionRow:
+    """The partition's quality-gate verdict from its committed `_SUCCESS` manifest (the ledger row is written
+    beside the commit, so a partition can be priced but not committed: the gate failed and nothing was published)."""
+    manifest = predictions.read_success(predictions.partition_dir(predictions_root, row.dt))
+    if manifest is None:
+        return replace(row, quality="not committed")
+    verdict = manifest.get("quality") or {}
+    checks = verdict.get("checks") or []
+    detail = "; ".join(f"{c.get('name')}: {c.get('value')}" for c in checks if not c.get("passed", True))
+    return replace(row, quality="passed" if verdict.get("passed", True) else "violated", quality_detail=detail)
+
+
+def with_gaps(partitions: list[PartitionRow], predictions_root: ObjectStoragePath) -> list[PartitionRow | Gap]:
+    """Partitions newest first, with a Gap for each day between the oldest and the newest that has no committed
+    partition (a day committed without a ledger row — no endpoint, zero images — is no gap)."""
+    if not partitions:
+        return []
+    by_day = {p.dt: p for p in partitions}
+    first, last = date.fromisoformat(min(by_day)), date.fromisoformat(max(by_day))
+    days: list[PartitionRow | Gap] = []
+    for n in range((last - first).days + 1):
+        day = (last - timedelta(days=n)).isoformat()
+        if day in by_day:
+            days.append(by_day[day])
+        elif predictions.read_success(predictions.partition_dir(predictions_root, day)) is None:
+            days.append(Gap(day))
+    return days
+
+
+def model_rows(models_root: ObjectStoragePath) -> list[ModelRow]:
+    """Every registered version with its held-out metrics and promotion decision, newest first."""
+    versions = registry.read_registry(models_root)["versions"]
+    rows = [
+        ModelRow(
+            version=version,
+            status=str(entry.get("status", "candidate")),
+            accuracy=entry.get("metrics", {}).get("accuracy"),
+            macro_f1=entry.get("metrics", {}).get("macro_f1"),
+            invalid_rate=entry.get("metrics", {}).get("invalid_rate"),
+            decision=str(entry.get("decision", "")),
+            created_at=str(entry.get("created_at", "")),
+            dag_id=str(entry.get("dag_id", "")),
+            run_id=str(entry.get("run_id", "")),
+        )
+        for version, entry in versions.items()
+    ]
+    return sorted(rows[::-1], key=lambda row: row.created_at, reverse=True)  # ties: the later registered first
+
+
+def model_detail(models_root: ObjectStoragePath, version: str) -> ModelDetail | None:
+    """A registered version's per-class metrics; None for a version the registry does not know."""
+    if version not in registry.read_registry(models_root)["versions"]:
+        return None
+    metrics = storage.read_json(models_root / version / METRICS_FILE, default=None) or {}
+    return ModelDetail(version=version, per_class=metrics.get("per_class", {}), n_test=metrics.get("n_test"))
+
+
+def confusion_matrix_png(models_root: ObjectStoragePath, version: str) -> bytes | None:
+    """The confusion matrix image of a version the registry knows (nothing else under storage is served)."""
+    if version not in registry.read_registry(models_root)["versions"]:
+        return None
+    path = models_root / version / CONFUSION_MATRIX_FILE
+    return path.read_bytes() if path.exists() else None
 
 
 def _training_row(row: dict[str, Any]) -> TrainingRow:
@@ -99,6 +253,7 @@ def _training_row(row: dict[str, Any]) -> TrainingRow:
         hours=row["billable_seconds"] / 3600,
         cost_usd=row["cost_usd"],
         recorded_at=row["recorded_at"],
+        run_id=row["run_id"] or "",
     )
 
 
@@ -108,7 +263,10 @@ def production_model(models_root: ObjectStoragePath) -> ModelSummary | None:
     if model is None:
         return None
     return ModelSummary(
-        version=model["version"], accuracy=model["accuracy"], invalid_rate=model["metrics"].get("invalid_rate")
+        version=model["version"],
+        accuracy=model["accuracy"],
+        invalid_rate=model["metrics"].get("invalid_rate"),
+        macro_f1=model["metrics"].get("macro_f1"),
     )
 
 

@@ -76,7 +76,9 @@ class PartitionJob:
         return asdict(self)
 
 
-def deployed_endpoint(settings: Settings, *, name: str = "", backend: str = "", required: bool = True) -> dict | None:
+def deployed_endpoint(
+    settings: Settings, *, name: str | None = None, backend: str | None = None, required: bool = True
+) -> dict | None:
     """The endpoint record to classify with (None when none is deployed and it is not `required`).
 
     `name`/`backend`, when set, pin the run to that endpoint: it refuses to classify through another one (e.g. a
@@ -171,8 +173,8 @@ def classify_shard(job: PartitionJob, shard: Shard) -> ShardResult:
 
 
 async def _classify_all(client: EndpointClient, images, concurrency: int, progress: Progress):
-    def advance(_: ClassificationResult) -> None:
-        progress.advance()
+    def advance(result: ClassificationResult) -> None:
+        progress.advance(outcome=result.status)
 
     return [r async for r in client.classify_many(images, concurrency=concurrency, on_progress=advance)]
 

@@ -116,13 +116,18 @@ def estimate(settings: Settings, record: dict[str, Any], images: int, params: di
 
 def estimate_backfill(settings: Settings, days: list[str], params: dict[str, Any]) -> dict[str, Any]:
     """The budget guard for a whole range before `backfill create`: every image of every partition counted (an
-    upper bound: a rerun skips what is already classified). Raises BudgetExceeded above `params["budget_usd"]`."""
-    record = classification.deployed_endpoint(settings, name=params.get("endpoint_name", ""), required=False)
-    if record is None:
-        raise LookupError("no endpoint deployed: nothing to price the range with (run deploy_endpoint first)")
+    upper bound: a rerun skips what is already classified). Raises BudgetExceeded above `params["budget_usd"]`.
+    With no endpoint deployed, prices the one deploy_endpoint deploys by default (`endpoint: "assumed"`)."""
+    from tasks.serving.deployment import default_pricing
+
+    record = classification.deployed_endpoint(settings, name=params.get("endpoint_name"), required=False)
+    endpoint = "deployed" if record else "assumed"
+    record = record or default_pricing(settings)
     per_day = {day: count_images(settings, params["incoming_uri"].format(dt=day)) for day in days}
     what = f"backfill {days[0]}..{days[-1]}" if days else "backfill"
-    return {"per_day": per_day, **estimate(settings, record, sum(per_day.values()), params, what)}
+    result = estimate(settings, record, sum(per_day.values()), params, what)
+    pricing_of = {key: record[key] for key in ("instance_type", "instance_count")}
+    return {"per_day": per_day, "endpoint": endpoint, **pricing_of, **result}
 
 
 def count_images(settings: Settings, incoming_uri: str) -> int:
@@ -154,12 +159,18 @@ def quality_gate(
 
 
 def publish(planned: dict[str, Any], staged: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any]:
-    """Commit; returns the asset event's extra."""
+    """Commit; returns the asset event's extra: the run's outcome at a glance (in the UI without opening logs)."""
     job = PartitionJob(**planned["job"])
     manifest = classification.publish(job, PartitionPlan.from_dict(planned["plan"]), StagedPartition(**staged), verdict)
     log.info("committed %s/%s: %d rows, %s", job.partition_uri, predictions.SUCCESS, manifest["rows"],
              manifest["stats"]["statuses"])  # fmt: skip
-    return {"dt": manifest["dt"], "rows": manifest["rows"], "model_version": manifest["model_version"]}
+    return {
+        "dt": manifest["dt"],
+        "rows": manifest["rows"],
+        "statuses": manifest["stats"]["statuses"],
+        "quality": "passed" if verdict["passed"] else "violated (published: on_violation=warn)",
+        "model_version": manifest["model_version"],
+    }
 
 
 def record_costs(settings: Settings, planned: dict[str, Any], staged: dict[str, Any], run_id: str) -> list[str]:

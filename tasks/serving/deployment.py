@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 RECORD_NAME = "endpoint.json"
 DEFAULT_ENDPOINT_NAME = "llava-classifier"
+DEFAULT_INSTANCE_TYPE = "ml.g5.xlarge"  # deploy_endpoint's default on SageMaker
 SMOKE_DIGIT_INDEX = 0  # a fixed, known image: the answer must parse as a label (right or not, it is logged)
 RECORD_FIELDS = (
     "backend", "endpoint_name", "transport", "url", "model_version", "model_uri", "taxonomy", "prompt",
@@ -62,7 +63,7 @@ def base_plan(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _release(models_root: ObjectStoragePath, version: str) -> dict[str, Any]:
+def _release(models_root: ObjectStoragePath, version: str | None) -> dict[str, Any]:
     """The registry's production entry; a named version must be that one (the registry exposes no other lookup)."""
     from tasks.training import registry
 
@@ -72,6 +73,22 @@ def _release(models_root: ObjectStoragePath, version: str) -> dict[str, Any]:
     if version and str(release["version"]) != version:
         raise LookupError(f"model version {version!r} is not the promoted one ({release['version']!r})")
     return release
+
+
+def default_pricing(settings: Settings) -> dict[str, Any]:
+    """The pricing fields of the endpoint deploy_endpoint deploys with its default params: what a budget estimate
+    prices before any endpoint is deployed."""
+
+    def local() -> dict[str, Any]:
+        from tasks.serving.local import PRICE_REGION
+
+        return {"backend": "local", "price_region": PRICE_REGION, "instance_type": PRICE_REGION, "instance_count": 1}
+
+    def sagemaker() -> dict[str, Any]:
+        return {"backend": "sagemaker", "price_region": settings.region, "instance_type": DEFAULT_INSTANCE_TYPE,
+                "instance_count": 1}  # fmt: skip
+
+    return settings.by_backend(local=local, sagemaker=sagemaker)
 
 
 def endpoint_record(plan: dict[str, Any], url: str | None) -> dict[str, Any]:
@@ -117,7 +134,7 @@ def resize_policy(record: dict[str, Any]) -> ResizePolicy:
     return ResizePolicy(record["max_image_tokens"], VisionGeometry.from_dict(record["vision_geometry"]))
 
 
-def smoke_image(uri: str, settings: Settings) -> tuple[bytes, str | None]:
+def smoke_image(uri: str | None, settings: Settings) -> tuple[bytes, str | None]:
     """The probe image and its label when known: the image at `uri` (inside the storage root or an input root,
     never through a symlink, at most MAX_FILE_BYTES), or a fixed digit from scikit-learn."""
     if uri:

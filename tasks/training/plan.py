@@ -151,7 +151,7 @@ def plan_training(
     )
 
 
-def find_dataset(requested_uri: str, event_extras: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
+def find_dataset(requested_uri: str | None, event_extras: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
     """The dataset to train on: the param, else the newest triggering curated_dataset event's, else the newest
     complete dataset under `<storage>/datasets/` (one with curation_report.json, which curation writes last).
 
@@ -177,9 +177,11 @@ def find_dataset(requested_uri: str, event_extras: list[dict[str, Any]], setting
     return {"dataset_uri": uri, **{key: report[key] for key in keys}}
 
 
-def checked_base_model(base_model: str, settings: Settings) -> str:
+def checked_base_model(base_model: str | None, settings: Settings) -> str:
     """The `base_model` param: a hub id passes; a storage URI or an absolute directory must lie inside the storage
     root or an input root (tasks.common.storage.contained), or the run fails before anything is read."""
+    if not base_model:
+        return ""
     if "://" in base_model or base_model.startswith("/"):
         uri = base_model if "://" in base_model else f"file://{base_model}"
         storage.contained(uri, settings, param="base_model")

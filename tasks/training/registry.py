@@ -81,21 +81,36 @@ def gate(
     return True, f"accuracy {accuracy:.4f} passes the gate (minimum {min_accuracy:.4f}, tolerance {tolerance:.4f})"
 
 
+def check_gate(
+    models_root: ObjectStoragePath, taxonomy: str, accuracy: float, *, min_accuracy: float, tolerance: float
+) -> tuple[bool, str]:
+    """The gate against the current production model (what promote_if_better decides), without writing anything:
+    what a reviewer is told before approving. Another taxonomy's production model sets no bar beyond the minimum."""
+    current = production_model(models_root)
+    comparable = current if current and current["taxonomy"] == taxonomy else None
+    return gate(accuracy, comparable, min_accuracy=min_accuracy, tolerance=tolerance)
+
+
+def refuse(models_root: ObjectStoragePath, version: str, reason: str) -> Decision:
+    """Record that a registered version is not promoted for a reason outside the gate (a reviewer's rejection)."""
+    registry = read_registry(models_root)
+    registry["versions"][version] |= {"status": "rejected", "decision": reason}
+    storage.write_json(models_root / REGISTRY_FILE, registry)
+    return Decision(False, reason, registry["production"])
+
+
 def promote_if_better(
     models_root: ObjectStoragePath, version: str, *, min_accuracy: float, tolerance: float
 ) -> Decision:
-    """Promote a registered version if it passes the gate; idempotent (the production version stays promoted).
-
-    Accuracies of different taxonomies are not comparable, so a production model of another taxonomy only sets
-    no bar beyond the minimum.
-    """
+    """Promote a registered version if it passes the gate (check_gate); idempotent (the production version stays
+    promoted)."""
     registry = read_registry(models_root)
     entry, previous = registry["versions"][version], registry["production"]
     if previous == version:
         return Decision(True, f"{version} is already in production", previous)
-    current = production_model(models_root)
-    comparable = current if current and current["taxonomy"] == entry["taxonomy"] else None
-    promoted, reason = gate(entry["metrics"]["accuracy"], comparable, min_accuracy=min_accuracy, tolerance=tolerance)
+    promoted, reason = check_gate(
+        models_root, entry["taxonomy"], entry["metrics"]["accuracy"], min_accuracy=min_accuracy, tolerance=tolerance
+    )
     entry["decision"] = reason
     if promoted:
         if previous:
@@ -116,8 +131,11 @@ def register_and_gate(
     *,
     min_accuracy: float,
     tolerance: float,
+    run: dict[str, str] | None = None,
+    refused: str | None = None,
 ) -> Decision:
-    """Register an evaluated training run's version, then put it through the promotion gate."""
+    """Register an evaluated training run's version (with the DAG run that made it: `run` = {dag_id, run_id}), then
+    put it through the promotion gate — unless `refused` already says why it must not be promoted."""
     entry = {
         "model_uri": plan.model_uri,
         "taxonomy": plan.taxonomy,
@@ -127,6 +145,9 @@ def register_and_gate(
         "job_name": plan.job_name,
         "vision_geometry": plan.vision_geometry,
         "metrics": metrics,
+        **(run or {}),
     }
     register_version(models_root, plan.version, entry)
+    if refused:
+        return refuse(models_root, plan.version, refused)
     return promote_if_better(models_root, plan.version, min_accuracy=min_accuracy, tolerance=tolerance)

@@ -51,8 +51,8 @@ Template* of `train`.
 TRAIN_DOC = """
 Creates the SageMaker training job, or attaches to it when an earlier try of this run already did (the name is
 deterministic per run: clearing or rerunning never launches a second billed job). Waits deferred.
-*Failed/Stopped*: the task fails without retries and the log has SageMaker's FailureReason; a run with another
-logical date (another job name) trains again. Job logs: CloudWatch `/aws/sagemaker/TrainingJobs/<job>`.
+**Runbook** — *Failed/Stopped*: the task fails without retries and the log has SageMaker's FailureReason; a run
+with another logical date (another job name) trains again. Job logs: CloudWatch `/aws/sagemaker/TrainingJobs/<job>`.
 """
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from airflow.sdk import XComArg
 
@@ -81,8 +82,62 @@ def evaluate(settings: Settings, plan: dict, outcome: dict) -> dict:
     return evaluate_version(TrainingPlan.from_dict(plan), TrainingOutcome(**outcome), settings.aws_conn_id)
 
 
-def promote(settings: Settings, plan: dict, metrics: dict, params: dict[str, Any]) -> dict:
-    """Register the version and promote it if it passes the gate; a refusal skips the task (nothing to deploy)."""
+def review_request(
+    settings: Settings, plan: dict, metrics: dict, params: dict[str, Any], base_url: str
+) -> tuple[str, str] | None:
+    """What the reviewer of a promotion reads (subject, Markdown body: the gate's verdict, the held-out metrics, the
+    confusion matrix served by the Costs & quality view); None when nobody needs to be asked — approval is off, or
+    the gate refuses anyway."""
+    from tasks.training.evaluation import METRICS_FILE
+    from tasks.training.registry import check_gate, production_model
+
+    if not params["require_approval"]:
+        return None
+    training = TrainingPlan.from_dict(plan)
+    models = storage.root(settings) / storage.MODELS
+    passes, verdict = check_gate(
+        models,
+        training.taxonomy,
+        metrics["accuracy"],
+        min_accuracy=params["min_accuracy"],
+        tolerance=params["tolerance"],
+    )
+    if not passes:
+        return None
+    full = storage.read_json(models / training.version / METRICS_FILE, default={}) or {}
+    current = production_model(models)
+    lines = [
+        f"**Promote `{training.version}` to production?** The gate says: {verdict}.",
+        "",
+        "| | this version | production |",
+        "|---|---|---|",
+        f"| version | `{training.version}` | " + (f"`{current['version']}` |" if current else "none yet |"),
+    ]
+    for key in ("accuracy", "macro_f1", "invalid_rate"):
+        theirs = current["metrics"].get(key) if current else None
+        ours = metrics.get(key)
+        lines.append(f"| {key} | {_number(ours)} | {_number(theirs)} |")
+    lines += ["", f"Held-out images: {metrics.get('n_test')} · dataset `{training.dataset_uri}`", ""]
+    if full.get("per_class"):
+        lines += ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        lines += [f"| {label} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
+                  for label, m in full["per_class"].items()]  # fmt: skip
+    matrix = f"{base_url.rstrip('/')}/costs-quality/models/{quote(training.version, safe='')}/confusion_matrix.png"
+    lines += ["", f"![confusion matrix of {training.version}]({matrix})", "",
+              "Approve: promote_if_better registers it as production and deploy_endpoint serves it. Reject: it stays "
+              "registered as rejected; nothing is deployed."]  # fmt: skip
+    return f"Promote {training.version}?", "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else "—"
+
+
+def promote(
+    settings: Settings, plan: dict, metrics: dict, params: dict[str, Any], review: dict, run: dict[str, str]
+) -> dict:
+    """Register the version (with its DAG run) and promote it if it passes the gate and a reviewer did not reject
+    it (`review`: approve_promotion's result); a refusal skips the task (nothing to deploy)."""
     from airflow.sdk.exceptions import AirflowSkipException
 
     from tasks.training.registry import register_and_gate
@@ -94,6 +149,8 @@ def promote(settings: Settings, plan: dict, metrics: dict, params: dict[str, Any
         metrics,
         min_accuracy=params["min_accuracy"],
         tolerance=params["tolerance"],
+        run=run,
+        refused=None if review.get("approved") is not False else f"rejected in review by {review.get('by')}",
     )
     if not decision.promoted:
         raise AirflowSkipException(f"{training.version} not promoted: {decision.reason}")

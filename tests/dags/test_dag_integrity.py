@@ -28,10 +28,19 @@ parse = time.perf_counter() - t
 dags = {}
 def callbacks(cb):  # a list, or (mapped operators) the bare value from default_args
     return [type(c).__name__ for c in (cb if isinstance(cb, list) else [cb] if cb else [])]
+def form_errors(params):  # what the trigger and backfill forms check before enabling their button
+    try:
+        params.validate()
+    except Exception as error:
+        return [str(error)]
+    return [name for name, value in params.dump().items() if value == ""]  # "" reads as a missing value there
 for dag_id, dag in bag.dags.items():
     dags[dag_id] = {
+        "form_errors": form_errors(dag.params),
+        "deadlines": [alert.name for alert in (dag.deadline or [])],
         "tags": sorted(dag.tags), "doc_md": bool(dag.doc_md),
         "tasks": {t.task_id: {"owner": t.owner, "retries": t.retries, "doc": bool(t.doc_md or t.doc),
+                              "runbook": "Runbook" in (t.doc_md or ""),
                               "alerts": callbacks(t.on_failure_callback),
                               "upstream": sorted(t.upstream_task_ids)}
                   for t in dag.tasks},
@@ -99,3 +108,31 @@ def test_dags_and_tasks_carry_owner_retries_tags_docs_and_alerting(bags: dict[st
             assert task["retries"] >= 1, f"{dag_id}.{task_id} has no retries"
             assert task["doc"], f"{dag_id}.{task_id} has no doc_md"
             assert task["alerts"] in (["LocalAlertNotifier"], ["SnsAlertNotifier"]), f"{dag_id}.{task_id} alerting"
+
+
+def test_every_dag_can_be_triggered_from_the_ui_form_with_its_defaults(bags: dict[str, dict]) -> None:
+    # The Airflow 3.3 trigger/backfill forms keep the button disabled for an empty-string default (a missing value)
+    # and for defaults that fail their own schema: optional values are Param(None, type=["null", ...]).
+    for backend, bag in bags.items():
+        for dag_id, dag in bag["dags"].items():
+            assert dag["form_errors"] == [], f"{backend}: {dag_id}"
+
+
+def test_the_nightly_dag_pages_when_a_night_is_overdue(bags: dict[str, dict]) -> None:
+    for bag in bags.values():
+        assert bag["dags"]["classify_images"]["deadlines"] == ["nightly run overdue"]
+
+
+# Tasks that fail for a reason an operator can act on (a param, missing input, the endpoint, a budget, a gate).
+RUNBOOK_TASKS = {
+    "curate_dataset": {"curate"},
+    "finetune_llava": {"plan", "train", "evaluate", "approve_promotion", "promote"},
+    "deploy_endpoint": {"smoke_test"},
+    "classify_images": {"plan_partition", "check_budget", "classify_shard", "quality_gate"},
+}
+
+
+def test_tasks_that_fail_for_an_operators_reason_carry_a_runbook(dagbag: dict) -> None:
+    for dag_id, task_ids in RUNBOOK_TASKS.items():
+        tasks = dagbag["dags"][dag_id]["tasks"]
+        assert [t for t in sorted(task_ids) if not tasks[t]["runbook"]] == [], dag_id

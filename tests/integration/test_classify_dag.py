@@ -57,7 +57,14 @@ def test_three_partitions_then_reruns_reproduce_them(airflow: AirflowRunner, dep
         manifest, rows = committed(deployed, day)
         images = sorted(p.name for p in (deployed / "incoming" / f"dt={day}").iterdir() if p.name != ".DS_Store")
         assert [row["key"] for row in rows] == images  # rows == images, each exactly once
-        assert event == {"dt": day, "rows": len(images), "model_version": "v-it"}  # the asset event's extra
+        assert event == {  # the asset event's extra: what the run did, readable on the run in the UI
+            "dt": day,
+            "rows": len(images),
+            "statuses": manifest["stats"]["statuses"],
+            "quality": "passed" if manifest["quality"]["passed"] else "violated (published: on_violation=warn)",
+            "model_version": "v-it",
+        }
+        assert sum(event["statuses"].values()) == len(images)
         assert sum(manifest["stats"]["statuses"].values()) == manifest["rows"] == len(images)
         assert all(row["status"] in ("ok", "invalid") for row in rows if row["key"] != "broken.png")
     _, rows = committed(deployed, DAYS[0])
@@ -88,7 +95,10 @@ def test_three_partitions_then_reruns_reproduce_them(airflow: AirflowRunner, dep
 
 
 def test_a_day_without_images_commits_an_empty_partition(airflow: AirflowRunner, deployed: Path) -> None:
-    assert run(airflow, "2026-11-20") == {"dt": "2026-11-20", "rows": 0, "model_version": "v-it"}
+    statuses = {"failed": 0, "invalid": 0, "ok": 0, "rejected": 0}
+    assert run(airflow, "2026-11-20") == {
+        "dt": "2026-11-20", "rows": 0, "statuses": statuses, "quality": "passed", "model_version": "v-it"
+    }  # fmt: skip
     manifest, rows = committed(deployed, "2026-11-20")
     assert (manifest["listed"], manifest["files"], rows) == (0, [], [])
 

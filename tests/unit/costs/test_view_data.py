@@ -72,3 +72,55 @@ def test_numbers_are_formatted_for_both_local_cents_and_production_dollars() -> 
     assert view_data.usd(21.27) == "$21.27" and view_data.usd(12345.6) == "$12,345.60"
     assert view_data.usd(None) == view_data.percent(None) == "—"
     assert view_data.percent(0.0028) == "0.3%" and view_data.thousands(1234567) == "1,234,567"
+
+
+def commit(root: ObjectStoragePath, dt: str, passed: bool) -> None:
+    """A committed partition the way classify_images writes it (rows do not matter here)."""
+    from tasks.nightly import predictions
+
+    verdict = {"passed": passed, "checks": [{"name": "invalid_rate", "value": 0.2, "passed": passed}]}
+    predictions.publish(predictions.partition_dir(root / "predictions", dt), "t", [], {"quality": verdict})
+
+
+def test_partitions_carry_their_gate_verdict_and_days_without_a_commit_are_gaps(storage_root) -> None:
+    record(storage_root / "costs", classification("2026-11-05", images=10, invalid=1, seconds=6))
+    commit(storage_root, "2026-11-01", passed=True)
+    commit(storage_root, "2026-11-02", passed=False)
+    commit(storage_root, "2026-11-04", passed=True)  # zero images, no ledger row: committed, not a gap
+    report = view_data.build_report(storage_root)
+    days = [(d.dt, "gap" if d.gap else d.quality) for d in report.days]
+    assert days == [("2026-11-05", "not committed"), ("2026-11-03", "gap"), ("2026-11-02", "violated"),
+                    ("2026-11-01", "passed")]  # fmt: skip
+    assert report.days[2].quality_detail == "invalid_rate: 0.2"
+
+
+def test_model_history_with_decisions_run_links_and_the_chosen_versions_metrics(storage_root) -> None:
+    models = storage_root / "models"
+    metrics = {"accuracy": 0.5, "macro_f1": 0.4, "invalid_rate": 0.1}
+    entry = {"model_uri": "m", "taxonomy": "hotel", "prompt": "p", "metrics": metrics,
+             "dag_id": "finetune_llava", "run_id": "manual__2026-12-01T10:00:00+00:00"}  # fmt: skip
+    register_version(models, "v3", entry)
+    promote_if_better(models, "v3", min_accuracy=0.9, tolerance=0.01)
+    (models / "v3").mkdir(parents=True)
+    (models / "v3" / "metrics.json").write_text('{"per_class": {"Room": {"f1": 0.4}}, "n_test": 7}')
+    report = view_data.build_report(storage_root, "v3")
+    assert [(m.version, m.status) for m in report.models] == [("v3", "rejected"), ("v2", "production")]
+    assert "below the minimum" in report.models[0].decision
+    assert report.models[0].run_link == "../dags/finetune_llava/runs/manual__2026-12-01T10%3A00%3A00%2B00%3A00"
+    assert report.models[1].run_link == ""  # registered before versions kept their run
+    assert (report.selected.version, report.selected.per_class, report.selected.n_test) == (
+        "v3",
+        {"Room": {"f1": 0.4}},
+        7,
+    )
+    assert view_data.build_report(storage_root).selected.version == "v2"  # default: production
+    assert view_data.build_report(storage_root, "nope").selected is None
+
+
+def test_only_registered_versions_confusion_matrices_are_served(storage_root) -> None:
+    models = storage_root / "models"
+    (models / "v2").mkdir(parents=True)
+    (models / "v2" / "confusion_matrix.png").write_bytes(b"\x89PNG fake")
+    assert view_data.confusion_matrix_png(models, "v2") == b"\x89PNG fake"
+    assert view_data.confusion_matrix_png(models, "..") is None
+    assert view_data.confusion_matrix_png(models, "v9") is None

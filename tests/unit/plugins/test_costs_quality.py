@@ -68,7 +68,8 @@ def test_anonymous_and_forged_requests_are_refused(plugin: ModuleType) -> None:
     assert refused.headers["X-Content-Type-Options"] == "nosniff"  # security headers on every response
     assert refused.headers["X-Frame-Options"] == "SAMEORIGIN"
     csp = refused.headers["Content-Security-Policy"]
-    assert "frame-ancestors 'self'" in csp and "default-src 'none'" in csp and "script-src" not in csp
+    assert "frame-ancestors 'self'" in csp and "default-src 'none'" in csp
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
     assert client.get("/", headers={"Authorization": "Basic YWRtaW46YWRtaW4="}).status_code == 401
     assert client.get("/openapi.json").status_code == 404  # no unauthenticated side door
 
@@ -95,3 +96,34 @@ def test_a_label_matplotlib_would_parse_as_mathtext_is_drawn_as_text(plugin: Mod
     labels = ("2026-11-02", "$\\frac{1}$", "cost $5 vs $6")
     svg = plugin.chart_svg([PartitionRow(label, 10, 9, 1, 0, 0, 0.01, 1.0, "v1") for label in labels])
     assert all(label in svg for label in labels)
+
+
+def test_hostile_labels_versions_and_storage_contents_are_escaped(plugin: ModuleType, storage_root) -> None:  # noqa: F811
+    from tasks.costs.ledger import LedgerEntry, record
+    from tasks.training.registry import promote_if_better, register_version
+
+    evil = '"><script>alert(1)</script>'
+    models = storage_root / "models"
+    metrics = {"accuracy": 0.95, "macro_f1": 0.9, "invalid_rate": 0.0}
+    register_version(models, evil, {"model_uri": evil, "taxonomy": "hotel", "prompt": evil, "metrics": metrics,
+                                    "dag_id": "finetune_llava", "run_id": evil})  # fmt: skip
+    promote_if_better(models, evil, min_accuracy=0.9, tolerance=0.5)
+    (models / evil).mkdir(parents=True, exist_ok=True)
+    (models / evil / "metrics.json").write_text(json.dumps({"per_class": {f"<img src=x onerror=alert(2)>{evil}": {
+        "precision": 1, "recall": 1, "f1": 1, "support": 1}}}))  # fmt: skip
+    record(storage_root / "costs", LedgerEntry(
+        kind="classification", key="2026-11-03", backend="local", region="local", instance_type="local",
+        instance_count=1, billable_seconds=1, price_per_hour_usd=0.1, model_version=evil, images=1, images_ok=1,
+        run_id=evil))  # fmt: skip
+    html = plugin.render_page(storage_root, evil)
+    assert "<script>" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;img src=x onerror=alert(2)&gt;" in html
+    assert 'href="../dags/classify_images/runs/%22%3E%3Cscript%3Ealert%281%29%3C%2Fscript%3E"' in html
+    assert 'src="models/%22%3E%3Cscript%3Ealert%281%29%3C%2Fscript%3E/confusion_matrix.png"' in html
+
+
+def test_the_confusion_matrix_route_is_behind_the_same_auth(plugin: ModuleType) -> None:
+    from fastapi.testclient import TestClient
+
+    client = TestClient(plugin.build_app())
+    assert client.get("/models/v2/confusion_matrix.png").status_code == 401

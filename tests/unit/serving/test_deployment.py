@@ -19,7 +19,7 @@ from tasks.training import registry
 from tests.unit.serving.test_client import FAST, NO_BUDGET, ScriptedServer, sized_image
 
 TAXONOMY = load_taxonomy("digits")
-PARAMS = {"endpoint_name": "llava-classifier", "model_version": "", "max_image_tokens": 1200, "smoke_image_uri": ""}
+PARAMS = {"endpoint_name": "llava-classifier", "model_version": None, "max_image_tokens": 1200, "smoke_image_uri": None}
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_the_plan_deploys_the_production_model(settings):
         "prompt": TAXONOMY.prompt(),
         "vision_geometry": TINY_GEOMETRY.to_dict(),
         "max_image_tokens": 1200,
-        "smoke_image_uri": "",
+        "smoke_image_uri": None,
     }
     assert deployment.base_plan(settings, PARAMS | {"model_version": "v2"})["model_version"] == "v2"
     with pytest.raises(LookupError, match="not the promoted one"):

@@ -41,7 +41,7 @@ DATASET = {
     "fingerprint": "f",
 }
 PARAMS = {
-    "base_model": "",
+    "base_model": None,
     "hyperparameters": {"num_train_epochs": 3, "max_steps": 50},
     "instance_type": "ml.g5.48xlarge",
     "instance_count": 1,
