@@ -118,11 +118,11 @@ def estimate_backfill(settings: Settings, days: list[str], params: dict[str, Any
     """The budget guard for a whole range before `backfill create`: every image of every partition counted (an
     upper bound: a rerun skips what is already classified). Raises BudgetExceeded above `params["budget_usd"]`.
     With no endpoint deployed, prices the one deploy_endpoint deploys by default (`endpoint: "assumed"`)."""
-    from tasks.serving.deployment import default_pricing
+    from tasks.serving.steps import serving_backend
 
     record = classification.deployed_endpoint(settings, name=params.get("endpoint_name"), required=False)
     endpoint = "deployed" if record else "assumed"
-    record = record or default_pricing(settings)
+    record = record or serving_backend(settings).default_pricing()
     per_day = {day: count_images(settings, params["incoming_uri"].format(dt=day)) for day in days}
     what = f"backfill {days[0]}..{days[-1]}" if days else "backfill"
     result = estimate(settings, record, sum(per_day.values()), params, what)

@@ -75,22 +75,6 @@ def _release(models_root: ObjectStoragePath, version: str | None) -> dict[str, A
     return release
 
 
-def default_pricing(settings: Settings) -> dict[str, Any]:
-    """The pricing fields of the endpoint deploy_endpoint deploys with its default params: what a budget estimate
-    prices before any endpoint is deployed."""
-
-    def local() -> dict[str, Any]:
-        from tasks.serving.local import PRICE_REGION
-
-        return {"backend": "local", "price_region": PRICE_REGION, "instance_type": PRICE_REGION, "instance_count": 1}
-
-    def sagemaker() -> dict[str, Any]:
-        return {"backend": "sagemaker", "price_region": settings.region, "instance_type": DEFAULT_INSTANCE_TYPE,
-                "instance_count": 1}  # fmt: skip
-
-    return settings.by_backend(local=local, sagemaker=sagemaker)
-
-
 def endpoint_record(plan: dict[str, Any], url: str | None) -> dict[str, Any]:
     """The record for a plan whose endpoint is up at `url` (local) or under its endpoint name (SageMaker)."""
     record = {key: plan.get(key) for key in RECORD_FIELDS}

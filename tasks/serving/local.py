@@ -98,6 +98,9 @@ class LocalServing:
 
         return tear_down()
 
+    def default_pricing(self) -> dict[str, Any]:
+        return {"backend": "local", "price_region": PRICE_REGION, "instance_type": PRICE_REGION, "instance_count": 1}
+
     def ensure_serving(self, record: dict[str, Any]) -> None:
         """Restart the recorded endpoint's server if it died (a reboot, an OOM kill) on its recorded port, so the
         URL in the record stays true."""

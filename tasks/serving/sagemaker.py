@@ -408,6 +408,10 @@ class SageMakerServing:
 
         return tear_down_task()
 
+    def default_pricing(self) -> dict[str, Any]:
+        return {"backend": "sagemaker", "price_region": self.settings.region,
+                "instance_type": deployment.DEFAULT_INSTANCE_TYPE, "instance_count": 1}  # fmt: skip
+
     def ensure_serving(self, record: dict[str, Any]) -> None:
         """Nothing to restart: SageMaker keeps the endpoint's instances healthy, and a broken endpoint shows up as
         failed requests (recorded as `failed` rows, retried by the next run)."""

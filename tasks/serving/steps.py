@@ -41,6 +41,10 @@ class ServingBackend(Protocol):
     def ensure_serving(self, record: dict[str, Any]) -> None:
         """Called before classifying through a recorded endpoint: bring it back if it can be (a local server)."""
 
+    def default_pricing(self) -> dict[str, Any]:
+        """The pricing fields of the endpoint deploy_endpoint deploys with its default params (backend, price_region,
+        instance_type, instance_count): what a budget estimate prices before any endpoint is deployed."""
+
 
 def serving_backend(settings: Settings) -> ServingBackend:
     def local() -> ServingBackend:

@@ -8,6 +8,7 @@ import pytest
 
 from tasks import cli
 from tasks.common.demo_data import write_incoming
+from tasks.common.storage import storage_path
 
 
 @pytest.fixture
@@ -19,7 +20,7 @@ def storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_estimate_cost_with_no_endpoint_prices_the_default_one_and_says_so(
     storage: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    write_incoming(storage / "incoming", ["2026-11-29", "2026-11-30"], list(range(10)))
+    write_incoming(storage_path(storage.as_uri()) / "incoming", ["2026-11-29", "2026-11-30"], list(range(10)))
     monkeypatch.setenv("PIPELINE_BACKEND", "sagemaker")
     cli.main(["estimate-cost", "--from-date", "2026-11-29", "--to-date", "2026-11-30", "--budget-usd", "1",
               "--assumed-images-per-second", "2"])  # fmt: skip
