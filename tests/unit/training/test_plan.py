@@ -25,6 +25,7 @@ from tasks.training.plan import (
 )
 from tasks.training.sagemaker import (
     PRODUCTION_BASE_MODEL,
+    PRODUCTION_BASE_MODEL_REVISION,
     create_training_job_request,
     outcome_from_description,
     source_tarball,
@@ -143,6 +144,7 @@ def test_create_training_job_request():
         "true",
         "50",
     )
+    assert hp["model_revision"] == PRODUCTION_BASE_MODEL_REVISION  # the Hub's later commits never reach a job
     assert req["InputDataConfig"] == [
         {
             "ChannelName": "train",
@@ -176,6 +178,7 @@ def test_a_base_model_on_s3_becomes_an_input_channel():
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in req["InputDataConfig"]}
     assert channels["base_model"] == "s3://bucket/base/llava-7b/"
     assert req["HyperParameters"]["model_id"] == "/opt/ml/input/data/base_model"
+    assert "model_revision" not in req["HyperParameters"]
 
 
 def test_the_request_refuses_local_storage_and_a_missing_role(tmp_path):
