@@ -8,6 +8,7 @@ from airflow.sdk import Param, dag, task
 from tasks.common.assets import CURATED_DATASET, PROMOTED_MODEL
 from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
 from tasks.training import steps
+from tasks.training.plan import MAX_RUN_SECONDS
 
 TRAINING = steps.training_backend(SETTINGS)
 
@@ -53,7 +54,9 @@ backend, the **same script as a subprocess** on an offline tiny LLaVA-NeXT on th
         "instance_type": Param("ml.g5.48xlarge", type="string", description="SageMaker training instance."),
         "instance_count": Param(1, type="integer", minimum=1),
         "spot": Param(True, type="boolean", description="SageMaker managed spot training."),
-        "max_run_seconds": Param(8 * 3600, type="integer", minimum=60),
+        "max_run_seconds": Param(
+            8 * 3600, type="integer", minimum=60, maximum=MAX_RUN_SECONDS, description="At most 28 days (AWS limit)."
+        ),
         "max_wait_seconds": Param(16 * 3600, type="integer", minimum=60, description="Spot: wait + run."),
         "local_processes": Param(
             1, type="integer", minimum=1, description="Local: >= 2 runs ZeRO-3 on CPU (measured 2x slower per step)."

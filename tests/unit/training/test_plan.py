@@ -16,6 +16,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from tasks.common.settings import load_settings
 from tasks.training.local import LOCAL_HYPERPARAMETERS, run_streaming
 from tasks.training.plan import (
+    MAX_RUN_SECONDS,
     find_dataset,
     ledger_entry,
     model_version,
@@ -282,3 +283,13 @@ def test_the_local_runner_streams_each_line_and_fails_with_the_last_ones(caplog)
         run_streaming([sys.executable, "-c", script], {}, log)
     assert [r.getMessage() for r in caplog.records] == ["step 1", "boom"]
     assert err.value.args[0].endswith("step 1\nboom")
+
+
+def test_max_run_seconds_is_bounded_by_the_api_limit_in_the_plan_and_the_dag_param():
+    from dags.finetune_llava import finetune_llava
+
+    assert MAX_RUN_SECONDS == 2_419_200  # 28 days
+    assert request(max_run_seconds=MAX_RUN_SECONDS)["StoppingCondition"]["MaxRuntimeInSeconds"] == MAX_RUN_SECONDS
+    with pytest.raises(ValueError, match="28 days"):
+        sagemaker_plan(max_run_seconds=MAX_RUN_SECONDS + 1)
+    assert finetune_llava().params.get_param("max_run_seconds").schema["maximum"] == MAX_RUN_SECONDS
