@@ -1,10 +1,10 @@
 """`serving.properties` for the DJL LMI container, rendered from one typed `ServingConfig` per model version, and the
 `model.tar.gz` that carries it.
 
-Production runs vLLM inside AWS's DJL LMI container; its only configuration is `serving.properties`. What the
-declared runtime (tasks/serving/runtime.py) decides comes from there: the LMI mode's options and the syntax of
-flags whose format changed between vLLM versions. Only options LMI consumes or passes on are rendered: LMI silently
-drops an `option.X` that is not a vLLM EngineArgs field (tests/contract/ checks none is).
+Production runs vLLM inside AWS's DJL LMI container; its only configuration is `serving.properties`. The LMI mode's
+options and the syntax of flags whose format changed between vLLM versions come from the declared serving runtime
+(tasks/serving/runtime.py). LMI silently drops an `option.X` that is neither its own nor a vLLM EngineArgs field;
+tests/contract/ checks that none of the rendered ones is.
 """
 
 from __future__ import annotations
