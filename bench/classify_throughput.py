@@ -2,8 +2,8 @@
 
 1. capacity: a direct load generator (pre-built request bodies, async HTTP) at growing concurrency — the most the
    endpoint serves;
-2. ours: `tasks.classification.classify_shard` on a partition of the same images (storage reads, resize, retries,
-   Parquet) — ours / capacity should be >= 0.95;
+2. ours: `tasks.nightly.classification.classify_shard` on a partition of the same images (storage reads, resize,
+   retries, Parquet) — ours / capacity should be >= 0.95;
 3. naive: one request at a time, the original image, max_tokens=256 — ours / naive should be >= 5.
 
 On one machine the endpoint and its client would share the CPU, and the client's work would look like endpoint

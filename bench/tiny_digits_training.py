@@ -1,7 +1,7 @@
 """Train the tiny LLaVA-NeXT on all scikit-learn digits with the shipped training script; print accuracy and time.
 
 Usage: python -m bench.tiny_digits_training [WORK_DIR] [-- extra train.py flags]
-Accuracy is measured on the held-out test split through tasks.taxonomy's answer parser (the project's one parser).
+Accuracy is measured on the held-out test split through tasks.model.taxonomy's answer parser (the project's one parser).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, Trigg
 
 from tasks.common.assets import PREDICTIONS
 from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
-from tasks.nightly.partitions import NightlySchedule
+from tasks.nightly.partitions import NightlySchedule, say_when_nothing_ran
 from tasks.nightly.quality import QualityThresholds
 
 SCHEDULE = NightlySchedule.from_env()
@@ -19,9 +19,11 @@ DOC = f"""
 **Which day:** a run processes **dt = the UTC day of its logical date** (`incoming/dt=D/` →
 `predictions/dt=D/`). Scheduled runs have the data interval [D, D+1 day) and logical date D and start when D is
 over, so `bin/airflow backfill create --dag-id classify_images --from-date A --to-date B` makes exactly one run per
-dt in [A, B], and `bin/airflow dags test classify_images D` processes D. A manual run without a logical date
-processes the last complete day. Catchup covers every dt from `PIPELINE_CLASSIFY_START_DATE`; older days need a
-backfill (`--max-active-runs 1` or 2: the pool, not the backfill, protects the endpoint).
+dt in [A, B], and `bin/airflow dags test classify_images D` processes D (for D before the start date Airflow
+creates no tasks: the run logs "NOTHING RAN" and the backfill command that processes D). A manual run without a
+logical date processes the last complete day. One active run per dt: a second one fails at `plan_partition`.
+Catchup covers every dt from `PIPELINE_CLASSIFY_START_DATE`; older days need a backfill (`--max-active-runs 1` or
+2: the pool, not the backfill, protects the endpoint).
 
 `wait_for_partition` → `plan_partition` → `check_budget` → `classify_shard` ×N (pool `endpoint_inference`) →
 `collect_shards` → `quality_gate` → `publish_partition` (asset **predictions**) ‖ `record_costs` → `cost_report`
@@ -29,7 +31,8 @@ backfill (`--max-active-runs 1` or 2: the pool, not the backfill, protects the e
 Each image gets one row (ok | invalid | rejected | failed, with a reason). A run writes under
 `predictions/dt=D/run=<token>/` and becomes visible only when `_SUCCESS` lists its files; a rerun replaces the
 partition atomically and deletes the replaced files. Reruns skip images already classified by the same model
-version (same key, size and version of the file) unless `reclassify` is set; `failed` rows are always retried.
+version (same key, size and version of the file) unless `reclassify` is set; `failed` and `invalid` rows are always
+retried. Symlinks, FIFOs and unsafe file names are never read: they get `rejected` rows with the reason.
 
 **Runbook**
 - *plan_partition: no endpoint recorded*: run `deploy_endpoint`. *wants endpoint …*: the run is pinned to another
@@ -37,7 +40,13 @@ version (same key, size and version of the file) unless `reclassify` is set; `fa
 - *check_budget: estimated $… above the budget*: nothing was spent. Raise `budget_usd` for this run if expected.
   Before a long backfill: `python -m tasks.cli estimate-cost --from-date A --to-date B --budget-usd X`.
 - *classify_shard failed*: the endpoint is down or the task timed out; retries resume (a shard rewrites only its
-  own file). Throttling and bad answers do not fail a shard: they become `failed`/`invalid` rows.
+  own file). Throttling and bad answers do not fail a shard: they become `failed`/`invalid` rows. *circuit
+  breaker*: `max_consecutive_failures` requests in a row failed (a hung or dead endpoint); fix it and clear.
+- *plan_partition: … is being processed by DagRun …*: another run of the same dt is active (one run per dt);
+  wait for it. *param incoming_uri … outside*: the param names something outside the storage root and
+  `PIPELINE_INPUT_ROOTS`; nothing was read.
+- *publish_partition: … being published by run … / listed file(s) missing*: a concurrent run of the dt won;
+  the partition is consistent (it holds that run's rows).
 - *collect_shards: accounting is off*: a bug, never data: open an issue with the log. Nothing was published.
 - *quality_gate failed*: invalid/failed rate or label shift over its threshold (values in the log); the new rows
   are NOT published, the previous version of dt stays. Fix the endpoint/model and clear the run, or rerun with
@@ -45,7 +54,8 @@ version (same key, size and version of the file) unless `reclassify` is set; `fa
 - Late data: an empty partition is waited for until `late_data_wait_minutes` after the day ends, then committed
   as zero images. Images that arrive later: clear the run (only the new images are classified).
 - Query: `python -m tasks.cli predictions-summary --from-date A --to-date B`; costs:
-  `python -m tasks.cli cost-report`. Read predictions only through `_SUCCESS` (tasks.predictions.read_partition).
+  `python -m tasks.cli cost-report`. Read predictions only through `_SUCCESS`
+  (tasks.nightly.predictions.read_partition).
 """
 
 
@@ -56,6 +66,7 @@ version (same key, size and version of the file) unless `reclassify` is set; `fa
     catchup=True,
     max_active_runs=2,  # the endpoint_inference pool bounds the load on the endpoint across runs
     dagrun_timeout=timedelta(hours=12),  # a hung night fails instead of blocking the next ones
+    on_success_callback=say_when_nothing_ran,  # a dt before the start date runs no task: never silently
     tags=[*TAGS, "classification"],
     doc_md=DOC,
     default_args=default_args(execution_timeout=timedelta(minutes=30)),
@@ -77,6 +88,12 @@ version (same key, size and version of the file) unless `reclassify` is set; `fa
         "reclassify": Param(False, type="boolean", description="Ignore rows already classified by this model."),
         "request_timeout_s": Param(60.0, type="number", exclusiveMinimum=0, description="Per endpoint request."),
         "max_retries": Param(4, type="integer", minimum=0, description="Per image: throttling, 5xx, timeouts."),
+        "max_consecutive_failures": Param(
+            20,
+            type="integer",
+            minimum=1,
+            description="Circuit breaker: a shard stops after this many failed requests in a row.",
+        ),
         "quality": Param(
             QualityThresholds().__dict__,
             type="object",
@@ -99,10 +116,13 @@ def classify_images():
         return PokeReturnValue(is_done=done, xcom_value=found)
 
     @task(doc_md="Lists dt into a manifest, carries over rows already classified by this model, and shards the rest.")
-    def plan_partition(found: dict, params=None) -> dict:
+    def plan_partition(found: dict, params=None, dag_run=None, ti=None) -> dict:
+        from functools import partial
+
         from tasks.nightly.steps import plan
 
-        return plan(SETTINGS, found["dt"], found["present"], params)
+        state = partial(ti.get_dagrun_state, dag_run.dag_id)
+        return plan(SETTINGS, found["dt"], found["present"], params, dag_run.run_id, state)
 
     @task(
         doc_md="Estimates the partition's cost from measured throughput and the price table; refuses (no retry) "

@@ -1,7 +1,7 @@
 """Digits data and the tiny model in the training script's input format, shared by the tests and bench.
 
 `digits_dataset_dict` builds the format straight with `datasets` (bench); `curated_digits` goes through
-tasks/curation.py, so the training tests train on exactly what the pipeline produces.
+tasks/curation/curate.py, so the training tests train on exactly what the pipeline produces.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def tiny_digits_model(out_dir: Path) -> Path:
 
 
 def curated_digits(dataset: Path, count: int) -> Path:
-    """The first `count` digits as a raw drop, curated by tasks/curation.py into `dataset`: exactly what
+    """The first `count` digits as a raw drop, curated by tasks/curation/curate.py into `dataset`: exactly what
     finetune_llava trains on. Curated with the local backend's resize policy (the tiny model's vision geometry), as
     curate_dataset does there.
     """

@@ -44,6 +44,9 @@ SCRIPTS: dict[int, list[str]] = {
     47: ["bad_answer"],
     48: ["400"],
     49: ["sleep"],
+    50: ["truncated", "ok"],
+    51: ["bad_answer", "ok"],
+    52: ["503_retry_after", "ok"],
 }
 # width -> (status, attempts); the client makes at most 1 + max_retries = 3 attempts
 EXPECTED = {
@@ -52,12 +55,16 @@ EXPECTED = {
     42: ("ok", 2),
     43: ("ok", 2),
     44: ("failed", 3),
-    45: ("failed", 1),
-    46: ("failed", 1),
-    47: ("invalid", 1),
+    45: ("failed", 3),  # a malformed 200 is a server fault: retried like a 5xx
+    46: ("failed", 3),
+    47: ("invalid", 2),  # an out-of-taxonomy answer is asked once more before it is recorded
     48: ("failed", 1),
     49: ("failed", 3),
+    50: ("ok", 2),
+    51: ("ok", 2),
+    52: ("ok", 2),
 }
+RETRY_AFTER_S = 0.4  # what a "503_retry_after" answer asks for
 
 
 class ScriptedServer(ThreadingHTTPServer):
@@ -114,8 +121,11 @@ class ScriptedHandler(BaseHTTPRequestHandler):
             "bad_answer": (200, ok_body("a cat, probably")),
             "garbage": (200, b"<html>upstream proxy error</html>"),
             "no_choices": (200, b'{"object": "chat.completion", "choices": []}'),
+            "truncated": (200, ok_body()[:40]),
         }.get(step, (int(step) if step.isdigit() else 500, b'{"error": "scripted"}'))
-        self.send_response(status)
+        self.send_response(503 if step == "503_retry_after" else status)
+        if step == "503_retry_after":
+            self.send_header("Retry-After", str(RETRY_AFTER_S))
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()

@@ -85,7 +85,7 @@ def write_incoming(incoming: ObjectStoragePath, days: list[str], indices: list[i
     from tasks.common import storage
 
     for day in days:
-        storage.remove_tree(incoming / f"dt={day}")
+        storage.remove_tree(incoming / f"dt={day}", owner=incoming)
     counts = dict.fromkeys(days, 0)
     for position, digit in enumerate(digits(indices)):
         day = days[position % len(days)]

@@ -29,6 +29,7 @@ class Settings:
     sagemaker_role_arn: str
     taxonomy: str
     alert_sns_topic_arn: str = ""  # empty: alerts go to the log and $AIRFLOW_HOME/alerts/failures.jsonl
+    input_roots: tuple[str, ...] = ()  # read-only URIs outside the storage root that params may name (a raw drop)
 
     def by_backend(self, *, local: Callable[[], T], sagemaker: Callable[[], T]) -> T:
         """The implementation for this deployment's backend; the factories import lazily, so a local deployment
@@ -58,4 +59,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         sagemaker_role_arn=env.get("PIPELINE_SAGEMAKER_ROLE_ARN", ""),
         taxonomy=env.get("PIPELINE_TAXONOMY", "digits" if backend == "local" else "hotel"),
         alert_sns_topic_arn=env.get("PIPELINE_ALERT_SNS_TOPIC_ARN", "").strip(),
+        input_roots=_input_roots(env.get("PIPELINE_INPUT_ROOTS", "")),
     )
+
+
+def _input_roots(value: str) -> tuple[str, ...]:
+    """Comma-separated URIs; each must have a scheme (a bare path would silently mean the current directory)."""
+    roots = tuple(part.strip().rstrip("/") for part in value.split(",") if part.strip())
+    for uri in roots:
+        if "://" not in uri:
+            raise ValueError(f"PIPELINE_INPUT_ROOTS entries must be URIs (file:// or s3://), got {uri!r}")
+    return roots

@@ -2,17 +2,28 @@
 
 `file://` locally and `s3://` in production: no task knows which one it runs on. Credentials for `s3://` come from
 the Airflow connection, never from a second copy of the configuration.
+
+Containment: a URI that comes from a param, an event or a listing is used only through `contained` (reads) or
+`owned_output` (writes), which resolve it lexically (`..` normalised, symlinks never followed) inside the storage
+root or a configured input root, and refuse anything else before a byte is read or deleted. `remove_tree` deletes
+only strictly below the owned prefix its caller names, never that prefix, the root or a parent.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import posixpath
+import stat
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 from airflow.sdk import ObjectStoragePath
+from airflow.sdk.exceptions import AirflowFailException
 
 from tasks.common.settings import Settings
 
@@ -48,6 +59,90 @@ def root(settings: Settings) -> ObjectStoragePath:
     return storage_path(settings.storage_uri, settings.aws_conn_id)
 
 
+class ContainmentError(AirflowFailException):
+    """A URI outside what the pipeline may touch: retrying cannot help, so the task fails at once."""
+
+
+class Refused(ValueError):
+    """A listed entry that is not read (symlink, special file, too large); the message is the recorded reason."""
+
+
+def _location(uri: str) -> tuple[str, str]:
+    """(protocol, normalised path): `file` + an absolute path, or `s3` + `bucket/key`, with `..` and `.` resolved
+    lexically (nothing on disk is consulted) and a `conn_id@` prefix dropped."""
+    scheme, sep, rest = uri.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("file", "s3"):
+        raise ValueError(f"expected a file:// or s3:// URI, got {uri!r}")
+    if scheme == "file":
+        if not rest.startswith("/"):
+            raise ValueError(f"a file:// URI needs an absolute path (file:///…), got {uri!r}")
+        return "file", posixpath.normpath("/" + rest.lstrip("/"))
+    bucket, _, key = rest.partition("/")
+    bucket = bucket.rpartition("@")[2]
+    if not bucket:
+        raise ValueError(f"an s3:// URI needs a bucket, got {uri!r}")
+    key = posixpath.normpath("/" + key).lstrip("/")
+    return "s3", f"{bucket}/{key}".rstrip("/")
+
+
+def _below(path: tuple[str, str], top: tuple[str, str], *, strictly: bool = False) -> bool:
+    if path[0] != top[0]:
+        return False
+    if path[1] == top[1]:
+        return not strictly
+    return path[1].startswith(top[1].rstrip("/") + "/")
+
+
+def _no_symlink_below(top: str, path: str) -> str | None:
+    """The first component of local `path` below `top` that is a symlink (or None): a link inside the root must not
+    lead a param out of it."""
+    current = top
+    for part in posixpath.relpath(path, top).split("/"):
+        if part in ("", "."):
+            continue
+        current = posixpath.join(current, part)
+        if os.path.islink(current):
+            return current
+    return None
+
+
+def contained(uri: str, settings: Settings, *, param: str, inputs: bool = True) -> ObjectStoragePath:
+    """The path for `uri` when it lies inside the storage root (or, with `inputs`, a PIPELINE_INPUT_ROOTS entry);
+    else ContainmentError naming `param`, raised before anything is read, listed, written or deleted."""
+    try:
+        where = _location(uri)
+    except ValueError as exc:
+        raise ContainmentError(f"param {param}: {exc}") from None
+    allowed = [settings.storage_uri, *(settings.input_roots if inputs else ())]
+    for top_uri in allowed:
+        top = _location(top_uri)
+        if _below(where, top):
+            link = _no_symlink_below(top[1], where[1]) if where[0] == "file" else None
+            if link:
+                raise ContainmentError(f"param {param}={uri!r} goes through the symlink {link}: refused")
+            return storage_path(f"{where[0]}://{where[1]}", settings.aws_conn_id)
+    kinds = "the storage root or an input root (PIPELINE_INPUT_ROOTS)" if inputs else "the storage root"
+    raise ContainmentError(
+        f"param {param}={uri!r} resolves to {where[0]}://{where[1]}, outside {kinds}: {', '.join(allowed)}. "
+        "Nothing was read or deleted."
+    )
+
+
+def owned_output(uri: str, settings: Settings, *, param: str, prefix: str) -> ObjectStoragePath:
+    """The path for `uri` when it lies strictly below `<storage root>/<prefix>/` (e.g. `datasets/<version>`), the
+    only place a pipeline may replace a tree; else ContainmentError naming `param`."""
+    path = contained(uri, settings, param=param, inputs=False)
+    if not _below(
+        _location(f"{path.protocol}://{path.path}"), _location(f"{settings.storage_uri}/{prefix}"), strictly=True
+    ):
+        raise ContainmentError(
+            f"param {param}={uri!r} is not below {settings.storage_uri}/{prefix}/: a run replaces only its own "
+            f"{prefix}/<name> folder, never the root, {prefix}/ itself or anything else. Nothing was deleted."
+        )
+    return path
+
+
 def fsspec_options(path: ObjectStoragePath) -> dict[str, Any]:
     """fsspec `storage_options` for libraries that take a URI (HF datasets), from the path's own filesystem."""
     if path.protocol == "file":
@@ -76,6 +171,32 @@ def write_bytes_atomic(path: ObjectStoragePath, data: bytes) -> None:
     tmp.rename(path)
 
 
+def create_exclusive(path: ObjectStoragePath, data: bytes) -> bool:
+    """Create `path` with `data` only if it does not exist yet; False when it does. Atomic on both filesystems: a
+    conditional PUT (`If-None-Match: *`) on S3, a hard link of a complete temporary file locally (never a partly
+    written file under the final name)."""
+    if path.protocol != "file":
+        try:
+            path.fs.pipe_file(path.path, data, mode="create")
+        except FileExistsError:
+            return False
+        except OSError as exc:  # s3fs maps a 412 without its Condition field, and 409 races, to plain OSErrors
+            if any(code in str(exc) for code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")):
+                return False
+            raise
+        return True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    tmp.write_bytes(data)
+    try:
+        os.link(tmp.path, path.path)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp.path)
+    return True
+
+
 def write_json(path: ObjectStoragePath, doc: Any) -> None:
     write_bytes_atomic(path, (json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n").encode())
 
@@ -86,7 +207,125 @@ def read_json(path: ObjectStoragePath, default: Any = None) -> Any:
     return json.loads(path.read_text())
 
 
-def remove_tree(path: ObjectStoragePath) -> None:
-    """Delete a directory (or object prefix) and everything below it; a missing path is fine."""
+def remove_tree(path: ObjectStoragePath, *, owner: ObjectStoragePath) -> None:
+    """Delete a directory (or object prefix) and everything below it; a missing path is fine. `path` must lie
+    strictly below `owner`, the prefix the caller owns (e.g. `datasets/`, `predictions/dt=D/`): a path that
+    normalises to the owner or above it is refused, so no bug or param can wipe the root."""
+    where, top = (_location(f"{p.protocol}://{p.path}") for p in (path, owner))
+    if not _below(where, top, strictly=True):
+        raise ContainmentError(f"refusing to delete {path}: not strictly below {owner}")
     if path.exists():
-        path.fs.rm(path.path, recursive=True)
+        path.fs.rm(where[1], recursive=True)
+
+
+def read_bytes_capped(path: ObjectStoragePath, max_bytes: int) -> bytes:
+    """A file's bytes, refused (Refused) before reading when it is larger than `max_bytes`, a symlink or not a
+    regular file. Locally the file is opened without following a symlink and without blocking on a FIFO, and the
+    checks are made on the opened file, so a swap after listing cannot slip through."""
+    if path.protocol != "file":
+        size = int(path.fs.info(path.path).get("size") or 0)
+        if size > max_bytes:
+            raise Refused(f"too large: {size:,} bytes > limit {max_bytes:,}")
+        with path.open("rb") as f:
+            data = f.read(max_bytes + 1)
+    else:
+        try:
+            fd = os.open(path.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise Refused("symlink: not followed") from None
+            raise
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise Refused("special file (FIFO, socket or device): not read")
+            if st.st_size > max_bytes:
+                raise Refused(f"too large: {st.st_size:,} bytes > limit {max_bytes:,}")
+            data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:  # grew since it was checked
+        raise Refused(f"too large: more than {max_bytes:,} bytes")
+    return data
+
+
+class Listed(NamedTuple):
+    """One entry below a listed root. `problem` set: the entry is not read and becomes a rejected row."""
+
+    key: str  # relative to the root; printable: a non-UTF-8 name is backslash-escaped (its raw bytes are in problem)
+    size: int
+    version: str  # changes when the file is rewritten: the S3 ETag, or the local mtime in nanoseconds
+    problem: str | None = None
+
+
+def iter_files(top: ObjectStoragePath) -> Iterator[Listed]:
+    """Every entry below `top`, streamed; nothing when `top` is missing. Locally symlinks (to files or folders),
+    FIFOs, sockets and devices are listed with a problem instead of being followed or skipped, so that every entry
+    gets a row."""
+    if not top.exists():
+        return
+    if top.protocol == "file":
+        yield from _walk_local(top.path)
+    elif top.protocol == "s3":
+        yield from _walk_s3(top)
+    else:  # any other fsspec filesystem: a materialised listing
+        base = top.path.rstrip("/") + "/"
+        for name, info in top.fs.find(top.path, detail=True).items():
+            yield Listed(
+                name.removeprefix(base), int(info.get("size") or 0), str(info.get("mtime") or info.get("ETag", ""))
+            )
+
+
+def printable_key(raw: bytes) -> tuple[str, str | None]:
+    """(key, problem): a name that is not UTF-8, or holds control characters, gets a backslash-escaped key and a
+    problem that preserves its raw bytes (hex), so it can be found and renamed."""
+    try:
+        key = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        key = None
+    if key is not None and key.isprintable():
+        return key, None
+    text = raw.decode("utf-8", "backslashreplace")  # an invalid byte becomes the four characters \\xNN
+    escaped = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return escaped, f"unsafe file name (not UTF-8 or not printable; raw name hex {raw.hex()}): rename it"
+
+
+def _walk_local(base: str) -> Iterator[Listed]:
+    top = os.fsencode(base)
+    pending = [top]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                key, problem = printable_key(os.path.relpath(entry.path, top))
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError as exc:  # vanished since scandir saw it
+                    yield Listed(key, 0, "", f"unreadable: {type(exc).__name__}: {exc}")
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    pending.append(entry.path)
+                    continue
+                if stat.S_ISLNK(st.st_mode):
+                    problem = problem or "symlink: not followed"
+                elif not stat.S_ISREG(st.st_mode):
+                    problem = problem or "special file (FIFO, socket or device): not read"
+                yield Listed(key, st.st_size, str(st.st_mtime_ns), problem)
+
+
+def _walk_s3(top: ObjectStoragePath) -> Iterator[Listed]:
+    """ListObjectsV2 page by page (s3fs's `find` would hold the whole listing in memory)."""
+    from fsspec.asyn import sync
+
+    fs = top.fs
+    bucket, _, prefix = top.path.partition("/")
+    prefix = prefix.rstrip("/") + "/"
+    pages = fs._iterdir(bucket, delimiter="", prefix=prefix)
+    while True:
+        try:
+            info = sync(fs.loop, pages.__anext__)
+        except StopAsyncIteration:
+            return
+        key = info["name"].removeprefix(f"{bucket}/{prefix}")  # s3fs names objects "bucket/key"
+        if key and not key.endswith("/"):
+            safe, problem = printable_key(key.encode("utf-8", "surrogateescape"))
+            if any(part in ("", ".", "..") for part in key.split("/")):  # S3 keeps them literally; paths would not
+                problem = problem or "unsafe key (an empty, . or .. segment): not read"
+            yield Listed(safe, int(info["Size"]), str(info.get("ETag", "")).strip('"'), problem)

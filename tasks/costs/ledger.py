@@ -128,7 +128,7 @@ def partition_entries(
     now: datetime | None = None,
 ) -> list[LedgerEntry]:
     """The classification row of partition dt and the endpoint's idle row for day dt. `stats` is a RowStats
-    dict (tasks.predictions)."""
+    dict (tasks.nightly.predictions)."""
     statuses = stats["statuses"]
     common = {
         "backend": pricing.backend,

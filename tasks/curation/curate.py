@@ -18,12 +18,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import ObjectStoragePath
+from airflow.sdk.exceptions import AirflowFailException
 
 from tasks.common import storage
 from tasks.common.progress import Progress
+from tasks.common.settings import Settings
 from tasks.model.images import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_SIDE,
+    MAX_FILE_BYTES,
     ImageRejected,
     content_hash,
     is_ignored,
@@ -78,27 +81,31 @@ class _Ledger:
         return {sha: labels for sha, labels in self.labels_by_sha.items() if len(labels) > 1}
 
 
-def discover(raw: ObjectStoragePath) -> Iterator[tuple[str, str | None, ObjectStoragePath | None]]:
-    """Yield (relative path, raw label or None, file or None) in a stable order.
+class NoUsableImages(AirflowFailException, ValueError):
+    """The drop holds nothing to train on: retrying the task cannot change that."""
+
+
+def discover(raw: ObjectStoragePath) -> Iterator[tuple[str, str | None, ObjectStoragePath | None, str | None]]:
+    """Yield (relative path, raw label or None, file or None, problem or None) in a stable order.
 
     Layouts: `labels.csv` (`path,label`) at the root, else one folder per label. A None label means unlabelled;
-    a None file means listed in labels.csv but missing.
+    a None file means listed in labels.csv but missing. A problem (symlink, special file, unsafe name; see
+    tasks.common.storage.iter_files) means the entry is rejected without being read.
     """
     if not raw.exists():
         raise FileNotFoundError(f"raw_uri {raw} does not exist")
-    base = raw.path.rstrip("/")
-    files = {p.path[len(base) + 1 :]: p for p in raw.rglob("*") if p.is_file()}
+    entries = {entry.key: entry.problem for entry in storage.iter_files(raw)}
     csv_path = raw / LABELS_CSV
-    if LABELS_CSV in files:
+    if LABELS_CSV in entries and entries[LABELS_CSV] is None:
         labels = _read_labels_csv(csv_path)
-        for rel in sorted(files):
-            yield rel, (None if rel == LABELS_CSV else labels.pop(rel, None)), files[rel]
+        for rel in sorted(entries):
+            yield rel, (None if rel == LABELS_CSV else labels.pop(rel, None)), raw / rel, entries[rel]
         for rel in sorted(labels):
-            yield rel, labels[rel], None
+            yield rel, labels[rel], None, None
     else:
-        for rel in sorted(files):
+        for rel in sorted(entries):
             parts = rel.split("/")
-            yield rel, (parts[0] if len(parts) > 1 else None), files[rel]
+            yield rel, (parts[0] if len(parts) > 1 else None), raw / rel, entries[rel]
 
 
 def _read_labels_csv(path: ObjectStoragePath) -> dict[str, str]:
@@ -110,18 +117,21 @@ def _read_labels_csv(path: ObjectStoragePath) -> dict[str, str]:
 
 def _scan(
     raw: ObjectStoragePath,
-    items: list[tuple[str, str | None, ObjectStoragePath | None]],
+    items: list[tuple[str, str | None, ObjectStoragePath | None, str | None]],
     taxonomy: Taxonomy,
     opts: CurationOptions,
     ledger: _Ledger,
 ) -> Iterator[dict]:
     """Decode and classify every input; yield each first-seen, labelled, valid image as a row."""
     progress = Progress(len(items), "curation scan", log=log)
-    for rel, raw_label, file in items:
+    for rel, raw_label, file, problem in items:
         ledger.total += 1
         progress.advance()
-        if rel == LABELS_CSV or is_ignored(rel):
+        if is_ignored(rel) or (rel == LABELS_CSV and problem is None):
             ledger.ignored.append(rel)
+            continue
+        if problem:
+            ledger.rejected.append({"path": rel, "reason": problem})
             continue
         if file is None:
             ledger.rejected.append({"path": rel, "reason": "listed in labels.csv but the file is missing"})
@@ -135,8 +145,9 @@ def _scan(
             ledger.rejected.append({"path": rel, "reason": f"label {raw_label!r} is not in taxonomy {taxonomy.name!r}"})
             continue
         try:
-            image = load_image(file.read_bytes(), min_side=opts.min_side, max_pixels=opts.max_pixels)
-        except ImageRejected as exc:
+            data = storage.read_bytes_capped(file, MAX_FILE_BYTES)
+            image = load_image(data, min_side=opts.min_side, max_pixels=opts.max_pixels)
+        except (ImageRejected, storage.Refused) as exc:
             ledger.rejected.append({"path": rel, "reason": str(exc)})
             continue
         sha = content_hash(image)
@@ -256,10 +267,10 @@ def curate(
         # An empty split is left out (datasets cannot save and reload one); the report still counts it as 0.
         present = [split for split in SPLITS if any(row["split"] == split for row in kept)]
         report = _report(ledger, kept, taxonomy, prompt, opts)
-        storage.remove_tree(dataset)
+        storage.remove_tree(dataset, owner=dataset.parent)
         if not kept:
             storage.write_json(dataset / REPORT_NAME, report)
-            raise ValueError(f"no usable images in {raw}; nothing to train on.\n{summary(report)}")
+            raise NoUsableImages(f"no usable images in {raw}; nothing to train on.\n{summary(report)}")
         splits = DatasetDict(
             {split: _to_arrow(split_rows(split), out_features, f"{cache_dir}/{split}.arrow") for split in present}
         )
@@ -324,13 +335,17 @@ def curate_uri(
     taxonomy: Taxonomy,
     opts: CurationOptions,
     *,
-    conn_id: str | None = None,
+    settings: Settings,
 ) -> dict[str, Any]:
-    """`curate` on URIs; returns what downstream tasks need (small enough for XCom and Asset extras)."""
-    dataset = storage.storage_path(dataset_uri, conn_id)
-    report = curate(storage.storage_path(raw_uri, conn_id), dataset, taxonomy, opts)
+    """`curate` on URIs from params; returns what downstream tasks need (small enough for XCom and Asset extras).
+
+    `raw_uri` must lie inside the storage root or an input root, `dataset_uri` below `<root>/datasets/`: checked
+    before anything is listed or deleted (tasks.common.storage.contained)."""
+    raw = storage.contained(raw_uri, settings, param="raw_uri")
+    dataset = storage.owned_output(dataset_uri, settings, param="dataset_uri", prefix=storage.DATASETS)
+    report = curate(raw, dataset, taxonomy, opts)
     return {
-        "dataset_uri": dataset_uri,
+        "dataset_uri": storage.plain_uri(dataset),
         "report_uri": str(dataset / REPORT_NAME),
         "taxonomy": taxonomy.name,
         "fingerprint": report["fingerprint"],

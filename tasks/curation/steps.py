@@ -23,6 +23,4 @@ def curate(settings: Settings, params: dict[str, Any], run_stamp: str) -> dict[s
         prompt_template=params["prompt_template"],
         resize_policy=ResizePolicy(params["max_image_tokens"], training_backend(settings).geometry),
     )
-    return curate_uri(
-        params["raw_uri"], dataset_uri, load_taxonomy(params["taxonomy"]), opts, conn_id=settings.aws_conn_id
-    )
+    return curate_uri(params["raw_uri"], dataset_uri, load_taxonomy(params["taxonomy"]), opts, settings=settings)

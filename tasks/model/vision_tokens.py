@@ -57,7 +57,7 @@ PRODUCTION_GEOMETRY = VisionGeometry(
     grid_pinpoints=((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)),
 )
 
-# The offline tiny LLaVA-NeXT of local runs (tasks/tiny_model.py builds its processor from this).
+# The offline tiny LLaVA-NeXT of local runs (tasks/model/tiny_model.py builds its processor from this).
 TINY_GEOMETRY = VisionGeometry(tile_size=32, patch_size=8, grid_pinpoints=((32, 32), (32, 64), (64, 32), (64, 64)))
 
 

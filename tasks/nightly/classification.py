@@ -21,10 +21,11 @@ from airflow.sdk.exceptions import AirflowFailException
 from tasks.common import storage
 from tasks.common.progress import Progress
 from tasks.common.settings import Settings
+from tasks.model.images import MAX_FILE_BYTES
 from tasks.nightly import partitions, predictions
 from tasks.nightly.partitions import PartitionPlan, Shard
 from tasks.nightly.predictions import RowStats
-from tasks.serving.client import ClassificationResult, EndpointClient
+from tasks.serving.client import DEFAULT_MAX_CONSECUTIVE_FAILURES, ClassificationResult, EndpointClient
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,11 @@ class PartitionJob:
     incoming_uri: str
     partition_uri: str
     run_token: str
-    record: dict[str, Any] | None  # the endpoint record (tasks.deployment); None when there is nothing to classify
+    record: dict[str, Any] | None  # the endpoint record (tasks.serving.deployment); None: nothing to classify
     concurrency: int
     conn_id: str
     client_options: dict[str, Any] = field(default_factory=dict)  # EndpointSpec overrides: timeout_s, max_retries
+    max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES  # the client's circuit breaker
 
     @property
     def run_dir(self) -> ObjectStoragePath:
@@ -62,7 +64,13 @@ class PartitionJob:
         spec = replace(deployment.endpoint_spec(self.record, self.conn_id), **self.client_options)
         taxonomy = load_taxonomy(self.record["taxonomy"])
         policy = deployment.resize_policy(self.record)
-        return EndpointClient(spec, taxonomy, policy=policy, prompt=self.record["prompt"])
+        return EndpointClient(
+            spec,
+            taxonomy,
+            policy=policy,
+            prompt=self.record["prompt"],
+            max_consecutive_failures=self.max_consecutive_failures,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,9 +122,15 @@ def classify_shard(job: PartitionJob, shard: Shard) -> ShardResult:
     unreadable: dict[str, str] = {}
 
     def images() -> Iterator[tuple[str, bytes]]:
-        for key, _, _ in entries:
+        for key, _, _, problem in entries:
+            if problem:  # a symlink, special file or unsafe name: never read
+                unreadable[key] = problem
+                continue
             try:
-                data = (incoming / key).read_bytes()
+                data = storage.read_bytes_capped(incoming / key, MAX_FILE_BYTES)
+            except storage.Refused as exc:  # swapped for a link or grown since listing
+                unreadable[key] = str(exc)
+                continue
             except OSError as exc:  # vanished or unreadable since listing: a rejected row, not a crash
                 unreadable[key] = f"unreadable: {type(exc).__name__}: {exc}"
                 continue
@@ -131,7 +145,7 @@ def classify_shard(job: PartitionJob, shard: Shard) -> ShardResult:
     by_key = {result.key: result for result in results}
     rows = [
         _row(job, key, size, version, digests.get(key), by_key.get(key) or _rejected(key, unreadable))
-        for key, size, version in entries
+        for key, size, version, _ in entries
     ]
     if len(by_key) + len(unreadable) != len(entries):
         raise RuntimeError(f"shard {shard.index}: {len(by_key)} results + {len(unreadable)} unreadable "
@@ -231,7 +245,7 @@ def union_seconds(intervals: list[tuple[float, float]]) -> float:
 
 
 def publish(job: PartitionJob, plan: PartitionPlan, staged: StagedPartition, quality: dict[str, Any]) -> dict:
-    """Commit the staged run as the partition's content (tasks.predictions.publish) with its summary."""
+    """Commit the staged run as the partition's content (tasks.nightly.predictions.publish) with its summary."""
     summary = {
         "dt": plan.dt,
         "model_version": job.model_version,

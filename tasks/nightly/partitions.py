@@ -7,11 +7,13 @@ already classified, and shards are small descriptors — (manifest uri, offset, 
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -20,9 +22,12 @@ from typing import Any
 from airflow.sdk import ObjectStoragePath
 
 from tasks.common import storage
+from tasks.common.storage import iter_files
 from tasks.model.images import is_ignored
 from tasks.nightly import predictions
 from tasks.nightly.predictions import RowStats
+
+log = logging.getLogger(__name__)
 
 DT_FORMAT = "%Y-%m-%d"
 DEFAULT_CRON = "0 0 * * *"  # the run for dt=D starts when D has ended, at 00:00 UTC on D+1
@@ -32,6 +37,8 @@ LISTING_BATCH = predictions.ROW_GROUP_ROWS
 DUCKDB_MEMORY_LIMIT = "32MB"  # the listing sort spills to disk beyond this
 MANIFEST_NAME = "_plan/manifest.parquet"
 CARRIED_NAME = "carried.parquet"
+MANIFEST_COLUMNS = ("key", "size", "version", "problem")
+FINAL_STATUSES = ("ok", "rejected")  # carried over by a rerun; `failed` and `invalid` rows are classified again
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,66 @@ def partition_dt(logical_date: datetime | None, data_interval_start: datetime) -
     day (its inferred interval's start).
     """
     return (logical_date or data_interval_start).astimezone(UTC).strftime(DT_FORMAT)
+
+
+def say_when_nothing_ran(context: Mapping[str, Any]) -> str | None:
+    """The DAG's on_success_callback: a manual run (or `dags test`) whose logical date is before
+    PIPELINE_CLASSIFY_START_DATE gets no task instances — Airflow creates none before the DAG's start date except for
+    backfills — and "succeeds" having done nothing. Airflow hands such a run's callback a context without `dag_run`
+    (there is no task instance to build one from): say so loudly, with the command that does process the day."""
+    if "dag_run" in context:  # a task instance existed: the run did its work
+        return None
+    dag_id = getattr(context.get("dag"), "dag_id", "classify_images")
+    message = (
+        f"NOTHING RAN in {context.get('run_id')}: the run has no task instances. Airflow creates none for a "
+        f"non-backfill run whose logical date is before the DAG's start date (PIPELINE_CLASSIFY_START_DATE="
+        f"{NightlySchedule.from_env().start_date}). To process such a day D: "
+        f"bin/airflow backfill create --dag-id {dag_id} --from-date D --to-date D"
+    )
+    log.error(message)
+    return message
+
+
+CLAIM = "_CLAIM"
+ACTIVE_STATES = ("queued", "running")
+
+
+def claim_dt(partition: ObjectStoragePath, run_id: str, dagrun_state: Callable[[str], str]) -> None:
+    """One active DagRun per dt: record this run in `<partition>/_CLAIM`, or refuse (AirflowFailException) while
+    the run recorded there is still queued or running.
+
+    Why here and not a pool: a pool would serialise publishes, not stop two runs of one dt (the nightly run, a
+    backfill, a manual run whose logical date falls on D) from classifying and publishing one after the other;
+    `max_active_runs` counts runs of any dt. The claim needs no release: a finished holder is simply replaced, and a
+    cleared or retried run keeps its run_id, so it passes. Publishing still takes the partition's lease
+    (predictions.publish_lease): the claim saves endpoint time, the lease keeps the partition consistent.
+    """
+    claim = partition / CLAIM
+    doc = json.dumps({"run_id": run_id, "claimed_at": datetime.now(UTC).isoformat(timespec="seconds")}).encode()
+    if storage.create_exclusive(claim, doc):
+        return
+    holder = (storage.read_json(claim, default={}) or {}).get("run_id")
+    if holder and holder != run_id:
+        _refuse_if_active(partition, holder, dagrun_state)
+        storage.write_bytes_atomic(claim, doc)
+        holder = (storage.read_json(claim, default={}) or {}).get("run_id")
+        if holder != run_id:  # another run took it over at the same moment
+            _refuse_if_active(partition, holder, dagrun_state)
+
+
+def _refuse_if_active(partition: ObjectStoragePath, holder: str, dagrun_state: Callable[[str], str]) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        state = dagrun_state(holder)
+    except Exception as exc:  # a deleted run (db clean): it is not active
+        log.warning("state of %s unknown (%s): treating it as finished", holder, exc)
+        return
+    if state in ACTIVE_STATES:
+        raise AirflowFailException(
+            f"{partition.name} is being processed by DagRun {holder} ({state}); this run refuses so that two runs "
+            "of one dt never classify and publish it side by side. Wait for it, then clear this run if still needed."
+        )
 
 
 @dataclass(frozen=True)
@@ -95,66 +162,22 @@ class PartitionPlan:
         return cls(**{**doc, "shards": [Shard(**s) for s in doc["shards"]]})
 
 
-def iter_files(root: ObjectStoragePath) -> Iterator[tuple[str, int, str]]:
-    """(key relative to root, size, version) for every file below root, streamed; nothing when root is missing.
-
-    `version` changes when a file is rewritten: the S3 ETag, or the local mtime in nanoseconds.
-    """
-    if not root.exists():
-        return
-    if root.protocol == "file":
-        yield from _walk_local(root.path)
-    elif root.protocol == "s3":
-        yield from _walk_s3(root)
-    else:  # any other fsspec filesystem: a materialised listing
-        base = root.path.rstrip("/") + "/"
-        for name, info in root.fs.find(root.path, detail=True).items():
-            yield name.removeprefix(base), int(info.get("size") or 0), str(info.get("mtime") or info.get("ETag", ""))
-
-
 def image_keys(root: ObjectStoragePath) -> Iterator[str]:
-    """Keys of the files below root that are not hidden/OS bookkeeping, streamed."""
-    return (key for key, _, _ in iter_files(root) if not is_ignored(key))
-
-
-def _walk_local(base: str) -> Iterator[tuple[str, int, str]]:
-    pending = [base]
-    while pending:
-        with os.scandir(pending.pop()) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append(entry.path)
-                elif entry.is_file():
-                    st = entry.stat()
-                    yield os.path.relpath(entry.path, base), st.st_size, str(st.st_mtime_ns)
-
-
-def _walk_s3(root: ObjectStoragePath) -> Iterator[tuple[str, int, str]]:
-    """ListObjectsV2 page by page (s3fs's `find` would hold the whole listing in memory)."""
-    from fsspec.asyn import sync
-
-    fs = root.fs
-    bucket, _, prefix = root.path.partition("/")
-    prefix = prefix.rstrip("/") + "/"
-    pages = fs._iterdir(bucket, delimiter="", prefix=prefix)
-    while True:
-        try:
-            info = sync(fs.loop, pages.__anext__)
-        except StopAsyncIteration:
-            return
-        key = info["name"].removeprefix(f"{bucket}/{prefix}")  # s3fs names objects "bucket/key"
-        if key and not key.endswith("/"):
-            yield key, int(info["Size"]), str(info.get("ETag", "")).strip('"')
+    """Keys of the entries below root that are not hidden/OS bookkeeping, streamed."""
+    return (entry.key for entry in iter_files(root) if not is_ignored(entry.key))
 
 
 def write_listing(root: ObjectStoragePath, dest: Path) -> tuple[int, int]:
-    """Stream the listing of `root` into a Parquet file (key, size, version); returns (listed, ignored)."""
+    """Stream the listing of `root` into a Parquet file (key, size, version, problem); returns (listed, ignored).
+
+    An entry with a problem (symlink, special file, unsafe name) is a manifest row like any other: its shard records
+    it as rejected without reading it, so listed == ignored + rows holds whatever the partition holds."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([("key", pa.string()), ("size", pa.int64()), ("version", pa.string())])
+    schema = pa.schema([("key", pa.string()), ("size", pa.int64()), ("version", pa.string()), ("problem", pa.string())])
     listed = ignored = 0
-    batch: list[tuple[str, int, str]] = []
+    batch: list[tuple[str, int, str, str | None]] = []
     with pq.ParquetWriter(dest, schema) as writer:
 
         def flush() -> None:
@@ -165,7 +188,7 @@ def write_listing(root: ObjectStoragePath, dest: Path) -> tuple[int, int]:
 
         for entry in iter_files(root):
             listed += 1
-            if is_ignored(entry[0]):
+            if is_ignored(entry.key):
                 ignored += 1
                 continue
             batch.append(entry)
@@ -239,8 +262,9 @@ def _skip_classified(work: Path, prior: list[Path], shard_size: int) -> tuple[Pa
     DuckDB sorts the listing (an external sort: it spills to disk under its memory limit). The committed files are
     each sorted by key already, so a k-way merge of them, joined with the sorted listing in one pass, decides
     every image while holding one small batch per file — a hash join would hold the whole partition. A prior row
-    is carried when the same file (key, size, version) is still listed and its status is final; `failed` rows are
-    retried.
+    is carried when the same file (key, size, version) is still listed, the listing found no problem with it, and
+    its status is final (`ok` or `rejected`); `failed` and `invalid` rows are retried (an out-of-taxonomy answer is
+    often a transient glitch of the endpoint, and a rerun after a fix must not keep it).
     """
     import duckdb
 
@@ -266,17 +290,17 @@ def _merge_join(listing: Path, prior: list[Path], todo: Path, carried: Path, sha
     listing_file = pq.ParquetFile(listing)
     prior_rows = heapq.merge(*(_final_rows(path) for path in prior), key=lambda row: row[0])
     current = next(prior_rows, None)
-    pending: list[tuple[str, int, str]] = []
+    pending: list[tuple[str, int, str, str | None]] = []
     kept: list[tuple[pa.RecordBatch, int]] = []
     with (
         pq.ParquetWriter(todo, listing_file.schema_arrow) as todo_writer,
         pq.ParquetWriter(carried, predictions.row_schema()) as carried_writer,
     ):
         for batch in listing_file.iter_batches(batch_size=LISTING_BATCH, use_threads=False):
-            for entry in zip(*(batch.column(c).to_pylist() for c in ("key", "size", "version")), strict=True):
+            for entry in zip(*(batch.column(c).to_pylist() for c in MANIFEST_COLUMNS), strict=True):
                 while current is not None and current[0] < entry[0]:
                     current = next(prior_rows, None)
-                if current is not None and current[:3] == entry:
+                if current is not None and current[:3] == entry[:3] and entry[3] is None:
                     kept.append(current[3:])
                 else:
                     pending.append(entry)
@@ -291,7 +315,7 @@ def _merge_join(listing: Path, prior: list[Path], todo: Path, carried: Path, sha
 
 
 def _final_rows(path: Path) -> Iterator[tuple[str, int, str, Any, int]]:
-    """(key, size, version, batch, index) of a committed file's non-failed rows, in the file's (key) order."""
+    """(key, size, version, batch, index) of a committed file's final rows, in the file's (key) order."""
     import pyarrow.parquet as pq
 
     previous = ""
@@ -302,7 +326,7 @@ def _final_rows(path: Path) -> Iterator[tuple[str, int, str, Any, int]]:
             if key <= previous:  # every committed file is written in key order; a merge needs that
                 raise RuntimeError(f"{path.name} is not sorted by key at {key!r}")
             previous = key
-            if status != "failed":
+            if status in FINAL_STATUSES:
                 yield key, size, version, batch, index
 
 
@@ -338,13 +362,13 @@ def _carried_busy_seconds(partition: ObjectStoragePath, carried_rows: int) -> fl
     return manifest.get("busy_seconds", 0.0) * carried_rows / rows if rows else 0.0
 
 
-def read_shard(shard: Shard, conn_id: str | None = None) -> list[tuple[str, int, str]]:
-    """The shard's manifest rows (key, size, version), reading only the row groups that overlap it."""
+def read_shard(shard: Shard, conn_id: str | None = None) -> list[tuple[str, int, str, str | None]]:
+    """The shard's manifest rows (key, size, version, problem), reading only the row groups that overlap it."""
     import pyarrow.parquet as pq
 
     with storage.storage_path(shard.manifest_uri, conn_id).open("rb") as f:
         parquet = pq.ParquetFile(f)
-        rows: list[tuple[str, int, str]] = []
+        rows: list[tuple[str, int, str, str | None]] = []
         start = 0
         end = shard.offset + shard.count
         for group in range(parquet.num_row_groups):
@@ -352,7 +376,7 @@ def read_shard(shard: Shard, conn_id: str | None = None) -> list[tuple[str, int,
             if start < end and start + n > shard.offset:
                 table = parquet.read_row_group(group, use_threads=False)
                 lo, hi = max(shard.offset - start, 0), min(end - start, n)
-                rows += zip(*(table.column(c).to_pylist()[lo:hi] for c in ("key", "size", "version")), strict=True)
+                rows += zip(*(table.column(c).to_pylist()[lo:hi] for c in MANIFEST_COLUMNS), strict=True)
             start += n
     if len(rows) != shard.count:
         raise RuntimeError(f"shard {shard.index}: manifest has {len(rows)} rows in its range, expected {shard.count}")

@@ -3,19 +3,28 @@
 A run writes its files under a fresh `run=<token>/` prefix and publishes them by writing `_SUCCESS`, which lists
 every file with its row count. Readers trust only files listed there, so a half-written run is never visible and a
 rerun replaces the partition in one atomic write; the replaced run's files are deleted after the switch.
+
+One writer per partition: publish holds a lease (`_LEASE`, created only if absent: a conditional PUT on S3, an
+exclusive create locally) while it checks its files, writes `_SUCCESS` and deletes the other runs, so two runs of
+one dt cannot interleave those steps. The loser fails loudly (PublishConflict); a run whose files a concurrent
+publish already replaced fails too, before it writes anything.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import ObjectStoragePath
+from airflow.sdk.exceptions import AirflowFailException
 
 from tasks.common import storage
 
@@ -23,6 +32,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 SUCCESS = "_SUCCESS"
+LEASE = "_LEASE"
+LEASE_TTL_S = 900.0  # a publish takes seconds; a lease older than this was left by a killed publisher
 RUN_PREFIX = "run="
 STATUSES = ("ok", "invalid", "rejected", "failed")
 ROW_GROUP_ROWS = 10_000  # readers stream a file a row group at a time: keep groups small whatever the file
@@ -163,29 +174,76 @@ def read_partition(partition: ObjectStoragePath) -> pa.Table:
     """All committed rows of a partition (empty, with the row schema, when nothing is committed)."""
     import pyarrow as pa
 
-    tables = [read_table(path) for path, _ in committed_files(partition)]
+    try:
+        tables = [read_table(path) for path, _ in committed_files(partition)]
+    except FileNotFoundError:  # a publish replaced the partition between reading _SUCCESS and its files
+        tables = [read_table(path) for path, _ in committed_files(partition)]
     return pa.concat_tables(tables) if tables else row_schema().empty_table()
 
 
+class PublishConflict(AirflowFailException):
+    """Another run of the same dt is publishing, or already replaced this run's files: retrying cannot help."""
+
+
 def publish(partition: ObjectStoragePath, token: str, files: list[dict[str, Any]], summary: dict[str, Any]) -> dict:
-    """Make run `token` the partition's content: verify its files, write `_SUCCESS`, then delete older runs.
+    """Make run `token` the partition's content: under the partition's lease, verify its files, write `_SUCCESS`,
+    then delete older runs.
 
     `files` are {"path": relative to the partition, "rows": n}. A listed file that is missing fails the commit
-    before anything changes (a concurrent run of the same dt deleted it, or a shard never wrote it).
+    before anything changes (a concurrent run of the same dt published and deleted it, or a shard never wrote it),
+    so `_SUCCESS` never lists a file that storage lacks.
     """
-    missing = [f["path"] for f in files if not (partition / f["path"]).exists()]
-    if missing:
-        raise RuntimeError(f"cannot commit {partition}: {len(missing)} listed file(s) missing, e.g. {missing[:3]}")
-    manifest = {
-        **summary,
-        "run": token,
-        "files": files,
-        "committed_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    storage.write_json(partition / SUCCESS, manifest)
-    for stale in _other_runs(partition, token):
-        storage.remove_tree(stale)
+    with publish_lease(partition, token):
+        missing = [f["path"] for f in files if not (partition / f["path"]).exists()]
+        if missing:
+            raise PublishConflict(
+                f"cannot commit {partition}: {len(missing)} listed file(s) missing, e.g. {missing[:3]} — another run "
+                "of this dt published (and replaced this run's files), or a shard never wrote them; nothing changed"
+            )
+        manifest = {
+            **summary,
+            "run": token,
+            "files": files,
+            "committed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        storage.write_json(partition / SUCCESS, manifest)
+        for stale in _other_runs(partition, token):
+            storage.remove_tree(stale, owner=partition)
     return manifest
+
+
+@contextmanager
+def publish_lease(partition: ObjectStoragePath, token: str, ttl_s: float = LEASE_TTL_S) -> Iterator[None]:
+    """Hold `<partition>/_LEASE` for the body, or raise PublishConflict when another run holds it.
+
+    A lease past its expiry (its holder was killed) is broken once; two runs breaking the same stale lease at the
+    same moment is the one case this does not serialise (it needs a killed publisher and two contenders), and the
+    DAG's per-dt guard (partitions.claim_dt) already keeps a second run of a dt from reaching publish.
+    """
+    lease = partition / LEASE
+    doc = json.dumps({"run": token, "expires_at": time.time() + ttl_s}).encode()
+    if not storage.create_exclusive(lease, doc):
+        held = _read_lease(lease)
+        if held.get("expires_at", float("inf")) > time.time():
+            raise PublishConflict(
+                f"{partition} is being published by run {held.get('run', '?')} (lease {lease}); this run ({token}) "
+                "did not publish. Clear it after the other run finished if its output is still wanted."
+            )
+        lease.unlink(missing_ok=True)
+        if not storage.create_exclusive(lease, doc):
+            raise PublishConflict(f"{partition}: another run took the expired lease {lease} first")
+    try:
+        yield
+    finally:
+        if _read_lease(lease).get("run") == token:
+            lease.unlink(missing_ok=True)
+
+
+def _read_lease(lease: ObjectStoragePath) -> dict[str, Any]:
+    try:
+        return json.loads(lease.read_bytes())
+    except (OSError, ValueError):  # released meanwhile, or unreadable: treated as held and fresh
+        return {}
 
 
 def _other_runs(partition: ObjectStoragePath, token: str) -> Iterator[ObjectStoragePath]:

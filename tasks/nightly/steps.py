@@ -7,8 +7,11 @@ classification, quality, costs) so those never see Airflow's params or XCom shap
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from airflow.sdk import ObjectStoragePath
 
 from tasks.common import storage
 from tasks.common.settings import Settings
@@ -21,9 +24,14 @@ from tasks.nightly.predictions import RowStats
 log = logging.getLogger(__name__)
 
 
+def incoming_path(settings: Settings, incoming_uri: str) -> ObjectStoragePath:
+    """The `incoming_uri` param's partition, refused unless it lies inside the storage root or an input root."""
+    return storage.contained(incoming_uri, settings, param="incoming_uri")
+
+
 def has_images(settings: Settings, incoming_uri: str) -> bool:
     """At least one file that is not hidden/OS bookkeeping (stops at the first)."""
-    return any(partitions.image_keys(storage.storage_path(incoming_uri, settings.aws_conn_id)))
+    return any(partitions.image_keys(incoming_path(settings, incoming_uri)))
 
 
 def look_for_partition(
@@ -38,8 +46,16 @@ def look_for_partition(
     return present or datetime.now(UTC) >= deadline, {"dt": dt, "present": present}
 
 
-def plan(settings: Settings, dt: str, present: bool, params: dict[str, Any]) -> dict[str, Any]:
-    """The job every shard shares and the plan (with its shards).
+def plan(
+    settings: Settings,
+    dt: str,
+    present: bool,
+    params: dict[str, Any],
+    run_id: str,
+    dagrun_state: Callable[[str], str],
+) -> dict[str, Any]:
+    """The job every shard shares and the plan (with its shards), once this run holds dt's claim (one active
+    DagRun per dt: partitions.claim_dt; `dagrun_state(run_id)` is the Task SDK's).
 
     An empty partition needs no endpoint, but prices the deployed one's idle day if there is one.
     """
@@ -47,9 +63,11 @@ def plan(settings: Settings, dt: str, present: bool, params: dict[str, Any]) -> 
         settings, name=params["endpoint_name"], backend=params["endpoint_backend"], required=present
     )
     partition = predictions.partition_dir(storage.root(settings) / storage.PREDICTIONS, dt)
-    incoming_uri = params["incoming_uri"].format(dt=dt)
+    incoming = incoming_path(settings, params["incoming_uri"].format(dt=dt))
+    partitions.claim_dt(partition, run_id, dagrun_state)
+    incoming_uri = storage.plain_uri(incoming)
     partition_plan = partitions.plan_partition(
-        storage.storage_path(incoming_uri, settings.aws_conn_id),
+        incoming,
         partition,
         dt=dt,
         model_version=str(record["model_version"]) if record else "",
@@ -65,6 +83,7 @@ def plan(settings: Settings, dt: str, present: bool, params: dict[str, Any]) -> 
         concurrency=params["concurrency"],
         conn_id=settings.aws_conn_id,
         client_options={"timeout_s": params["request_timeout_s"], "max_retries": params["max_retries"]},
+        max_consecutive_failures=params["max_consecutive_failures"],
     )
     log.info(
         "dt=%s: %d files listed (%d ignored), %d rows carried over, %d images to classify in %d shard(s)",
@@ -107,7 +126,7 @@ def estimate_backfill(settings: Settings, days: list[str], params: dict[str, Any
 
 
 def count_images(settings: Settings, incoming_uri: str) -> int:
-    return sum(1 for _ in partitions.image_keys(storage.storage_path(incoming_uri, settings.aws_conn_id)))
+    return sum(1 for _ in partitions.image_keys(incoming_path(settings, incoming_uri)))
 
 
 def classify(job: dict[str, Any], shard: dict[str, Any]) -> dict[str, Any]:

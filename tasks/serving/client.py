@@ -3,14 +3,22 @@
 Both speak the chat-completions schema, so request building, retries and response parsing exist once. Every image
 yields exactly one `ClassificationResult` (ok | invalid | rejected | failed): a nightly run can account for each
 input, and no bad image, throttled call or garbage body ends a run with an exception.
+
+Retries: throttling, 5xx, timeouts and malformed or truncated 200 bodies are retried with full-jitter backoff, or
+after the server's `Retry-After` (capped at RETRY_AFTER_MAX_S); an out-of-taxonomy answer is asked once more before
+it is recorded `invalid`. A circuit breaker ends the stream with EndpointUnavailable after `max_consecutive_failures`
+failed requests in a row, so a hung endpoint fails a shard in about
+ceil(max_consecutive_failures / concurrency) x (timeout_s + backoff_max_s) instead of hours.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
 import io
 import json
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -19,8 +27,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 import httpx
+from airflow.sdk.exceptions import AirflowFailException
 
-from tasks.model.images import ImageRejected, load_image
+from tasks.model.images import ImageRejected, decode_slot, load_image
 from tasks.model.taxonomy import Taxonomy
 from tasks.model.vision_tokens import DEFAULT_POLICY, ResizePolicy, prepare_image
 from tasks.serving.runtime import serving_runtime
@@ -30,6 +39,9 @@ JPEG_QUALITY = 90
 _RETRYABLE_HTTP = {429, 500, 502, 503, 504}
 _RETRYABLE_SAGEMAKER = {"ThrottlingException", "ServiceUnavailable", "InternalFailure", "ModelNotReadyException"}
 _END = object()
+RETRY_AFTER_MAX_S = 60.0  # a server asking for longer is retried after this (the breaker bounds the total)
+DEFAULT_MAX_CONSECUTIVE_FAILURES = 20  # at 20% independent faults, 20 failures in a row happen with p = 1e-14
+INVALID_ANSWER_RETRIES = 1  # an out-of-taxonomy answer is asked once more: glitches are transient, models are not
 
 
 @dataclass(frozen=True)
@@ -72,11 +84,41 @@ class ClassificationResult:
 
 
 class RequestError(Exception):
-    """One failed attempt; `retryable` for throttling, server errors and timeouts."""
+    """One failed attempt; `retryable` for throttling, server errors, timeouts and malformed bodies. `retry_after`:
+    the server's Retry-After in seconds (capped), when it sent one."""
 
-    def __init__(self, reason: str, *, retryable: bool) -> None:
+    def __init__(self, reason: str, *, retryable: bool, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class EndpointUnavailable(RuntimeError):
+    """The circuit breaker opened: the endpoint failed too many requests in a row. Ends the shard early; the task's
+    own retries (minutes apart) give a recovering endpoint another chance."""
+
+
+class EndpointRefuses(AirflowFailException):
+    """The breaker opened on errors that retrying cannot fix (e.g. 4xx for every request): fail without retries."""
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """A Retry-After header (delta-seconds or an HTTP-date) as seconds to wait, within [0, RETRY_AFTER_MAX_S]."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value.strip())
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX_S)
 
 
 class Transport(Protocol):
@@ -85,9 +127,11 @@ class Transport(Protocol):
 
 
 def encode_image(data: bytes, policy: ResizePolicy) -> bytes:
-    """Decode (or raise ImageRejected), resize to the token budget, and re-encode as JPEG."""
+    """Decode (or raise ImageRejected), resize to the token budget, and re-encode as JPEG; inside a decode slot, so
+    at most DECODE_SLOTS full-size images exist per process whatever the request concurrency."""
     buf = io.BytesIO()
-    prepare_image(load_image(data), policy).save(buf, format="JPEG", quality=JPEG_QUALITY)
+    with decode_slot():
+        prepare_image(load_image(data), policy).save(buf, format="JPEG", quality=JPEG_QUALITY)
     return buf.getvalue()
 
 
@@ -153,10 +197,15 @@ class EndpointClient:
         *,
         policy: ResizePolicy = DEFAULT_POLICY,
         prompt: str | None = None,
+        max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
     ) -> None:
+        if max_consecutive_failures < 1:
+            raise ValueError("max_consecutive_failures must be >= 1")
         self.spec, self.taxonomy, self.policy = spec, taxonomy, policy
         self.prompt = prompt if prompt is not None else taxonomy.prompt()
         self.choices = [taxonomy.answer(label) for label in taxonomy.labels]
+        self.max_consecutive_failures = max_consecutive_failures
+        self._failures: list[RequestError] = []  # the current run of consecutive failed requests
 
     def classify(self, image: bytes, key: str = "") -> ClassificationResult:
         """One image, synchronously (smoke tests, ad-hoc checks); never raises for a bad image or endpoint."""
@@ -212,6 +261,8 @@ class EndpointClient:
         started = time.monotonic()
         try:
             result = await self._request(transport, key, image)
+        except (EndpointUnavailable, EndpointRefuses):
+            raise  # the breaker ends the stream; everything else is this image's problem
         except Exception as exc:  # a per-image bug must not end the run: it is recorded instead
             result = ClassificationResult(key, "failed", error=f"internal error: {type(exc).__name__}: {exc}")
         return replace(result, elapsed_s=round(time.monotonic() - started, 4))
@@ -221,27 +272,56 @@ class EndpointClient:
             jpeg = await asyncio.to_thread(encode_image, image, self.policy)
         except ImageRejected as exc:
             return ClassificationResult(key, "rejected", error=str(exc))
+        del image  # the original bytes are not needed while waiting on the endpoint
         body = json.dumps(build_request(self.prompt, jpeg, self.spec, self.choices)).encode("utf-8")
         spec = self.spec
+        invalid_retries = INVALID_ANSWER_RETRIES
         for attempt in range(1, spec.max_retries + 2):
             sent = time.monotonic()
             try:
                 payload = await transport.post(body)
+                latency = round(time.monotonic() - sent, 4)
+                result = replace(parse_response(key, payload, self.taxonomy), latency_s=latency, attempts=attempt)
+                if result.status == "failed":  # a 200 with a malformed or truncated body: a server fault
+                    raise RequestError(result.error or "malformed response", retryable=True)
             except RequestError as exc:
                 latency = round(time.monotonic() - sent, 4)
+                self._failed(exc)
                 if not exc.retryable or attempt > spec.max_retries:
                     gave_up = f" (gave up after {attempt} attempts)" if exc.retryable else ""
                     return ClassificationResult(
                         key, "failed", latency_s=latency, attempts=attempt, error=f"{exc}{gave_up}"
                     )
-                # full jitter: spreads retries of many throttled requests instead of synchronising them
-                await asyncio.sleep(
-                    random.uniform(0, min(spec.backoff_max_s, spec.backoff_base_s * 2 ** (attempt - 1)))
-                )
+                await asyncio.sleep(self._backoff(exc, attempt))
                 continue
-            latency = round(time.monotonic() - sent, 4)
-            return replace(parse_response(key, payload, self.taxonomy), latency_s=latency, attempts=attempt)
+            self._failures.clear()  # the endpoint answered: the breaker closes
+            if result.status == "invalid" and invalid_retries and attempt <= spec.max_retries:
+                invalid_retries -= 1
+                continue
+            return result
         raise AssertionError("unreachable: the last attempt always returns")
+
+    def _backoff(self, exc: RequestError, attempt: int) -> float:
+        """The server's Retry-After when it sent one; else full jitter, which spreads the retries of many throttled
+        requests instead of synchronising them."""
+        if exc.retry_after is not None:
+            return exc.retry_after
+        spec = self.spec
+        return random.uniform(0, min(spec.backoff_max_s, spec.backoff_base_s * 2 ** (attempt - 1)))
+
+    def _failed(self, exc: RequestError) -> None:
+        """Count a failed request; open the breaker after `max_consecutive_failures` in a row."""
+        self._failures.append(exc)
+        if len(self._failures) < self.max_consecutive_failures:
+            return
+        failures, self._failures = self._failures, []
+        message = (
+            f"circuit breaker: the endpoint failed {len(failures)} requests in a row (last: {failures[-1]}); "
+            "stopping this shard instead of waiting out every image"
+        )
+        if not any(f.retryable for f in failures):
+            raise EndpointRefuses(message + " — every one was refused (not retryable): fix the endpoint or request")
+        raise EndpointUnavailable(message)
 
     def _transport(self, concurrency: int) -> Transport:
         return TRANSPORTS[self.spec.transport](self.spec, concurrency)
@@ -271,7 +351,11 @@ class HttpTransport:
             raise RequestError(f"connection error: {type(exc).__name__}: {exc}", retryable=True) from None
         if response.status_code != 200:
             retryable = response.status_code in _RETRYABLE_HTTP
-            raise RequestError(f"HTTP {response.status_code}: {_snippet(response.content)}", retryable=retryable)
+            raise RequestError(
+                f"HTTP {response.status_code}: {_snippet(response.content)}",
+                retryable=retryable,
+                retry_after=retry_after_seconds(response.headers.get("Retry-After")) if retryable else None,
+            )
         return response.content
 
     async def aclose(self) -> None:

@@ -117,10 +117,17 @@ def resize_policy(record: dict[str, Any]) -> ResizePolicy:
     return ResizePolicy(record["max_image_tokens"], VisionGeometry.from_dict(record["vision_geometry"]))
 
 
-def smoke_image(uri: str, conn_id: str | None) -> tuple[bytes, str | None]:
-    """The probe image and its label when known: the image at `uri`, or a fixed digit from scikit-learn."""
+def smoke_image(uri: str, settings: Settings) -> tuple[bytes, str | None]:
+    """The probe image and its label when known: the image at `uri` (inside the storage root or an input root,
+    never through a symlink, at most MAX_FILE_BYTES), or a fixed digit from scikit-learn."""
     if uri:
-        return storage.storage_path(uri, conn_id).read_bytes(), None
+        from tasks.model.images import MAX_FILE_BYTES
+
+        path = storage.contained(uri, settings, param="smoke_image_uri")
+        try:
+            return storage.read_bytes_capped(path, MAX_FILE_BYTES), None
+        except storage.Refused as exc:
+            raise storage.ContainmentError(f"param smoke_image_uri={uri!r}: {exc}") from None
     from tasks.common.demo_data import digits
     from tasks.model.images import encode_png
 

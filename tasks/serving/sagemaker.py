@@ -361,46 +361,49 @@ class SageMakerServing:
         return bring_up(plan), None
 
     def roll_back(self) -> Any:
-        @task(trigger_rule=TriggerRule.ONE_FAILED, doc_md=ROLL_BACK_DOC)
-        def roll_back() -> str:
+        @task(task_id="roll_back", trigger_rule=TriggerRule.ONE_FAILED, doc_md=ROLL_BACK_DOC)
+        def roll_back_task() -> str:
             return roll_back(_sagemaker(self.settings.aws_conn_id), plan_or_skip())
 
-        return roll_back()
+        return roll_back_task()
 
     def scale(self, plan: XComArg) -> Any:
         @task(
+            task_id="register_autoscaling",
             doc_md="""Register the variant with Application Auto Scaling (min/max from the params) and a
-            target-tracking policy on invocations per instance. Both calls are upserts: safe to rerun."""
+            target-tracking policy on invocations per instance. Both calls are upserts: safe to rerun.""",
         )
-        def register_autoscaling(plan: dict) -> str:
+        def register_autoscaling_task(plan: dict) -> str:
             return register_autoscaling(
                 _autoscaling(self.settings.aws_conn_id), plan["endpoint_name"], plan["autoscaling"]
             )
 
-        return register_autoscaling(plan)
+        return register_autoscaling_task(plan)
 
     def clean_up(self) -> Any:
         @task(
+            task_id="delete_superseded",
             doc_md="""Always runs last, also after a failure: deletes this endpoint's configs and models that it
             does not use now (superseded versions, or what a failed run left behind). Postponed while the endpoint
-            is changing. A teardown task: its own outcome does not decide the run's state."""
+            is changing. A teardown task: its own outcome does not decide the run's state.""",
         )
-        def delete_superseded() -> dict:
+        def delete_superseded_task() -> dict:
             return delete_superseded(_sagemaker(self.settings.aws_conn_id), plan_or_skip()["endpoint_name"])
 
-        return delete_superseded().as_teardown()
+        return delete_superseded_task().as_teardown()
 
     def tear_down(self) -> Any:
         @task(
+            task_id="tear_down",
             doc_md="""Deregister autoscaling, delete the endpoint (waits until it is gone), then every endpoint
-            config and model tagged with its name. Safe to rerun; a missing endpoint is fine."""
+            config and model tagged with its name. Safe to rerun; a missing endpoint is fine.""",
         )
-        def tear_down(params: dict | None = None) -> dict:
+        def tear_down_task(params: dict | None = None) -> dict:
             return tear_down(
                 _sagemaker(self.settings.aws_conn_id), _autoscaling(self.settings.aws_conn_id), params["endpoint_name"]
             )
 
-        return tear_down()
+        return tear_down_task()
 
     def ensure_serving(self, record: dict[str, Any]) -> None:
         """Nothing to restart: SageMaker keeps the endpoint's instances healthy, and a broken endpoint shows up as

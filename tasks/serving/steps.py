@@ -59,7 +59,7 @@ def serving_backend(settings: Settings) -> ServingBackend:
 def smoke_test(settings: Settings, plan: dict[str, Any], url: str | None) -> str:
     """Classify one known image through the endpoint as the nightly run would; the label it answers."""
     record = deployment.endpoint_record(plan, url)
-    image, expected = deployment.smoke_image(plan["smoke_image_uri"], settings.aws_conn_id)
+    image, expected = deployment.smoke_image(plan["smoke_image_uri"], settings)
     return deployment.smoke_test(
         deployment.endpoint_spec(record, settings.aws_conn_id),
         load_taxonomy(plan["taxonomy"]),

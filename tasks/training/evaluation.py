@@ -1,4 +1,4 @@
-"""Held-out metrics from the training script's raw answers, parsed by THE answer parser (tasks.taxonomy).
+"""Held-out metrics from the training script's raw answers, parsed by THE answer parser (tasks.model.taxonomy).
 
 An answer that is not exactly "this is a photo of <label>." is invalid: it counts as wrong for accuracy and recall,
 has its own column in the confusion matrix, and its rate is reported, so "invalid" means here what it means in

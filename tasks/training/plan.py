@@ -138,7 +138,7 @@ def plan_training(
         dataset_uri=dataset["dataset_uri"],
         taxonomy=dataset["taxonomy"],
         prompt=dataset["prompt"],
-        base_model=params["base_model"] or backend.default_base_model,
+        base_model=checked_base_model(params["base_model"], settings) or backend.default_base_model,
         hyperparameters={**backend.hyperparameters, **params["hyperparameters"]},
         instance_type=resources.instance_type,
         instance_count=resources.instance_count,
@@ -172,13 +172,23 @@ def find_dataset(requested_uri: str, event_extras: list[dict[str, Any]], setting
         if not reports:
             raise AirflowFailException(f"no curated dataset under {root}: run curate_dataset, or pass dataset_uri")
         uri = f"{settings.storage_uri}/{storage.DATASETS}/{max(reports, key=lambda r: r.stat().st_mtime).parent.name}"
-    report = storage.read_json(storage.storage_path(uri, settings.aws_conn_id) / REPORT_NAME)
+    param = "dataset_uri" if requested_uri else "dataset_uri (of the curated_dataset event)"
+    report = storage.read_json(storage.contained(uri, settings, param=param) / REPORT_NAME)
     if report is None:
         raise AirflowFailException(f"{uri} is not a complete curated dataset (no {REPORT_NAME}); run curate_dataset")
     if not report["splits"].get("test"):
         raise AirflowFailException(f"{uri} has no held-out test split to evaluate on; curate with test_fraction > 0")
     keys = ("taxonomy", "prompt", "fingerprint")
     return {"dataset_uri": uri, **{key: report[key] for key in keys}}
+
+
+def checked_base_model(base_model: str, settings: Settings) -> str:
+    """The `base_model` param: a hub id passes; a storage URI or an absolute directory must lie inside the storage
+    root or an input root (tasks.common.storage.contained), or the run fails before anything is read."""
+    if "://" in base_model or base_model.startswith("/"):
+        uri = base_model if "://" in base_model else f"file://{base_model}"
+        storage.contained(uri, settings, param="base_model")
+    return base_model
 
 
 def flag_value(value: Any) -> str:

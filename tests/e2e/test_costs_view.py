@@ -57,6 +57,7 @@ def run_demo(stack: AirflowStack) -> None:
     from datasets import load_from_disk
 
     from tasks.common.demo_data import digits, write_labelled
+    from tasks.common.settings import load_settings
     from tasks.curation.curate import CurationOptions, curate_uri
     from tasks.model.images import encode_png
     from tasks.model.tiny_model import build_tiny_llava
@@ -70,7 +71,8 @@ def run_demo(stack: AirflowStack) -> None:
     policy = ResizePolicy(geometry=TINY_GEOMETRY)
     raw, dataset = local / "raw/digits", local / "datasets/digits-demo"
     write_labelled(store / "raw/digits", range(40))
-    curate_uri(raw.as_uri(), dataset.as_uri(), taxonomy, CurationOptions(resize_policy=policy))
+    settings = load_settings({"PIPELINE_STORAGE_URI": stack.storage_uri})
+    curate_uri(raw.as_uri(), dataset.as_uri(), taxonomy, CurationOptions(resize_policy=policy), settings=settings)
 
     started = time.monotonic()
     corpus = [taxonomy.prompt(), *(taxonomy.answer(label) for label in taxonomy.labels)]

@@ -90,7 +90,7 @@ def test_deploy_serves_rolls_back_and_tears_down_without_orphans(runner, storage
         assert record["model_version"] == "trained" and record["url"] == first.base_url
         assert first.model_dir == str(models["trained"])
         # The record is all a caller needs: the same spec, policy and prompt answer with a label.
-        image, _ = smoke_image("", None)
+        image, _ = smoke_image("", load_settings({}))
         spec, policy = endpoint_spec(record, "aws_default"), resize_policy(record)
         assert smoke_test(spec, TAXONOMY, image, prompt=record["prompt"], policy=policy) in TAXONOMY.labels
         # A server that died after the deploy comes back on the recorded URL for the next caller.

@@ -68,9 +68,10 @@ def test_deploy_end_to_end_then_rerun_creates_nothing_then_teardown(sagemaker_ai
     record = current_endpoint(serving)
     name = record["config_name"]
     assert record | {"deployed_at": None} == {
-        "backend": "sagemaker", "endpoint_name": "llava-classifier", "url": None, "model_version": "v1",
-        "model_uri": MODEL_URI, "taxonomy": "hotel", "prompt": HOTEL.prompt(), "instance_type": "ml.m5.xlarge",
-        "instance_count": 1, "supports_choice": True, "max_image_tokens": 1200, "config_name": name,
+        "backend": "sagemaker", "endpoint_name": "llava-classifier", "transport": "sagemaker_runtime", "url": None,
+        "model_version": "v1", "model_uri": MODEL_URI, "taxonomy": "hotel", "prompt": HOTEL.prompt(),
+        "instance_type": "ml.m5.xlarge", "instance_count": 1, "price_region": "us-east-1", "supports_choice": True,
+        "max_image_tokens": 1200, "vision_geometry": PRODUCTION_GEOMETRY.to_dict(), "config_name": name,
         "deployed_at": None,
     }  # fmt: skip
     endpoint = sm.describe_endpoint(EndpointName="llava-classifier")

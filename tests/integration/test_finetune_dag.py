@@ -11,6 +11,7 @@ from datasets import load_from_disk
 
 from support.digits import curated_digits
 from tasks.common.demo_data import write_labelled
+from tasks.common.settings import load_settings
 from tasks.common.storage import fsspec_options, plain_uri, storage_path
 from tasks.curation.curate import CurationOptions, curate_uri
 from tasks.model.taxonomy import load_taxonomy
@@ -47,7 +48,8 @@ def test_local_backend_trains_evaluates_and_promotes(local_airflow: AirflowRunne
 def curate_on_s3(storage_uri: str) -> str:
     raw_uri, dataset_uri = f"{storage_uri}/raw/digits", f"{storage_uri}/datasets/digits-s3"
     write_labelled(storage_path(raw_uri, "aws_default"), range(30))
-    curate_uri(raw_uri, dataset_uri, load_taxonomy("digits"), CurationOptions(), conn_id="aws_default")
+    settings = load_settings({"PIPELINE_STORAGE_URI": storage_uri})
+    curate_uri(raw_uri, dataset_uri, load_taxonomy("digits"), CurationOptions(), settings=settings)
     return dataset_uri
 
 

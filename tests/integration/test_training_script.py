@@ -1,5 +1,5 @@
 """The shipped training script, run as SageMaker runs it (a subprocess with string flags) on the tiny model and a
-digits drop curated by tasks/curation.py (what finetune_llava trains on).
+digits drop curated by tasks/curation/curate.py (what finetune_llava trains on).
 
 Trains a few steps, checks what it leaves behind, then runs again with more steps and checks it resumed from the
 checkpoint instead of starting over: the managed-spot restart.

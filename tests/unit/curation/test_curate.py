@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 from datasets import load_from_disk
 
 from tasks.common.storage import read_json, storage_path
@@ -139,7 +141,7 @@ def test_empty_splits_are_left_out_and_the_rest_loads(tmp_path: Path) -> None:
 
 def test_a_drop_with_nothing_usable_fails_clearly_and_keeps_the_report(tmp_path: Path) -> None:
     write_tree(tmp_path / "raw", {"Kitchen/a.png": encode(pattern(seed=1)), "3/empty.png": b""})
-    with pytest.raises(ValueError, match="no usable images") as err:
+    with pytest.raises(AirflowFailException, match="no usable images") as err:
         run(tmp_path / "raw", tmp_path / "ds")
     assert "not in taxonomy 'digits'" in str(err.value)
     report = read_json(storage_path((tmp_path / "ds" / REPORT_NAME).as_uri()))
@@ -155,3 +157,26 @@ def test_images_are_stored_as_they_will_be_served(tmp_path: Path) -> None:
     stored = load_from_disk(str(tmp_path / "ds"))["train"][0]["images"][0]
     assert stored.size == (336, 336)
     assert image_tokens(*stored.size, PRODUCTION_GEOMETRY) <= 1200
+
+
+def test_links_special_files_and_unsafe_names_are_rejected_rows_never_read(tmp_path: Path) -> None:
+    """Issue 9, defects 2-3: nothing outside the drop is read through a link; every entry is accounted for."""
+    raw, outside = tmp_path / "raw", tmp_path / "outside"
+    write_tree(raw, {"3/good.png": encode(pattern(seed=1)), "4/other.png": encode(pattern(seed=2))})
+    write_tree(outside, {"3/a.png": encode(pattern(seed=3)), "b.png": encode(pattern(seed=4))})
+    (raw / "3" / "passwd.png").symlink_to("/etc/passwd")
+    (raw / "3" / "outside.png").symlink_to(outside / "b.png")
+    (raw / "5").symlink_to(outside / "3")  # a symlinked label folder
+    os.mkfifo(raw / "3" / "fifo.png")
+    with open(os.path.join(os.fsencode(raw / "4"), b"\xff\xfe.png"), "wb") as f:
+        f.write(encode(pattern(seed=5)))
+    report = run(raw, tmp_path / "ds", test_fraction=0.0, val_fraction=0.0)
+    reasons = {r["path"]: r["reason"] for r in report["rejected"]}
+    assert report["total"] == 7 and report["counts"] == {"kept": 2, "rejected": 5, "ignored": 0}
+    assert {p: reasons[p].split(":")[0] for p in reasons} == {
+        "3/passwd.png": "symlink",
+        "3/outside.png": "symlink",
+        "5": "symlink",
+        "3/fifo.png": "special file (FIFO, socket or device)",
+        "4/\\xff\\xfe.png": "unsafe file name (not UTF-8 or not printable; raw name hex 342ffffe2e706e67)",
+    }

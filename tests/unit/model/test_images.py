@@ -63,3 +63,49 @@ def test_content_hash_ignores_encoding_but_not_pixels() -> None:
 )  # fmt: skip
 def test_hidden_and_system_files_are_ignored(path: str, ignored: bool) -> None:
     assert is_ignored(path) is ignored
+
+
+def test_palette_transparency_is_composited_in_the_palette() -> None:
+    img = Image.new("P", (20, 20), 1)
+    img.putpalette([0, 0, 0, 200, 30, 30] + [0] * 762)
+    img.paste(0, (0, 0, 10, 20))
+    rgb = load_image(encode(img, transparency=0))
+    assert (rgb.getpixel((2, 2)), rgb.getpixel((15, 2))) == ((255, 255, 255), (200, 30, 30))
+
+
+def test_decoding_is_bounded_by_the_decode_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9, defect 5: however many requests are in flight, at most DECODE_SLOTS images are decoded at once."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.model import images
+    from tasks.model.vision_tokens import ResizePolicy
+    from tasks.serving.client import encode_image
+
+    active, peak, lock = 0, 0, threading.Lock()
+    real = images._to_rgb
+
+    def counting(img):
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(0.05)
+        try:
+            return real(img)
+        finally:
+            with lock:
+                active -= 1
+
+    monkeypatch.setattr(images, "_to_rgb", counting)
+    data = encode(pattern(seed=3))
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(lambda _: encode_image(data, ResizePolicy(None)), range(16)))
+    assert peak == images.DECODE_SLOTS
+
+
+def test_the_pixel_cap_refuses_before_decoding() -> None:
+    bomb = encode(Image.new("P", (7000, 7000)), optimize=True)  # 6 KB, 49 MP: ~1.1 GB to decode before issue 9
+    with pytest.raises(ImageRejected, match="decompression bomb: 7000x7000"):
+        load_image(bomb)

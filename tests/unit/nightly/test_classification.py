@@ -4,18 +4,22 @@ partition atomically and skip what the same model version already classified."""
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from support.endpoints import endpoint_record, stable
 from tasks.common.storage import storage_path
 from tasks.nightly import predictions
 from tasks.nightly.classification import PartitionJob, classify_shard, collect_shards, publish
 from tasks.nightly.partitions import PartitionPlan, plan_partition
+from tasks.nightly.predictions import PublishConflict
+from tests.conftest import encode
 from tests.fault_server import EXPECTED, FAST, SCRIPTS, ScriptedServer, scripted_server, sized_image
 
 DT = "2026-11-02"
@@ -62,7 +66,7 @@ class Partition:
     def job(self, plan: PartitionPlan, record: dict) -> PartitionJob:
         return PartitionJob(dt=DT, incoming_uri=uri(self.incoming), partition_uri=uri(self.out),
                             run_token=plan.run_token, record=record, concurrency=4, conn_id="aws_default",
-                            client_options=FAST)  # fmt: skip
+                            client_options=FAST, max_consecutive_failures=1000)  # fmt: skip
 
     def rows(self) -> list[dict]:
         return predictions.read_partition(at(self.out)).sort_by("key").to_pylist()
@@ -115,14 +119,14 @@ def test_every_image_is_accounted_for_exactly_once_despite_a_faulty_endpoint(par
     )
 
 
-def test_a_rerun_carries_final_rows_retries_failed_ones_and_replaces_the_partition(partition, server):
+def test_a_rerun_carries_final_rows_retries_failed_and_invalid_ones_and_replaces_the_partition(partition, server):
     _, first = partition.run(scripted(server))
     before = partition.stable_rows()
-    failed = first["stats"]["statuses"]["failed"]
+    retried = first["stats"]["statuses"]["failed"] + first["stats"]["statuses"]["invalid"]
 
     plan, second = partition.run(scripted(server))
 
-    assert (plan.carried, plan.to_classify) == (61 - failed, failed)  # only failed rows are asked again
+    assert (plan.carried, plan.to_classify) == (61 - retried, retried)  # only failed and invalid rows asked again
     assert partition.stable_rows() == before  # same scripted answers: same rows, none duplicated
     assert second["busy_seconds"] > 0
     runs = sorted(p.name for p in partition.out.iterdir() if p.name.startswith("run="))
@@ -172,7 +176,7 @@ def test_an_unpublished_run_is_invisible_and_a_broken_commit_changes_nothing(par
 
     staged = collect_shards(plan, results)
     (partition.out / results[0].path).unlink()  # e.g. removed by a concurrent run of the same dt
-    with pytest.raises(RuntimeError, match="listed file"):
+    with pytest.raises(PublishConflict, match="listed file"):  # AirflowFailException: a retry cannot help
         publish(job, plan, staged, quality={})
     assert partition.rows() == committed
 
@@ -197,3 +201,43 @@ def test_collect_ignores_results_of_another_attempt(partition, server):
     new = plan_partition(at(partition.incoming), at(partition.out), dt=DT, model_version="v1", shard_size=100)
     fresh = [classify_shard(partition.job(new, record), shard) for shard in new.shards]
     assert collect_shards(new, stale + fresh).files == [{"path": fresh[0].path, "rows": 61}]
+
+
+def test_a_hostile_partition_commits_one_row_per_entry_and_reads_nothing_outside(tmp_path, server):
+    """Issue 9, defects 3-5: links, a FIFO, a non-UTF-8 name and a bomb each get a rejected row; nothing is
+    followed, nothing blocks, nothing crashes plan_partition."""
+    incoming = tmp_path / "incoming" / f"dt={DT}"
+    outside = tmp_path / "outside"
+    (outside / "dir").mkdir(parents=True)
+    (outside / "elsewhere.png").write_bytes(sized_image(40, 20))
+    (outside / "dir" / "inner.png").write_bytes(sized_image(40, 21))
+    incoming.mkdir(parents=True)
+    (incoming / "good.png").write_bytes(sized_image(40, 22))
+    (incoming / "passwd.jpg").symlink_to("/etc/passwd")
+    (incoming / "outside-image.png").symlink_to(outside / "elsewhere.png")
+    (incoming / "linked-dir").symlink_to(outside / "dir")
+    os.mkfifo(incoming / "fifo.png")
+    with open(os.path.join(os.fsencode(incoming), b"caf\xe9.png"), "wb") as f:
+        f.write(sized_image(40, 23))
+    (incoming / "bomb.png").write_bytes(encode(Image.new("P", (7000, 7000)), optimize=True))
+    part = Partition(incoming, tmp_path / "predictions" / f"dt={DT}")
+
+    plan, manifest = part.run(scripted(server))
+
+    rows = {row["key"]: row for row in part.rows()}
+    assert (plan.listed, plan.ignored, manifest["rows"]) == (7, 0, 7) and len(rows) == 7  # listed == rows
+    assert rows["good.png"]["status"] == "ok"
+    expected = {
+        "passwd.jpg": "symlink",
+        "outside-image.png": "symlink",
+        "linked-dir": "symlink",
+        "fifo.png": "special file",
+        "caf\\xe9.png": "unsafe file name",
+        "bomb.png": "decompression bomb",
+    }
+    for key, reason in expected.items():
+        assert rows[key]["status"] == "rejected" and reason in rows[key]["reason"], rows[key]
+    assert b"caf\xe9.png".hex() in rows["caf\\xe9.png"]["reason"]  # the raw name is preserved
+    for key in ("passwd.jpg", "outside-image.png", "linked-dir", "fifo.png", "caf\\xe9.png"):
+        assert rows[key]["content_sha256"] is None  # never read
+    assert server.attempts[(40, 20)] == server.attempts[(40, 21)] == 0  # outside images never classified

@@ -34,7 +34,7 @@ def write_files(root: Path, names: list[str]) -> None:
 
 def test_listing_streams_nested_files_and_counts_ignored_ones(tmp_path: Path) -> None:
     write_files(tmp_path / "in", ["b.png", "a/c.png", "a/d/e.jpg", ".DS_Store", "__MACOSX/a/._c.png"])
-    listed = {key: size for key, size, _ in iter_files(storage_path((tmp_path / "in").as_uri()))}
+    listed = {key: size for key, size, *_ in iter_files(storage_path((tmp_path / "in").as_uri()))}
     assert listed == {"b.png": 5, "a/c.png": 7, "a/d/e.jpg": 9, ".DS_Store": 9, "__MACOSX/a/._c.png": 18}
     assert list(iter_files(storage_path((tmp_path / "missing").as_uri()))) == []
 
@@ -54,7 +54,7 @@ def test_shards_cover_the_sorted_manifest_exactly_once(tmp_path: Path) -> None:
     planned = plan(tmp_path, 23, shard_size=5)
     assert (planned.listed, planned.ignored, planned.images, planned.to_classify) == (24, 1, 23, 23)
     assert [(s.offset, s.count) for s in planned.shards] == [(0, 5), (5, 5), (10, 5), (15, 5), (20, 3)]
-    keys = [key for shard in planned.shards for key, _, _ in read_shard(shard)]
+    keys = [key for shard in planned.shards for key, *_ in read_shard(shard)]
     assert keys == [f"img-{i:03d}.png" for i in range(23)]
     manifest = Path(storage_path(planned.shards[0].manifest_uri).path)
     assert manifest.parent.parent.name == f"run={planned.run_token}"
@@ -75,3 +75,16 @@ def test_an_empty_or_missing_partition_plans_zero_shards(tmp_path: Path) -> None
         shard_size=10,
     )
     assert (planned.listed, planned.to_classify, planned.shards) == (0, 0, [])
+
+
+def test_a_run_before_the_start_date_says_that_nothing_ran(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9, defect 9: `dags test classify_images D` for D before the start date has no tasks; it says so.
+    Airflow's callback context for a run without task instances has no `dag_run` (airflow.models.dagrun)."""
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("PIPELINE_CLASSIFY_START_DATE", "2026-11-01")
+    empty = {"dag": SimpleNamespace(dag_id="classify_images"), "run_id": "manual__x", "reason": "success"}
+    message = partitions.say_when_nothing_ran(empty)
+    assert "NOTHING RAN in manual__x" in message and "PIPELINE_CLASSIFY_START_DATE=2026-11-01" in message
+    assert "backfill create --dag-id classify_images --from-date D --to-date D" in message
+    assert partitions.say_when_nothing_ran(empty | {"dag_run": SimpleNamespace()}) is None

@@ -63,7 +63,12 @@ def test_anonymous_and_forged_requests_are_refused(plugin: ModuleType) -> None:
     from fastapi.testclient import TestClient
 
     client = TestClient(plugin.build_app())
-    assert client.get("/").status_code == 401
+    refused = client.get("/")
+    assert refused.status_code == 401
+    assert refused.headers["X-Content-Type-Options"] == "nosniff"  # security headers on every response
+    assert refused.headers["X-Frame-Options"] == "SAMEORIGIN"
+    csp = refused.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'self'" in csp and "default-src 'none'" in csp and "script-src" not in csp
     assert client.get("/", headers={"Authorization": "Basic YWRtaW46YWRtaW4="}).status_code == 401
     assert client.get("/openapi.json").status_code == 404  # no unauthenticated side door
 
@@ -81,3 +86,12 @@ def test_an_empty_storage_root_renders_empty_states(plugin: ModuleType, tmp_path
     html = plugin.render_page(storage_path(tmp_path.as_uri()))
     assert "No model promoted yet." in html and "No classification rows in the ledger yet." in html
     assert "<svg" not in html
+
+
+def test_a_label_matplotlib_would_parse_as_mathtext_is_drawn_as_text(plugin: ModuleType) -> None:
+    """Issue 9: `$\\frac{1}$` made matplotlib raise (invalid mathtext) and broke the whole page."""
+    from tasks.costs.view_data import PartitionRow
+
+    labels = ("2026-11-02", "$\\frac{1}$", "cost $5 vs $6")
+    svg = plugin.chart_svg([PartitionRow(label, 10, 9, 1, 0, 0, 0.01, 1.0, "v1") for label in labels])
+    assert all(label in svg for label in labels)

@@ -3,29 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import email.utils
 import io
 import json
+import math
 import random
+import socket
+import time
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 from PIL import Image
 
 from tasks.model.taxonomy import load_taxonomy
 from tasks.model.vision_tokens import ResizePolicy
 from tasks.serving.client import (
+    RETRY_AFTER_MAX_S,
     ClassificationResult,
     EndpointClient,
+    EndpointRefuses,
     EndpointSpec,
+    EndpointUnavailable,
     build_request,
     encode_image,
     parse_response,
+    retry_after_seconds,
 )
 from tests.fault_server import (
     CLIENT_TIMEOUT_S,
     EXPECTED,
     FAST,
+    RETRY_AFTER_S,
     SCRIPTS,
     ScriptedServer,
     ok_body,
@@ -43,8 +54,10 @@ def server() -> Iterator[ScriptedServer]:
         yield srv
 
 
-def http_client(server: ScriptedServer, **spec) -> EndpointClient:
-    return EndpointClient(EndpointSpec("openai_http", url=server.url, **(FAST | spec)), TAXONOMY, policy=NO_BUDGET)
+def http_client(server: ScriptedServer, breaker: int = 1000, **spec) -> EndpointClient:
+    """A client whose breaker stays closed unless a test sets `breaker`: the scripted faults are dense."""
+    spec = EndpointSpec("openai_http", url=server.url, **(FAST | spec))
+    return EndpointClient(spec, TAXONOMY, policy=NO_BUDGET, max_consecutive_failures=breaker)
 
 
 async def collect(client: EndpointClient, images, concurrency: int, **kwargs) -> list[ClassificationResult]:
@@ -263,3 +276,73 @@ def test_a_bug_on_one_image_is_recorded_not_raised(server):
     results = {r.key: r for r in asyncio.run(collect(http_client(server), inputs, concurrency=2))}
     assert results["fine"].status == "ok"
     assert results["not-bytes"].status == "failed" and results["not-bytes"].error.startswith("internal error: ")
+
+
+# --- issue 9: retries that make sense, Retry-After, the circuit breaker ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("width", "expected"),
+    [(50, ("ok", 2)), (51, ("ok", 2)), (47, ("invalid", 2)), (45, ("failed", 3)), (46, ("failed", 3))],
+)
+def test_malformed_200s_are_retried_and_invalid_answers_asked_once_more(server, width, expected):
+    result = http_client(server).classify(sized_image(width, 20), key="x")
+    assert (result.status, result.attempts) == expected, result
+
+
+def test_retry_after_is_honoured(server):
+    started = time.monotonic()
+    result = http_client(server).classify(sized_image(52, 20), key="x")
+    assert (result.status, result.attempts) == ("ok", 2)
+    assert time.monotonic() - started >= RETRY_AFTER_S  # jittered backoff alone would be <= 0.05 s
+
+
+def test_retry_after_parsing():
+    now = 1_800_000_000.0
+    assert retry_after_seconds("3") == 3.0
+    assert retry_after_seconds(" 0.5 ") == 0.5
+    assert retry_after_seconds("-4") == 0.0
+    assert retry_after_seconds("86400") == RETRY_AFTER_MAX_S  # capped
+    assert retry_after_seconds(email.utils.formatdate(now + 7, usegmt=True), now=now) == pytest.approx(7.0)
+    assert retry_after_seconds(email.utils.formatdate(now - 7, usegmt=True), now=now) == 0.0
+    assert (
+        retry_after_seconds("soon") is None and retry_after_seconds(None) is None and retry_after_seconds("nan") is None
+    )
+
+
+@contextlib.contextmanager
+def hung_endpoint() -> Iterator[str]:
+    """A port that accepts connections (the kernel's backlog) and never answers: a hung endpoint."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(512)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_a_hung_endpoint_fails_the_shard_within_the_stated_bound():
+    timeout_s, backoff_max_s, concurrency, breaker = 0.2, 0.05, 4, 8
+    bound = math.ceil(breaker / concurrency) * (timeout_s + backoff_max_s)  # the module docstring's formula
+    with hung_endpoint() as url:
+        spec = EndpointSpec("openai_http", url=url, timeout_s=timeout_s, max_retries=4, backoff_base_s=0.01,
+                            backoff_max_s=backoff_max_s)  # fmt: skip
+        client = EndpointClient(spec, TAXONOMY, policy=NO_BUDGET, max_consecutive_failures=breaker)
+        images = [(f"img-{i}", sized_image(40, 16 + i % 40)) for i in range(500)]
+        started = time.monotonic()
+        with pytest.raises(EndpointUnavailable, match=r"failed 8 requests in a row.*timeout"):
+            asyncio.run(collect(client, images, concurrency=concurrency))
+        elapsed = time.monotonic() - started
+    assert elapsed < bound + 1.0, (elapsed, bound)  # without the breaker: 500/4 x 5 attempts x 0.2 s = 125 s
+
+
+def test_an_endpoint_refusing_every_request_fails_without_retries(server):
+    images = [(f"img-{i}", sized_image(48, 16 + i)) for i in range(30)]  # width 48: HTTP 400
+    with pytest.raises(EndpointRefuses, match="not retryable") as info:
+        asyncio.run(collect(http_client(server, breaker=5), images, concurrency=2))
+    assert isinstance(info.value, AirflowFailException)
+
+
+def test_the_breaker_closes_when_the_endpoint_answers(server):
+    widths = [44, 40] * 20  # each 503-image fails 3 requests, then an ok image answers
+    images = [(f"img-{i}", sized_image(w, 16 + i)) for i, w in enumerate(widths)]
+    results = asyncio.run(collect(http_client(server, breaker=4), images, concurrency=1))
+    assert Counter(r.status for r in results) == {"failed": 20, "ok": 20}

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from pathlib import Path
 
 import pytest
 
+from tasks.common import storage
 from tasks.common.settings import load_settings
 from tasks.common.storage import MODELS, SERVING, storage_path
 from tasks.model.taxonomy import load_taxonomy
@@ -97,12 +99,23 @@ def test_record_to_spec_and_resize_policy(settings):
     assert deployment.resize_policy(remote | {"max_image_tokens": None}).geometry == PRODUCTION_GEOMETRY
 
 
-def test_smoke_image_is_a_fixed_digit_or_the_given_file(tmp_path):
-    image, label = deployment.smoke_image("", None)
+def test_smoke_image_is_a_fixed_digit_or_the_given_file(tmp_path, settings):
+    image, label = deployment.smoke_image("", settings)
     assert image.startswith(b"\x89PNG") and label == "0"
-    assert deployment.smoke_image("", None) == (image, label)
-    (tmp_path / "lobby.jpg").write_bytes(b"jpeg bytes")
-    assert deployment.smoke_image((tmp_path / "lobby.jpg").as_uri(), None) == (b"jpeg bytes", None)
+    assert deployment.smoke_image("", settings) == (image, label)
+    probe = Path(storage_path(settings.storage_uri).path) / "lobby.jpg"
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_bytes(b"jpeg bytes")
+    assert deployment.smoke_image(probe.as_uri(), settings) == (b"jpeg bytes", None)
+
+
+def test_smoke_image_outside_the_root_is_refused_before_reading(tmp_path_factory, settings):
+    outside = tmp_path_factory.mktemp("outside") / "outside.jpg"
+    outside.write_bytes(b"secret")
+    with pytest.raises(storage.ContainmentError, match="smoke_image_uri"):
+        deployment.smoke_image(outside.as_uri(), settings)
+    with pytest.raises(storage.ContainmentError, match="smoke_image_uri"):
+        deployment.smoke_image("file:///etc/passwd", settings)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from tasks.common.settings import load_settings
+from tasks.common.storage import ContainmentError
 from tasks.training.local import LOCAL_HYPERPARAMETERS, run_streaming
 from tasks.training.plan import (
     MAX_RUN_SECONDS,
@@ -59,8 +60,8 @@ SAGEMAKER_ENV = {
 }
 
 
-def sagemaker_plan(**params):
-    settings = load_settings(SAGEMAKER_ENV)
+def sagemaker_plan(env: dict | None = None, **params):
+    settings = load_settings(SAGEMAKER_ENV | (env or {}))
     return plan_training(
         training_backend(settings),
         settings,
@@ -175,11 +176,23 @@ def test_on_demand_has_no_wait_and_spot_waits_at_least_the_run_time():
 
 
 def test_a_base_model_on_s3_becomes_an_input_channel():
-    req = request(base_model="s3://bucket/base/llava-7b/")
+    req = request(env={"PIPELINE_INPUT_ROOTS": "s3://bucket/base"}, base_model="s3://bucket/base/llava-7b/")
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in req["InputDataConfig"]}
     assert channels["base_model"] == "s3://bucket/base/llava-7b/"
     assert req["HyperParameters"]["model_id"] == "/opt/ml/input/data/base_model"
     assert "model_revision" not in req["HyperParameters"]
+
+
+@pytest.mark.parametrize(
+    "base_model", ["s3://bucket/base/llava-7b/", "s3://other/x", "s3://bucket/pipe/../base", "/etc", "file:///etc/"]
+)
+def test_a_base_model_outside_the_storage_and_input_roots_is_refused(base_model):
+    with pytest.raises(ContainmentError, match="param base_model="):
+        sagemaker_plan(base_model=base_model)
+
+
+def test_a_hub_id_base_model_needs_no_root():
+    assert sagemaker_plan(base_model="llava-hf/llava-v1.6-mistral-7b-hf").base_model.startswith("llava-hf/")
 
 
 def test_the_request_refuses_local_storage_and_a_missing_role(tmp_path):
