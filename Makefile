@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch, installed first: an unpinned torch pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install demo ui test lint format constraints clean
+.PHONY: install demo ui test test-contract lint format constraints clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ format: install
 test: install lint
 	bin/test-setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Only the production-parity checks against the serving runtime's own code (include/serving/runtime.json).
+test-contract: install
+	$(PY) -m pytest -m contract $(PYTEST_ARGS)
 
 # Refreeze exact versions from the current venv (after changing requirements*.txt).
 constraints:

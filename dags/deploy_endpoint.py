@@ -49,7 +49,6 @@ are skipped, so retries and reruns never duplicate. **Local**: `transformers ser
         "min_instances": Param(1, type="integer", minimum=1, description="Autoscaling lower bound."),
         "max_instances": Param(2, type="integer", minimum=1, description="Autoscaling upper bound."),
         "target_invocations_per_instance": Param(50, type="integer", minimum=1, description="Per minute."),
-        "async_mode": Param(False, type="boolean", description="LMI async mode: enables structured outputs."),
         "enable_prefix_caching": Param(False, type="boolean"),
         "images_per_prompt": Param(1, type="integer", minimum=1, description="vLLM limit_mm_per_prompt."),
         "extra_options": Param({}, type="object", description="More serving.properties option.* entries."),

@@ -9,6 +9,7 @@ from tasks.common.assets import CURATED_DATASET, PROMOTED_MODEL
 from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
 from tasks.training import steps
 from tasks.training.approval import PromotionApproval
+from tasks.training.plan import MAX_RUN_SECONDS
 
 TRAINING = steps.training_backend(SETTINGS)
 
@@ -63,7 +64,14 @@ backend, the **same script as a subprocess** on an offline tiny LLaVA-NeXT on th
         ),
         "instance_count": Param(1, type="integer", minimum=1, section="SageMaker"),
         "spot": Param(True, type="boolean", description="SageMaker managed spot training.", section="SageMaker"),
-        "max_run_seconds": Param(8 * 3600, type="integer", minimum=60, section="SageMaker"),
+        "max_run_seconds": Param(
+            8 * 3600,
+            type="integer",
+            minimum=60,
+            maximum=MAX_RUN_SECONDS,
+            description="At most 28 days (AWS limit).",
+            section="SageMaker",
+        ),
         "max_wait_seconds": Param(
             16 * 3600, type="integer", minimum=60, description="Spot: wait + run.", section="SageMaker"
         ),

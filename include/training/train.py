@@ -38,6 +38,16 @@ TRAIN_COLUMNS = ["images", "messages"]
 PREDICTIONS_FILE = "eval_predictions.jsonl"
 SUMMARY_FILE = "train_summary.json"
 SAGEMAKER_CHECKPOINT_DIR = "/opt/ml/checkpoints"
+BASE_MODEL_ID = "llava-hf/llava-v1.6-mistral-7b-hf"
+# The base model's Hub commit (main as of the "Fixed a syntax error ... transformers>=v4.48" commit, #44): a later
+# upstream commit never changes what a job trains.
+BASE_MODEL_REVISION = "52320fb52229c8d942b1dcb8b63b3dc8087bc83b"
+# The chat template training relies on, shipped beside this script so the Hub's current files never decide whether
+# training starts: TRL's assistant-only loss swaps in its training template (with {% generation %} markers) only for
+# a template it knows character for character. This file is TRL 1.16.0's trl/chat_templates/llava_next.jinja,
+# copied verbatim ("Original Llava-Next chat template (as shipped by llava-hf/llava-v1.6-mistral-7b-hf)", TRL's
+# chat_templates/README.md); tests/unit/training/test_shipped_script.py keeps it equal to the installed TRL's.
+BASE_MODEL_CHAT_TEMPLATE = Path(__file__).with_name("llava_next_chat_template.jinja")
 
 
 def str_to_bool(value: str) -> bool:
@@ -54,7 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Every knob is a flag; defaults are the seed's production hyperparameters and SageMaker's paths."""
     env = os.environ
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model_id", default="llava-hf/llava-v1.6-mistral-7b-hf", help="Hub id or local directory")
+    p.add_argument("--model_id", default=BASE_MODEL_ID, help="Hub id or local directory")
+    p.add_argument("--model_revision", default=None, help="Hub commit; default: the pinned one of the base model")
+    p.add_argument("--chat_template", default=None, help="Jinja file set on the processor; default: the shipped one "
+                   "for the base model, the model's own for any other")  # fmt: skip
     p.add_argument("--dataset_path", default=env.get("SM_CHANNEL_TRAIN"), help="DatasetDict saved with save_to_disk")
     p.add_argument("--model_dir", default=env.get("SM_MODEL_DIR"), help="where the final model + processor go")
     p.add_argument("--output_data_dir", default=env.get("SM_OUTPUT_DATA_DIR"), help="defaults to --model_dir")
@@ -84,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.dataset_path or not args.model_dir:
         p.error("--dataset_path and --model_dir are required outside SageMaker")
     args.output_data_dir = args.output_data_dir or args.model_dir
+    if args.model_id == BASE_MODEL_ID:
+        args.model_revision = args.model_revision or BASE_MODEL_REVISION
+        args.chat_template = args.chat_template or str(BASE_MODEL_CHAT_TEMPLATE)
     if args.checkpoint_dir is None:
         in_sagemaker = "SM_MODEL_DIR" in env
         local_dir = str(Path(args.output_data_dir) / "checkpoints")
@@ -144,10 +160,17 @@ def build_config(args: argparse.Namespace, has_validation: bool) -> SFTConfig:
     )
 
 
-def load_model(model_id: str, bf16: bool) -> torch.nn.Module:
+def load_processor(args: argparse.Namespace) -> Any:
+    processor = AutoProcessor.from_pretrained(args.model_id, revision=args.model_revision)
+    if args.chat_template:
+        processor.chat_template = Path(args.chat_template).read_text(encoding="utf-8")
+    return processor
+
+
+def load_model(model_id: str, revision: str | None, bf16: bool) -> torch.nn.Module:
     # DeepSpeed keeps fp32 master weights itself, so bf16 weights suffice; plain torch amp needs fp32 weights.
     dtype = torch.bfloat16 if bf16 and is_deepspeed_zero3_enabled() else torch.float32
-    model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=dtype)
+    model = AutoModelForImageTextToText.from_pretrained(model_id, revision=revision, dtype=dtype)
     conversions = getattr(model, "_weight_conversions", None)
     if is_deepspeed_zero3_enabled() and conversions:
         # transformers 5.24: a ZeRO-3 load remembers every key renaming it knows, used or not, and save_pretrained
@@ -229,8 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     splits = load_splits(args.dataset_path)
     has_validation = "validation" in splits and len(splits["validation"]) > 0
     config = build_config(args, has_validation)
-    processor = AutoProcessor.from_pretrained(args.model_id)
-    model = load_model(args.model_id, args.bf16)
+    processor = load_processor(args)
+    model = load_model(args.model_id, args.model_revision, args.bf16)
 
     trainer = SFTTrainer(
         model=model,

@@ -32,6 +32,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from tasks.model.images import ImageRejected, decode_slot, load_image
 from tasks.model.taxonomy import Taxonomy
 from tasks.model.vision_tokens import DEFAULT_POLICY, ResizePolicy, prepare_image
+from tasks.serving.runtime import serving_runtime
 
 Status = Literal["ok", "invalid", "rejected", "failed"]
 JPEG_QUALITY = 90
@@ -53,7 +54,7 @@ class EndpointSpec:
     endpoint_name: str | None = None
     aws_conn_id: str = "aws_default"
     model: str | None = None  # the request's `model` field; LMI and a pinned `transformers serve` need none
-    supports_choice: bool = False  # server honours `structured_outputs.choice` (vLLM, LMI async mode)
+    supports_choice: bool = False  # server honours the serving runtime's label constraint (vLLM in LMI async mode)
     max_tokens: int = 32  # the longest answer ("this is a photo of …") is ~15 tokens
     timeout_s: float = 60.0  # per attempt (SageMaker's own limit for a real-time invocation is 60 s)
     max_retries: int = 4
@@ -150,7 +151,7 @@ def build_request(prompt: str, jpeg: bytes, spec: EndpointSpec, choices: list[st
     if spec.model:
         body["model"] = spec.model
     if choices and spec.supports_choice:
-        body["structured_outputs"] = {"choice": choices}
+        body |= serving_runtime().label_constraint(choices)  # the field that runtime's vLLM honours
     return body
 
 

@@ -1,24 +1,24 @@
 """`serving.properties` for the DJL LMI container, rendered from one typed `ServingConfig` per model version, and the
 `model.tar.gz` that carries it.
 
-Production runs vLLM inside AWS's DJL LMI container; its only configuration is `serving.properties`.
+Production runs vLLM inside AWS's DJL LMI container; its only configuration is `serving.properties`. The LMI mode's
+options and the syntax of flags whose format changed between vLLM versions come from the declared serving runtime
+(tasks/serving/runtime.py). LMI silently drops an `option.X` that is neither its own nor a vLLM EngineArgs field;
+tests/contract/ checks that none of the rendered ones is.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
-import json
 import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tasks.common.settings import INCLUDE_DIR
+from tasks.serving.runtime import serving_runtime
 
-DJL_IMAGE_TABLE = INCLUDE_DIR / "serving" / "djl_lmi_image.json"
 SERVING_PROPERTIES_TEMPLATE = INCLUDE_DIR / "serving" / "serving.properties"
-# LMI async mode passes vLLM-native request fields through (`structured_outputs`); rolling-batch mode does not.
-ASYNC_ENTRYPOINT = "djl_python.lmi_vllm.vllm_async_service"
 ARCHIVE_DIR = "code"  # model.tar.gz holds code/serving.properties; SageMaker unpacks it under /opt/ml/model
 
 OptionValue = str | int | float | bool
@@ -28,9 +28,10 @@ OptionValue = str | int | float | bool
 class ServingConfig:
     """Everything that goes into `serving.properties` for one model version.
 
-    `enable_prefix_caching=None` leaves vLLM's default: LMI drops `false` booleans instead of passing them on, so
-    only `True` is a real setting. `extra_options` are any further vLLM engine args / LMI options (`option.`
-    prefix optional) and win over the fields above.
+    `tensor_parallel_degree` and `max_rolling_batch_size` are LMI's names (it resolves `max` to the GPU count and
+    passes them to vLLM as tensor_parallel_size and max_num_seqs). `enable_prefix_caching=None` leaves vLLM's
+    default. `extra_options` are any further vLLM engine args / LMI options (`option.` prefix optional) and win over
+    the fields above.
     """
 
     model_uri: str  # S3 prefix of the promoted model (uncompressed weights + processor)
@@ -38,32 +39,25 @@ class ServingConfig:
     max_rolling_batch_size: int = 64
     model_loading_timeout_s: int = 600
     max_model_len: int = 7200
-    async_mode: bool = False
     enable_prefix_caching: bool | None = None
     limit_mm_per_prompt: Mapping[str, int] | None = None  # e.g. {"image": 1}; vLLM's default is 1 per modality
     extra_options: Mapping[str, OptionValue] = field(default_factory=dict)
 
-    @property
-    def supports_choice(self) -> bool:
-        """Whether requests may carry `structured_outputs: {"choice": [...]}` (LMI async mode only)."""
-        return self.async_mode
-
     def options(self) -> dict[str, str]:
         """The `option.*` entries, without the prefix, in a stable order."""
+        runtime = serving_runtime()
         opts: dict[str, OptionValue] = {
             "model_id": self.model_uri,
-            "rolling_batch": "disable" if self.async_mode else "vllm",
+            **runtime.mode_options,
             "tensor_parallel_degree": self.tensor_parallel_degree,
             "max_rolling_batch_size": self.max_rolling_batch_size,
             "model_loading_timeout": self.model_loading_timeout_s,
             "max_model_len": self.max_model_len,
         }
-        if self.async_mode:
-            opts |= {"async_mode": True, "entryPoint": ASYNC_ENTRYPOINT}
         if self.enable_prefix_caching:
             opts["enable_prefix_caching"] = True
         if self.limit_mm_per_prompt is not None:
-            opts["limit_mm_per_prompt"] = json.dumps(dict(self.limit_mm_per_prompt), separators=(",", ":"))
+            opts["limit_mm_per_prompt"] = runtime.format_mapping(dict(self.limit_mm_per_prompt))
         opts |= {key.removeprefix("option."): value for key, value in self.extra_options.items()}
         return {key: _property_value(key, value) for key, value in opts.items()}
 

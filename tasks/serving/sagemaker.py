@@ -74,7 +74,6 @@ def plan(
         raise ValueError("instance_count must lie within [min_instances, max_instances]")
     config = ServingConfig(
         model_uri=base["model_uri"],
-        async_mode=params["async_mode"],
         enable_prefix_caching=params["enable_prefix_caching"] or None,
         limit_mm_per_prompt={"image": params["images_per_prompt"]},
         extra_options=params["extra_options"],
@@ -91,7 +90,7 @@ def plan(
         "instance_count": params["instance_count"],
         "transport": "sagemaker_runtime",
         "price_region": region,
-        "supports_choice": config.supports_choice,
+        "supports_choice": True,  # the runtime's LMI mode passes the label constraint to vLLM (runtime.json)
         "config_name": name,
         "previous_config": current["EndpointConfigName"] if current else None,
         "endpoint_up_to_date": serves(current, name),

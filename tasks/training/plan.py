@@ -26,6 +26,9 @@ TRAINING_SOURCE_DIR = INCLUDE_DIR / "training"
 ENTRY_POINT = "launch.py"  # one GPU: train.py as is; several: accelerate + DeepSpeed ZeRO-3
 PREDICTIONS_FILE = "eval_predictions.jsonl"  # names written by include/training/train.py (a test keeps them equal)
 SUMMARY_FILE = "train_summary.json"
+# CreateTrainingJob's StoppingCondition.MaxRuntimeInSeconds limit (28 days); a larger value is refused by the API
+# only after the job was planned and its source uploaded.
+MAX_RUN_SECONDS = 28 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,8 @@ def plan_training(
     Hyperparameters in `params` override the backend's defaults key by key; where the model and the script's other
     files land is the backend's `artifact_uris`.
     """
+    if not 0 < int(params["max_run_seconds"]) <= MAX_RUN_SECONDS:
+        raise ValueError(f"max_run_seconds must lie in 1..{MAX_RUN_SECONDS} (28 days, the SageMaker limit)")
     version = model_version(dataset["taxonomy"], dag_id, run_key, run_time)
     job_name = training_job_name(dag_id, run_key)
     model_root = f"{settings.storage_uri}/{storage.MODELS}/{version}"

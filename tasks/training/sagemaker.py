@@ -29,6 +29,8 @@ from tasks.training.plan import (
 
 TRAINING_IMAGE_TABLE = INCLUDE_DIR / "images" / "pytorch_training.json"
 PRODUCTION_BASE_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
+# Its pinned Hub commit, sent as the model_revision hyperparameter (train.py's too: a test keeps them equal).
+PRODUCTION_BASE_MODEL_REVISION = "52320fb52229c8d942b1dcb8b63b3dc8087bc83b"
 SAGEMAKER_CHANNEL_DIR = "/opt/ml/input/data"
 SAGEMAKER_CHECKPOINT_DIR = "/opt/ml/checkpoints"  # include/training/train.py's too (a test keeps them equal)
 VOLUME_SIZE_GB = 300  # the 7B base model, the trained copy and two ZeRO-3 checkpoints with optimizer state
@@ -128,6 +130,8 @@ def create_training_job_request(plan: TrainingPlan, *, role_arn: str, image_uri:
         channels["base_model"] = model_id
         model_id = f"{SAGEMAKER_CHANNEL_DIR}/base_model"
     hyperparameters = {key: flag_value(value) for key, value in plan.hyperparameters.items()}
+    if model_id == PRODUCTION_BASE_MODEL:
+        hyperparameters["model_revision"] = PRODUCTION_BASE_MODEL_REVISION
     hyperparameters |= {
         "model_id": model_id,
         "sagemaker_program": ENTRY_POINT,

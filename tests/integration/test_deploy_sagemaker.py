@@ -70,7 +70,7 @@ def test_deploy_end_to_end_then_rerun_creates_nothing_then_teardown(sagemaker_ai
     assert record | {"deployed_at": None} == {
         "backend": "sagemaker", "endpoint_name": "llava-classifier", "transport": "sagemaker_runtime", "url": None,
         "model_version": "v1", "model_uri": MODEL_URI, "taxonomy": "hotel", "prompt": HOTEL.prompt(),
-        "instance_type": "ml.m5.xlarge", "instance_count": 1, "price_region": "us-east-1", "supports_choice": False,
+        "instance_type": "ml.m5.xlarge", "instance_count": 1, "price_region": "us-east-1", "supports_choice": True,
         "max_image_tokens": 1200, "vision_geometry": PRODUCTION_GEOMETRY.to_dict(), "config_name": name,
         "deployed_at": None,
     }  # fmt: skip
@@ -92,7 +92,9 @@ def test_deploy_end_to_end_then_rerun_creates_nothing_then_teardown(sagemaker_ai
     assert served == {
         "engine": "Python",
         "option.model_id": MODEL_URI,
-        "option.rolling_batch": "vllm",
+        "option.rolling_batch": "disable",
+        "option.async_mode": "true",
+        "option.entryPoint": "djl_python.lmi_vllm.vllm_async_service",
         "option.tensor_parallel_degree": "max",
         "option.max_rolling_batch_size": "64",
         "option.model_loading_timeout": "600",

@@ -30,17 +30,18 @@ def properties(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines)
 
 
-def test_seed_defaults():
+def test_seed_defaults_in_the_runtimes_async_mode():
     assert render_serving_properties(ServingConfig(MODEL_URI)) == (
         "engine=Python\n"
         f"option.model_id={MODEL_URI}\n"
-        "option.rolling_batch=vllm\n"
+        "option.rolling_batch=disable\n"
+        "option.async_mode=true\n"
+        "option.entryPoint=djl_python.lmi_vllm.vllm_async_service\n"
         "option.tensor_parallel_degree=max\n"
         "option.max_rolling_batch_size=64\n"
         "option.model_loading_timeout=600\n"
         "option.max_model_len=7200\n"
     )
-    assert not ServingConfig(MODEL_URI).supports_choice
 
 
 def test_the_shipped_template_is_what_renders_the_file(tmp_path, monkeypatch):
@@ -52,15 +53,6 @@ def test_the_shipped_template_is_what_renders_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr("tasks.serving.config.SERVING_PROPERTIES_TEMPLATE", custom)
     rendered = render_serving_properties(ServingConfig(MODEL_URI))
     assert rendered.startswith("engine=Python\noption.trust_remote_code=false\nmodel_id:s3://")
-
-
-def test_async_mode_enables_structured_outputs():
-    config = ServingConfig(MODEL_URI, async_mode=True)
-    props = properties(render_serving_properties(config))
-    assert props["option.rolling_batch"] == "disable"
-    assert props["option.async_mode"] == "true"
-    assert props["option.entryPoint"] == "djl_python.lmi_vllm.vllm_async_service"
-    assert config.supports_choice
 
 
 def test_optional_vllm_settings():
@@ -110,9 +102,9 @@ def test_model_archive_holds_the_code_dir_and_is_reproducible():
 @pytest.mark.parametrize(
     ("region", "uri"),
     [
-        ("us-east-1", "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.33.0-lmi15.0.0-cu128"),
-        ("eu-south-1", "692866216735.dkr.ecr.eu-south-1.amazonaws.com/djl-inference:0.33.0-lmi15.0.0-cu128"),
-        ("cn-north-1", "727897471807.dkr.ecr.cn-north-1.amazonaws.com.cn/djl-inference:0.33.0-lmi15.0.0-cu128"),
+        ("us-east-1", "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.36.0-lmi27.0.0-cu130"),
+        ("eu-south-1", "692866216735.dkr.ecr.eu-south-1.amazonaws.com/djl-inference:0.36.0-lmi27.0.0-cu130"),
+        ("cn-north-1", "727897471807.dkr.ecr.cn-north-1.amazonaws.com.cn/djl-inference:0.36.0-lmi27.0.0-cu130"),
     ],
 )
 def test_djl_lmi_image_uri(region, uri):

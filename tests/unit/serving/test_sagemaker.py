@@ -33,7 +33,6 @@ PARAMS = {
     "min_instances": 1,
     "max_instances": 2,
     "target_invocations_per_instance": 50,
-    "async_mode": False,
     "enable_prefix_caching": False,
     "images_per_prompt": 1,
     "extra_options": {},
@@ -125,7 +124,7 @@ def test_any_change_to_what_is_deployed_gets_a_new_name():
         make_plan()["config_name"],
         make_plan(instance_type="ml.g5.2xlarge")["config_name"],
         make_plan(instance_count=2, max_instances=2)["config_name"],
-        make_plan(async_mode=True)["config_name"],
+        make_plan(enable_prefix_caching=True)["config_name"],
         make_plan(extra_options={"gpu_memory_utilization": 0.8})["config_name"],
     }
     assert len(names) == 5
@@ -149,7 +148,7 @@ def test_requests_for_a_g5_endpoint_with_the_lmi_image_and_the_archive():
     assert "option.model_id=s3://bucket/pipeline/models/v7/model/\n" in plan["serving_properties"]
     assert 'option.limit_mm_per_prompt={"image":1}\n' in plan["serving_properties"]
     assert plan["previous_config"] is None and plan["endpoint_up_to_date"] is False
-    assert plan["supports_choice"] is False and make_plan(async_mode=True)["supports_choice"] is True
+    assert plan["supports_choice"] is True  # the runtime's LMI async mode honours the label constraint
 
 
 def test_the_plan_remembers_what_served_before():

@@ -17,6 +17,7 @@ from tasks.common.settings import load_settings
 from tasks.common.storage import ContainmentError
 from tasks.training.local import LOCAL_HYPERPARAMETERS, run_streaming
 from tasks.training.plan import (
+    MAX_RUN_SECONDS,
     find_dataset,
     ledger_entry,
     model_version,
@@ -26,6 +27,7 @@ from tasks.training.plan import (
 )
 from tasks.training.sagemaker import (
     PRODUCTION_BASE_MODEL,
+    PRODUCTION_BASE_MODEL_REVISION,
     create_training_job_request,
     outcome_from_description,
     source_tarball,
@@ -144,6 +146,7 @@ def test_create_training_job_request():
         "true",
         "50",
     )
+    assert hp["model_revision"] == PRODUCTION_BASE_MODEL_REVISION  # the Hub's later commits never reach a job
     assert req["InputDataConfig"] == [
         {
             "ChannelName": "train",
@@ -177,6 +180,7 @@ def test_a_base_model_on_s3_becomes_an_input_channel():
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in req["InputDataConfig"]}
     assert channels["base_model"] == "s3://bucket/base/llava-7b/"
     assert req["HyperParameters"]["model_id"] == "/opt/ml/input/data/base_model"
+    assert "model_revision" not in req["HyperParameters"]
 
 
 @pytest.mark.parametrize(
@@ -292,3 +296,13 @@ def test_the_local_runner_streams_each_line_and_fails_with_the_last_ones(caplog)
         run_streaming([sys.executable, "-c", script], {}, log)
     assert [r.getMessage() for r in caplog.records] == ["step 1", "boom"]
     assert err.value.args[0].endswith("step 1\nboom")
+
+
+def test_max_run_seconds_is_bounded_by_the_api_limit_in_the_plan_and_the_dag_param():
+    from dags.finetune_llava import finetune_llava
+
+    assert MAX_RUN_SECONDS == 2_419_200  # 28 days
+    assert request(max_run_seconds=MAX_RUN_SECONDS)["StoppingCondition"]["MaxRuntimeInSeconds"] == MAX_RUN_SECONDS
+    with pytest.raises(ValueError, match="28 days"):
+        sagemaker_plan(max_run_seconds=MAX_RUN_SECONDS + 1)
+    assert finetune_llava().params.get_param("max_run_seconds").schema["maximum"] == MAX_RUN_SECONDS

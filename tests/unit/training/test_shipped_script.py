@@ -30,6 +30,19 @@ def test_the_shipped_script_writes_the_names_the_pipeline_reads():
     assert (train.PREDICTIONS_FILE, train.SUMMARY_FILE) == (plan.PREDICTIONS_FILE, plan.SUMMARY_FILE)
     assert train.SAGEMAKER_CHECKPOINT_DIR == sagemaker.SAGEMAKER_CHECKPOINT_DIR
     assert train.parse_args(["--dataset_path", "d", "--model_dir", "m"]).model_id == sagemaker.PRODUCTION_BASE_MODEL
+    assert train.BASE_MODEL_REVISION == sagemaker.PRODUCTION_BASE_MODEL_REVISION
+
+
+def test_the_base_model_is_pinned_and_trains_with_the_shipped_chat_template():
+    """TRL's assistant-only loss needs the exact template it knows; the shipped file is it, whatever the Hub has."""
+    from trl.chat_template_utils import llava_next_chat_template  # what get_training_chat_template compares with
+
+    args = train.parse_args(["--dataset_path", "d", "--model_dir", "m"])
+    assert args.model_revision == "52320fb52229c8d942b1dcb8b63b3dc8087bc83b"
+    shipped = Path(args.chat_template).read_text(encoding="utf-8")
+    assert Path(args.chat_template).parent == TRAINING_DIR and shipped == llava_next_chat_template
+    local = train.parse_args(["--dataset_path", "d", "--model_dir", "m", "--model_id", "/models/tiny"])
+    assert (local.model_revision, local.chat_template) == (None, None)  # a local model keeps its own template
 
 
 @pytest.fixture
