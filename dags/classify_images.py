@@ -8,6 +8,7 @@ from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, Trigg
 
 from tasks.common.assets import PREDICTIONS
 from tasks.common.dag_defaults import SETTINGS, TAGS, default_args, nightly_deadline
+from tasks.common.settings import BACKENDS
 from tasks.nightly.partitions import NightlySchedule, say_when_nothing_ran
 from tasks.nightly.quality import QualityThresholds
 
@@ -86,7 +87,7 @@ retried. Symlinks, FIFOs and unsafe file names are never read: they get `rejecte
         "endpoint_backend": Param(
             None,
             type=["null", "string"],
-            enum=[None, "local", "sagemaker"],
+            enum=[None, *BACKENDS],
             description="None: the deployed one's.",
             section="Endpoint",
         ),
