@@ -152,32 +152,15 @@ def classification_entry(
 
 
 def partition_entries(
-    dt: str,
-    pricing: EndpointPricing,
-    *,
-    endpoint: str,
-    model_version: str,
-    stats: dict[str, Any],
-    busy_seconds: float,
-    deployed_at: str,
-    run_id: str,
-    now: datetime | None = None,
+    classification: LedgerEntry, *, deployed_at: str, now: datetime | None = None
 ) -> list[LedgerEntry]:
-    """The classification row of partition dt and the endpoint's idle row for day dt. `stats` is a RowStats
-    dict (tasks.nightly.predictions)."""
-    classification = classification_entry(
-        dt,
-        pricing,
-        endpoint=endpoint,
-        model_version=model_version,
-        stats=stats,
-        busy_seconds=busy_seconds,
-        run_id=run_id,
-    )
+    """A persistent endpoint's partition: its classification row (`classification_entry`) and the endpoint's idle
+    row for day dt — the hours it was up that day minus the busy seconds."""
+    dt, busy_seconds = classification.key, classification.billable_seconds
     up = uptime_seconds(dt, deployed_at, now or datetime.now(UTC))
     idle = LedgerEntry(
         kind="endpoint_idle",
-        key=f"{endpoint}/{dt}",
+        key=f"{classification.endpoint}/{dt}",
         billable_seconds=max(0.0, up - busy_seconds),
         **{name: getattr(classification, name) for name in _ENDPOINT_FIELDS},
     )

@@ -178,16 +178,16 @@ def record_costs(settings: Settings, planned: dict[str, Any], staged: dict[str, 
     if job.record is None:
         log.info("dt=%s: no images and no endpoint deployed: nothing to price", job.dt)
         return []
-    entries = ledger.partition_entries(
+    classification = ledger.classification_entry(
         job.dt,
         pricing.EndpointPricing.of_record(job.record),
         endpoint=job.endpoint_name,
         model_version=job.model_version,
         stats=staged["stats"],
         busy_seconds=staged["busy_seconds"],
-        deployed_at=job.record["deployed_at"],
         run_id=run_id,
     )
+    entries = ledger.partition_entries(classification, deployed_at=job.record["deployed_at"])
     costs_root = storage.root(settings) / storage.COSTS
     for entry in entries:
         log.info("%s %s: %.1f s, $%.6f", entry.kind, entry.key, entry.billable_seconds, entry.cost_usd)

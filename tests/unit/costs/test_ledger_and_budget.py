@@ -13,7 +13,7 @@ from tasks.common.storage import storage_path
 from tasks.costs import budget, ledger
 from tasks.costs.budget import BudgetExceeded
 from tasks.costs.daily_report import daily_costs, write_report
-from tasks.costs.ledger import LedgerEntry, partition_entries, uptime_seconds
+from tasks.costs.ledger import LedgerEntry, classification_entry, partition_entries, uptime_seconds
 from tasks.costs.pricing import EndpointPricing
 
 SAGEMAKER = EndpointPricing(backend="sagemaker", region="us-east-1", instance_type="ml.g5.xlarge", instance_count=2)
@@ -27,8 +27,9 @@ STATS = {
 
 
 def entries(dt: str, busy: float, deployed_at: str = "2026-10-01T00:00:00+00:00", **kwargs) -> list[LedgerEntry]:
-    return partition_entries(dt, SAGEMAKER, endpoint="llava", model_version="v1", stats=STATS, busy_seconds=busy,
-                             deployed_at=deployed_at, run_id="r", **kwargs)  # fmt: skip
+    row = classification_entry(dt, SAGEMAKER, endpoint="llava", model_version="v1", stats=STATS, busy_seconds=busy,
+                               run_id="r")  # fmt: skip
+    return partition_entries(row, deployed_at=deployed_at, **kwargs)
 
 
 def test_a_partition_costs_its_busy_time_and_the_endpoint_day_its_idle_rest() -> None:
