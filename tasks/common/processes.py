@@ -29,8 +29,21 @@ def stop_group(pgid: int, *, grace_s: float = 10.0) -> None:
             os.killpg(pgid, sig)
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pgid, os.WNOHANG)
-            if not group_members(pgid):
+            if not group_members(pgid):  # only zombies left: reap the leader, if it is our child
+                _reap(pgid)
                 return
             time.sleep(0.1)
+
+
+def _reap(pid: int, timeout_s: float = 5.0) -> None:
+    """Collect our child's exit status once it can be collected: a multi-threaded leader shows as a zombie before its
+    last threads are gone, and only then can it be waited for."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child, or already collected
+            return
+        if done or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)

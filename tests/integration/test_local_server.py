@@ -57,7 +57,8 @@ def test_local_server_lifecycle(tiny_model, tmp_path):
         result = client.classify(encode(image, "JPEG"), key="digit.jpg")
         # The tiny model is untrained: any answer will do, but it must come back as a well-formed, parsed response.
         assert result.status in ("ok", "invalid") and isinstance(result.raw_answer, str), result
-        assert result.attempts == 1 and 0 < result.latency_s < 30
+        # An answer that is not a label is asked once more (a transient bad answer must not become a permanent row).
+        assert result.attempts == (1 if result.status == "ok" else 2) and 0 < result.latency_s < 30
         if result.status == "invalid":
             assert result.error.startswith("answer is not a label")
         # The server saw exactly the prepared image: its prompt tokens are what the processor makes of it.
