@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from support.digits import tiny_digits_model
-from support.endpoints import committed, deploy_locally
+from support.endpoints import committed, deploy_locally, stable
 from tasks.common import storage
 from tasks.common.demo_data import write_incoming
 from tasks.common.local_airflow import create_backfill
@@ -83,6 +83,10 @@ def test_backfill_create_then_reprocess_completed(airflow_stack: AirflowStack, t
         stop_local_server(state_path(settings))
     for day in DAYS:
         manifest, rows = committed(stack.storage_root, day)
-        assert rows == before[day][1]  # identical rows, none duplicated
-        assert manifest["run"] != before[day][0]["run"] and manifest["carried"] == 4
+        # The same rows, none duplicated; final rows carried over as they were, `invalid` ones (an untrained model's
+        # garbage) asked again — greedy decoding gives the same answers.
+        assert stable(rows) == stable(before[day][1])
+        final = [row for row in before[day][1] if row["status"] not in ("invalid", "failed")]
+        assert [row for row in rows if row["status"] not in ("invalid", "failed")] == final
+        assert manifest["run"] != before[day][0]["run"] and manifest["carried"] == len(final)
     print(f"\nbackfill of 3 partitions: {first_s:.0f}s; with the reprocess: {time.monotonic() - started:.0f}s")
