@@ -113,7 +113,7 @@ def classify_backlog():
     def write_requests(jobs: list, day: dict) -> list:
         from tasks.backlog.steps import write_requests
 
-        return write_requests(SETTINGS, jobs, day)
+        return write_requests(jobs, day)
 
     @task(doc_md="Builds each job's CreateTransformJob request once all its files are written (payload limit "
           "from its largest record). Returns what `transform` maps over.")  # fmt: skip

@@ -181,7 +181,7 @@ def plan_backlog(
     return {"days": planned_days, "jobs": [job.to_dict() for job in jobs], "run": run}
 
 
-def write_requests(settings: Settings, jobs: list[dict[str, Any]], day_doc: dict[str, Any]) -> list[dict[str, Any]]:
+def write_requests(jobs: list[dict[str, Any]], day_doc: dict[str, Any]) -> list[dict[str, Any]]:
     """Write the day's request files (and their indexes) into the jobs that hold them; what each file holds."""
     day = PartitionJob(**day_doc["job"])
     written = []

@@ -121,7 +121,7 @@ def read_listed(incoming: ObjectStoragePath, key: str, problem: str | None) -> t
     if problem:
         return None, problem
     try:
-        return storage.read_bytes_capped(incoming / key, MAX_FILE_BYTES), ""
+        return storage.read_child_capped(incoming, key, MAX_FILE_BYTES), ""
     except storage.Refused as exc:
         return None, str(exc)
     except OSError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -135,26 +136,46 @@ def test_nightly_refuses_an_incoming_uri_outside_the_roots(root: Path) -> None:
             steps.count_images(settings_for(root), uri)
 
 
-def test_capped_reads_refuse_links_special_files_and_large_files_before_reading(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reader", ["path", "child"])
+def test_capped_reads_refuse_links_special_files_and_large_files_before_reading(tmp_path: Path, reader: str) -> None:
     (tmp_path / "big.bin").write_bytes(b"x" * 101)
     (tmp_path / "ok.bin").write_bytes(b"x" * 100)
     (tmp_path / "passwd.jpg").symlink_to("/etc/passwd")
     os.mkfifo(tmp_path / "fifo.jpg")
-    at = lambda name: storage_path((tmp_path / name).as_uri())  # noqa: E731
-    assert storage.read_bytes_capped(at("ok.bin"), 100) == b"x" * 100
+
+    def read(name: str) -> bytes:
+        if reader == "child":  # the nightly path: a key below the listed root
+            return storage.read_child_capped(storage_path(tmp_path.as_uri()), name, 100)
+        return storage.read_bytes_capped(storage_path((tmp_path / name).as_uri()), 100)
+
+    assert read("ok.bin") == b"x" * 100
     with pytest.raises(Refused, match="too large: 101 bytes"):
-        storage.read_bytes_capped(at("big.bin"), 100)
+        read("big.bin")
     with pytest.raises(Refused, match="symlink"):
-        storage.read_bytes_capped(at("passwd.jpg"), 100)
+        read("passwd.jpg")
     done = threading.Event()
 
     def read_fifo() -> None:
         with pytest.raises(Refused, match="special file"):
-            storage.read_bytes_capped(at("fifo.jpg"), 100)
+            read("fifo.jpg")
         done.set()
 
     threading.Thread(target=read_fifo, daemon=True).start()
     assert done.wait(5), "opening a FIFO blocked"
+
+
+def test_a_file_that_grows_between_the_size_check_and_the_read_is_refused(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "growing.jpg").write_bytes(b"x" * 80)
+    real_fstat = os.fstat
+
+    def fstat_before_the_append(fd: int) -> os.stat_result:  # the size it had when the check was made
+        st = list(real_fstat(fd))
+        st[stat.ST_SIZE] = 50
+        return os.stat_result(st)
+
+    monkeypatch.setattr(os, "fstat", fstat_before_the_append)
+    with pytest.raises(Refused, match="changed while read"):
+        storage.read_child_capped(storage_path(tmp_path.as_uri()), "growing.jpg", 100)
 
 
 def test_hostile_names_get_printable_keys_that_keep_the_raw_bytes() -> None:
