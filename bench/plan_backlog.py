@@ -92,7 +92,7 @@ def child(work: Path, incoming: Path, days: list[str], workers: int) -> None:
         day_job = PartitionJob(day, f"file://{incoming}/dt={day}", str(partition), planned.run_token, record, 64,
                                "aws_default")  # fmt: skip
         day_docs.append({"job": asdict(day_job)})
-        files += [plan.RequestFile(day, shard.__dict__) for shard in planned.shards]
+        files += plan.request_files(day, planned.shards)
     jobs = plan.chunk_jobs(files, prefix=f"file://{work}/backlog", run_key="bench", identity={},
                            images_per_job=200_000)  # fmt: skip
     planned_s = time.perf_counter() - started

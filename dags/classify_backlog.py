@@ -136,7 +136,10 @@ def classify_backlog():
         outlet_events[PREDICTIONS].extra = summary
         return summary
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, doc_md="Writes the cost report for the 30 days up to to_date.")
+    @task(
+        doc_md="Writes the cost report for the 30 days up to to_date, whatever the days' outcome (a teardown: "
+        "it runs after them all and does not decide the run's state, so a failed day fails the run)."
+    )
     def cost_report(run: dict, committed: list) -> dict:
         from tasks.backlog.steps import cost_report
 
@@ -148,7 +151,7 @@ def classify_backlog():
     transformed = BACKEND.transform(transform_requests(jobs, run, written), TRANSFORM_POOL)
     committed = commit_day.partial(jobs=jobs, run=run).expand(day=days)
     transformed >> committed
-    cost_report(run, committed)
+    cost_report(run, committed).as_teardown()
 
 
 classify_backlog()

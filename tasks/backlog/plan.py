@@ -19,6 +19,7 @@ from typing import Any
 
 from tasks.common.aws_names import sagemaker_name, slug
 from tasks.costs.pricing import EndpointPricing
+from tasks.nightly.partitions import Shard, shard_digests
 
 MAX_INSTANCES = 100  # CreateTransformJob: TransformResources.InstanceCount
 MAX_PAYLOAD_MB = 100  # MaxPayloadInMB, and MaxConcurrentTransforms x MaxPayloadInMB, are capped at 100 MB
@@ -48,6 +49,7 @@ class RequestFile:
 
     dt: str
     shard: dict[str, Any]  # tasks.nightly.partitions.Shard as a dict
+    digest: str  # of the images it holds (partitions.shard_digests): part of its job's name
 
     @property
     def name(self) -> str:
@@ -118,14 +120,21 @@ def run_prefix(backlog_root: str, dag_id: str, run_key: str, first: str, last: s
     return f"{backlog_root}/{sagemaker_name(slug(f'{first}-{last}'), digest)}"
 
 
+def request_files(dt: str, shards: list[Shard], conn_id: str | None = None) -> list[RequestFile]:
+    """One request file per shard of a day's plan."""
+    digests = shard_digests(shards, conn_id)
+    return [RequestFile(dt, asdict(shard), digest) for shard, digest in zip(shards, digests, strict=True)]
+
+
 def chunk_jobs(
     files: list[RequestFile], *, prefix: str, run_key: str, identity: dict[str, Any], images_per_job: int
 ) -> list[TransformJob]:
     """Consecutive request files, at most `images_per_job` images a job (a bigger file gets a job of its own).
 
-    The job name hashes the run, the files' (dt, offset, count) — not the manifest URI, which is new on every
-    planning — and `identity` (model, resources): a rerun that still has the same work attaches to the same jobs,
-    and one whose work changed can never pick up a job that classified other images.
+    The job name hashes the run, the files' days and the digests of the images they hold — not the manifest URI,
+    which is new on every planning, nor offsets, which hold other images once a carry-over changed the manifest —
+    and `identity` (model, resources): a rerun that still has the same work attaches to the same jobs (and their
+    outputs), and one whose work changed can never pick up a job that classified other images.
     """
     if images_per_job < 1:
         raise ValueError("images_per_job must be >= 1")
@@ -139,7 +148,7 @@ def chunk_jobs(
         size += request.images
     jobs = []
     for index, chunk in enumerate(chunks):
-        what = [(f.dt, f.shard["offset"], f.shard["count"]) for f in chunk]
+        what = [(f.dt, f.digest) for f in chunk]
         digest = hashlib.sha256(json.dumps([run_key, what, identity], sort_keys=True).encode()).hexdigest()
         name = sagemaker_name(slug(f"backlog-{chunk[0].dt}-{chunk[-1].dt}-j{index:03d}"), digest)
         jobs.append(TransformJob(index, name, f"{prefix}/{name}", chunk))

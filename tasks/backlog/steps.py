@@ -17,7 +17,7 @@ from airflow.sdk import XComArg
 from airflow.sdk.exceptions import AirflowFailException
 
 from tasks.backlog import join, plan, requests
-from tasks.backlog.plan import Estimate, RequestFile, Resources, Throughput, TransformJob
+from tasks.backlog.plan import Estimate, Resources, Throughput, TransformJob
 from tasks.common import storage
 from tasks.common.settings import Settings
 from tasks.costs import budget, ledger
@@ -161,7 +161,7 @@ def plan_backlog(
         job = PartitionJob(dt, incoming_uri, str(partition), day_plan.run_token, record, res.concurrency,
                            settings.aws_conn_id)  # fmt: skip
         planned_days.append({"job": job.to_dict(), "plan": day_plan.to_dict()})
-        files += [RequestFile(dt, asdict(shard)) for shard in day_plan.shards]
+        files += plan.request_files(dt, day_plan.shards, settings.aws_conn_id)
         log.info("dt=%s: %d images, %d carried over, %d to classify in %d request file(s)", dt, day_plan.images,
                  day_plan.carried, day_plan.to_classify, len(day_plan.shards))  # fmt: skip
     run_key, _ = run_identity(run_id, logical_date, run_after)

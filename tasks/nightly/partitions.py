@@ -7,6 +7,7 @@ already classified, and shards are small descriptors — (manifest uri, offset, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -360,6 +361,31 @@ def _carried_busy_seconds(partition: ObjectStoragePath, carried_rows: int) -> fl
     manifest = predictions.read_success(partition) or {}
     rows = manifest.get("rows", 0)
     return manifest.get("busy_seconds", 0.0) * carried_rows / rows if rows else 0.0
+
+
+def shard_digests(shards: list[Shard], conn_id: str | None = None) -> list[str]:
+    """sha256 of each shard's images (key and version, in manifest order), reading their manifest once, streamed:
+    what a shard holds, for names that must change when its images do — the same offset and count can hold other
+    images after a carry-over changed the manifest."""
+    import pyarrow.parquet as pq
+
+    if not shards:
+        return []
+    if len({shard.manifest_uri for shard in shards}) != 1:
+        raise ValueError("shard_digests takes the shards of one manifest")
+    hashes = [hashlib.sha256() for _ in shards]
+    owner = {shard.offset: i for i, shard in enumerate(shards)}  # the first row of each shard
+    current, row = None, 0
+    with storage.storage_path(shards[0].manifest_uri, conn_id).open("rb") as f:
+        batches = pq.ParquetFile(f).iter_batches(batch_size=LISTING_BATCH, columns=["key", "version"],
+                                                 use_threads=False)  # fmt: skip
+        for batch in batches:
+            for key, version in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
+                current = owner.get(row, current)
+                if current is not None and row < shards[current].offset + shards[current].count:
+                    hashes[current].update(f"{key}\0{version}\n".encode())
+                row += 1
+    return [h.hexdigest() for h in hashes]
 
 
 def read_shard(shard: Shard, conn_id: str | None = None) -> list[tuple[str, int, str, str | None]]:

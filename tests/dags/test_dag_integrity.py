@@ -42,7 +42,9 @@ for dag_id, dag in bag.dags.items():
         "tasks": {t.task_id: {"owner": t.owner, "retries": t.retries, "doc": bool(t.doc_md or t.doc),
                               "runbook": "Runbook" in (t.doc_md or ""),
                               "alerts": callbacks(t.on_failure_callback),
-                              "upstream": sorted(t.upstream_task_ids)}
+                              "upstream": sorted(t.upstream_task_ids), "leaf": not t.downstream_task_ids,
+                              "trigger_rule": getattr(t.trigger_rule, "value", t.trigger_rule),
+                              "teardown": t.is_teardown}
                   for t in dag.tasks},
     }
 print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "parse_s": parse, "dags": dags,
@@ -108,6 +110,15 @@ def test_dags_and_tasks_carry_owner_retries_tags_docs_and_alerting(bags: dict[st
             assert task["retries"] >= 1, f"{dag_id}.{task_id} has no retries"
             assert task["doc"], f"{dag_id}.{task_id} has no doc_md"
             assert task["alerts"] in (["LocalAlertNotifier"], ["SnsAlertNotifier"]), f"{dag_id}.{task_id} alerting"
+
+
+def test_a_failed_task_fails_its_run(bags: dict[str, dict]) -> None:
+    """A run's state is its leaves' (teardowns aside): a leaf that runs whatever happened upstream (all_done) would
+    turn a run whose work failed green. Such a task must be a teardown."""
+    for dag_id, dag in (item for bag in bags.values() for item in bag["dags"].items()):
+        for task_id, task in dag["tasks"].items():
+            if task["leaf"] and not task["teardown"]:
+                assert task["trigger_rule"] not in ("all_done", "always", "one_done"), f"{dag_id}.{task_id} masks"
 
 
 def test_every_dag_can_be_triggered_from_the_ui_form_with_its_defaults(bags: dict[str, dict]) -> None:

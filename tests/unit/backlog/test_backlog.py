@@ -5,6 +5,7 @@ transform operator against a stubbed SageMaker API (the Failed/Stopped/InProgres
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,7 +30,7 @@ DT = "2026-10-05"
 
 def files(counts: list[int], dt: str = DT) -> list[RequestFile]:
     offsets = [sum(counts[:i]) for i in range(len(counts))]
-    return [RequestFile(dt, {"manifest_uri": "m", "offset": o, "count": c, "index": i})
+    return [RequestFile(dt, {"manifest_uri": "m", "offset": o, "count": c, "index": i}, f"images-{o}-{c}")
             for i, (o, c) in enumerate(zip(offsets, counts, strict=True))]  # fmt: skip
 
 
@@ -47,6 +48,33 @@ def test_jobs_hold_consecutive_files_within_the_image_limit_under_deterministic_
     other_run = plan.chunk_jobs(files([2, 2]), prefix="file:///b", run_key="k2", identity={}, images_per_job=4)
     assert other_run[0].name != jobs[0].name
     assert TransformJob.from_dict(jobs[0].to_dict()) == jobs[0]
+
+
+def test_a_job_is_named_for_the_images_its_files_hold_not_their_offsets(tmp_path: Path, image_bytes) -> None:
+    """After a carry-over the same offsets hold other images: a job named by offsets would be attached to, and its
+    old outputs joined against files that never sent them."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+
+    def planned(keys: list[str]) -> list[str]:
+        for old in incoming.iterdir():
+            old.unlink()
+        for key in keys:
+            (incoming / key).write_bytes(image_bytes(seed=int(key[4])))
+        for key in keys:
+            os.utime(incoming / key, ns=(1, 1))  # the same file, rewritten: the same version
+        day = plan_partition(storage_path(uri(incoming)), storage_path(uri(tmp_path / "predictions" / f"dt={DT}")),
+                             dt=DT, model_version="v1", shard_size=2)  # fmt: skip
+        jobs = plan.chunk_jobs(plan.request_files(DT, day.shards), prefix="file:///b", run_key="k", identity={},
+                               images_per_job=2)  # fmt: skip
+        assert [(f.shard["offset"], f.shard["count"]) for j in jobs for f in j.files] == [(0, 2), (2, 2)]
+        return [job.name for job in jobs]
+
+    first = planned(["img-0.png", "img-1.png", "img-2.png", "img-3.png"])
+    assert planned(["img-0.png", "img-1.png", "img-2.png", "img-3.png"]) == first  # a new manifest, the same work
+    shifted = planned(["img-1.png", "img-2.png", "img-3.png", "img-4.png"])
+    assert shifted[0] != first[0] and shifted[1] != first[1]
+    assert planned(["img-0.png", "img-1.png", "img-3.png", "img-4.png"])[0] == first[0]  # the first file unchanged
 
 
 def test_the_transform_request_keeps_payload_times_concurrency_within_100_mb() -> None:
@@ -95,7 +123,7 @@ def day(tmp_path: Path, image_bytes) -> tuple[PartitionJob, TransformJob, Reques
     partition = storage_path(uri(tmp_path / "predictions" / f"dt={DT}"))
     day_plan = plan_partition(storage_path(uri(incoming)), partition, dt=DT, model_version="v1", shard_size=10)
     job = PartitionJob(DT, uri(incoming), str(partition), day_plan.run_token, record, 4, "aws_default")
-    request = RequestFile(DT, day_plan.shards[0].__dict__)
+    [request] = plan.request_files(DT, day_plan.shards)
     [transform_job] = plan.chunk_jobs([request], prefix=uri(tmp_path / "backlog"), run_key="k", identity={},
                                       images_per_job=10)  # fmt: skip
     return job, transform_job, request
