@@ -20,13 +20,17 @@ the nightly `classify_images` reads. Runs on every **promoted_model** event, or 
 
 **SageMaker**: `serving.properties` (from `include/serving/serving.properties`) → `model.tar.gz` in
 `<storage>/serving/<endpoint>/<name>/` → model → endpoint config → endpoint create-or-update (blue/green, deferred
-wait) → smoke test → autoscaling. Model and config share the name `<endpoint>-<version>-<digest>`; existing ones
-are skipped, so retries and reruns never duplicate. **Local**: `transformers serve` on 127.0.0.1.
+wait) → verify it serves the new config → smoke test → autoscaling. Model and config share the name
+`<endpoint>-<version>-<digest>`; existing ones are skipped, so retries and reruns never duplicate.
+**Local**: `transformers serve` on 127.0.0.1.
 
 **Runbook**
 - *smoke_test failed*: the endpoint answered something that is not a label (log shows the answer); `roll_back`
   restored the previous config/server (or removed what this run created). Check the model's evaluation.
 - *deploy_endpoint failed*: SageMaker's FailureReason is in the log; a failed update leaves the old config serving.
+- *verify_deployment failed*: the wait ended InService, but on the old config or with a FailureReason (a failed
+  update; AWS: DescribeEndpoint `FailureReason`). The old version keeps serving; `serving/endpoint.json` and the
+  registry still name it, and cleanup removes only the failed new config and model.
 - *An endpoint stuck in `Failed`* (a failed first create) cannot be updated: run `teardown_endpoint`, then deploy.
 - `delete_superseded` always runs last and removes this endpoint's unused configs and models.
 - Turning it off: `teardown_endpoint` with the same endpoint name.

@@ -59,14 +59,19 @@ class LocalServing:
         def deploy_endpoint(plan: dict, params: dict | None = None) -> str:
             return bring_up(plan, params["ready_timeout_s"])
 
-        @task_group(group_id="bring_up")
-        def bring_up_group(plan: XComArg) -> XComArg:
-            url = deploy_endpoint(plan)
-            package_serving_config(plan) >> create_model() >> create_endpoint_config() >> url
-            return url
+        @task(doc_md=NOTHING_TO_DO.format(why="deploy_endpoint returns only once the server lists this model"))
+        def verify_deployment() -> None:
+            return None
 
-        url = bring_up_group(plan)
-        return url.operator, url
+        @task_group(group_id="bring_up")
+        def bring_up_group(plan: XComArg) -> tuple[Any, XComArg]:
+            url = deploy_endpoint(plan)
+            verified = verify_deployment()
+            package_serving_config(plan) >> create_model() >> create_endpoint_config() >> url >> verified
+            return verified, url
+
+        verified, url = bring_up_group(plan)
+        return verified, url
 
     def roll_back(self) -> Any:
         @task(trigger_rule=TriggerRule.ONE_FAILED, doc_md=ROLL_BACK_DOC)

@@ -145,6 +145,30 @@ def serves(endpoint: dict[str, Any] | None, config_name: str) -> bool:
     )
 
 
+class DeployFailed(Exception):
+    """The endpoint does not serve the config this run deployed (raised as a non-retryable task failure)."""
+
+
+def check_serves_new_config(endpoint: dict[str, Any] | None, config_name: str) -> str:
+    """After the wait: the endpoint must be InService on exactly `config_name`, with no FailureReason.
+
+    boto's `endpoint_in_service` waiter (the provider's deferrable trigger) succeeds on InService alone, but a failed
+    UpdateEndpoint also ends InService: "If the status of the endpoint is Failed, or the status is InService but
+    update operation fails, this provides the reason why it failed" (AWS API reference, DescribeEndpoint
+    FailureReason), on the old config. Passing that on would publish a version that does not serve.
+    """
+    if endpoint is None:
+        raise DeployFailed(f"the endpoint does not exist after deploying {config_name}")
+    name, status = endpoint["EndpointName"], endpoint["EndpointStatus"]
+    serving, reason = endpoint["EndpointConfigName"], endpoint.get("FailureReason")
+    if serving != config_name or status != "InService" or reason:
+        raise DeployFailed(
+            f"endpoint {name} did not take {config_name}: it is {status} on {serving}"
+            + (f"; SageMaker says: {reason}" if reason else "")
+        )
+    return f"endpoint {name} is InService on {config_name}"
+
+
 def release_autoscaling_for_new_config(sm: Any, aas: Any, endpoint_name: str, new_config: str) -> bool:
     """UpdateEndpoint refuses to change the instance type of a variant registered with Application Auto Scaling;
     deregister it first (`register_autoscaling` registers it again after the smoke test). True when deregistered."""
@@ -178,8 +202,9 @@ def roll_back(sm: Any, plan: dict[str, Any], *, delay_s: int = 30, max_attempts:
     return f"endpoint {name} rolled back to {previous}"
 
 
-def delete_superseded(sm: Any, endpoint_name: str) -> dict[str, list[str]]:
-    """Delete this endpoint's configs and models that it does not use now (all of them when it is gone).
+def delete_superseded(sm: Any, endpoint_name: str, also_keep: str | None = None) -> dict[str, list[str]]:
+    """Delete this endpoint's configs and models that it does not use now (all of them when it is gone), except
+    `also_keep` (the config of the last good endpoint record, which Batch Transform runs on) and its models.
 
     Nothing is touched while the endpoint is changing: the config an update is moving to is not "in use" yet.
     """
@@ -187,10 +212,10 @@ def delete_superseded(sm: Any, endpoint_name: str) -> dict[str, list[str]]:
     if endpoint is not None and endpoint["EndpointStatus"] in IN_PROGRESS:
         log.warning("endpoint %s is %s: cleanup postponed", endpoint_name, endpoint["EndpointStatus"])
         return {"endpoint_configs": [], "models": []}
-    keep_config = endpoint["EndpointConfigName"] if endpoint else None
-    in_use = describe(sm, "endpoint_config", keep_config) if keep_config else None
-    keep_models = {v["ModelName"] for v in (in_use or {}).get("ProductionVariants", [])}
-    configs = [c for c in _owned(sm, "endpoint_config", endpoint_name) if c != keep_config]
+    keep_configs = {name for name in (endpoint["EndpointConfigName"] if endpoint else None, also_keep) if name}
+    kept = [describe(sm, "endpoint_config", name) or {} for name in keep_configs]
+    keep_models = {variant["ModelName"] for config in kept for variant in config.get("ProductionVariants", [])}
+    configs = [c for c in _owned(sm, "endpoint_config", endpoint_name) if c not in keep_configs]
     models = [m for m in _owned(sm, "model", endpoint_name) if m not in keep_models]
     for config in configs:
         sm.delete_endpoint_config(EndpointConfigName=config)
@@ -319,6 +344,27 @@ class SageMakerServing:
             write_bytes_atomic(archive, package_model_tar(plan["serving_properties"]))
             return plan["model_tar_uri"]
 
+        @task(
+            trigger_rule=TriggerRule.NONE_FAILED,  # deploy_endpoint is skipped when the endpoint was already right
+            doc_md="""Checks what the wait cannot: the endpoint is InService on exactly this run's config, with no
+            FailureReason. A failed UpdateEndpoint also ends InService, on the old config (AWS: DescribeEndpoint
+            `FailureReason`), and the provider's wait reports that as success.
+
+**Runbook** — *failed*: the log has SageMaker's reason (health check, image pull, role access to the model prefix,
+model_loading_timeout); the old config still serves and `roll_back` says so; `serving/endpoint.json` and the registry
+keep the version that really serves. Fix the cause and trigger again.""",
+        )
+        def verify_deployment(plan: dict) -> str:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            endpoint = describe(_sagemaker(self.settings.aws_conn_id), "endpoint", plan["endpoint_name"])
+            try:
+                verdict = check_serves_new_config(endpoint, plan["config_name"])
+            except DeployFailed as exc:
+                raise AirflowFailException(str(exc)) from None
+            log.info(verdict)
+            return verdict
+
         @task_group(group_id="bring_up")
         def bring_up(plan: XComArg) -> Any:
             model = SageMakerModelOperator(
@@ -358,7 +404,7 @@ class SageMakerServing:
                 update is still rolling; clear the task once the endpoint has settled.""",
             )
             package_serving_config(plan) >> model >> config >> endpoint
-            return endpoint
+            return endpoint >> verify_deployment(plan)
 
         return bring_up(plan), None
 
@@ -386,11 +432,15 @@ class SageMakerServing:
         @task(
             task_id="delete_superseded",
             doc_md="""Always runs last, also after a failure: deletes this endpoint's configs and models that it
-            does not use now (superseded versions, or what a failed run left behind). Postponed while the endpoint
-            is changing. A teardown task: its own outcome does not decide the run's state.""",
+            does not use now (superseded versions, or what a failed run left behind), never the ones of
+            `serving/endpoint.json` (the last good deploy, which Batch Transform runs on). Postponed while the
+            endpoint is changing. A teardown task: its own outcome does not decide the run's state.""",
         )
         def delete_superseded_task() -> dict:
-            return delete_superseded(_sagemaker(self.settings.aws_conn_id), plan_or_skip()["endpoint_name"])
+            name = plan_or_skip()["endpoint_name"]
+            record = deployment.current_endpoint(deployment.serving_root(self.settings))
+            last_good = record["config_name"] if record and record["endpoint_name"] == name else None
+            return delete_superseded(_sagemaker(self.settings.aws_conn_id), name, also_keep=last_good)
 
         return delete_superseded_task().as_teardown()
 

@@ -90,12 +90,12 @@ class Moto:
                            "extra": {"region_name": "us-east-1", "endpoint_url": self.endpoint}})  # fmt: skip
 
 
-@pytest.fixture(scope="session")
-def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
-    """A real moto_server on loopback: S3 and SageMaker APIs, no AWS account."""
+def start_moto(tmp_path_factory: pytest.TempPathFactory, program: list[str], **env: str) -> Iterator[Moto]:
+    """Run a moto server program (`moto_server`, or tests.moto_documented) on a free loopback port until the end."""
     port = free_port()
     log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
-    proc = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+    argv = [*program, "-H", "127.0.0.1", "-p", str(port)]
+    proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=REPO_ROOT, env={**os.environ, **env})
     moto = Moto(f"http://127.0.0.1:{port}")
     deadline = time.monotonic() + 30
     while True:
@@ -112,6 +112,12 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
     proc.wait(10)
 
 
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
+    """A real moto_server on loopback: S3 and SageMaker APIs, no AWS account."""
+    yield from start_moto(tmp_path_factory, [str(MOTO_SERVER)])
+
+
 @pytest.fixture
 def moto(moto_server: Moto, monkeypatch: pytest.MonkeyPatch) -> Moto:
     """A clean moto with the bucket created, and this process's aws_default connection pointed at it."""
@@ -124,6 +130,10 @@ def moto(moto_server: Moto, monkeypatch: pytest.MonkeyPatch) -> Moto:
 @pytest.fixture(scope="session")
 def sagemaker_airflow(tmp_path_factory: pytest.TempPathFactory, moto_server: Moto) -> AirflowRunner:
     """SageMaker backend, s3:// storage, both served by moto_server."""
+    return sagemaker_runner(tmp_path_factory, moto_server)
+
+
+def sagemaker_runner(tmp_path_factory: pytest.TempPathFactory, moto_server: Moto) -> AirflowRunner:
     root = tmp_path_factory.mktemp("sagemaker-airflow")
     return _runner(
         root / "airflow",
