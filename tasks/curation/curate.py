@@ -23,6 +23,14 @@ from airflow.sdk.exceptions import AirflowFailException
 from tasks.common import storage
 from tasks.common.progress import Progress
 from tasks.common.settings import Settings
+from tasks.curation.near_duplicates import (
+    NearDuplicatePolicy,
+    RowGroups,
+    group_rows,
+    leakage_report,
+    phash,
+    taxonomy_policy,
+)
 from tasks.model.images import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_SIDE,
@@ -56,6 +64,7 @@ class CurationOptions:
     # Images are stored exactly as the endpoint client will send them (same token budget and geometry), so the
     # model is fine-tuned on the pictures it will be asked about.
     resize_policy: ResizePolicy = DEFAULT_POLICY
+    near_duplicates: NearDuplicatePolicy | None = None  # None: the taxonomy file's declared threshold
 
     def __post_init__(self) -> None:
         if not (0 <= self.test_fraction < 1 and 0 <= self.val_fraction < 1):
@@ -151,14 +160,29 @@ def _scan(
             ledger.rejected.append({"path": rel, "reason": str(exc)})
             continue
         sha = content_hash(image)
-        image = prepare_image(image, opts.resize_policy)
         ledger.labels_by_sha[sha].setdefault(label, rel)
         if sha in ledger.kept:
             ledger.duplicates.append((rel, sha))
             continue
-        ledger.kept[sha] = {"path": rel, "label": label, "sha256": sha}
+        ledger.kept[sha] = {"path": rel, "label": label, "sha256": sha, "phash": f"{phash(image):016x}"}
+        image = prepare_image(image, opts.resize_policy)
         yield {"image": image, "sha256": sha}
     progress.finish()
+
+
+def _resolve_near_duplicates(near: RowGroups, ledger: _Ledger, policy: NearDuplicatePolicy) -> None:
+    """Mark each group's rows with the group key (its centre's sha256) for the split; a group whose members carry
+    different labels is a label conflict, rejected whole as exact conflicts are."""
+    for members in near.groups():
+        labels = {row["label"] for row, _ in members}
+        if len(labels) == 1:
+            for row, _ in members:
+                row["group"] = members[0][0]["sha256"]
+            continue
+        detail = ", ".join(f"{row['label']!r} ({row['path']}, {d} bits)" for row, d in members)
+        reason = f"label conflict: near-duplicates (pHash within {policy.max_distance} bits) labelled {detail}"
+        for row, _ in members:
+            ledger.rejected.append({"path": ledger.kept.pop(row["sha256"])["path"], "reason": reason})
 
 
 def _to_arrow(rows: Iterator[dict[str, Any]], features: Features, path: str) -> Dataset:
@@ -174,20 +198,29 @@ def _to_arrow(rows: Iterator[dict[str, Any]], features: Features, path: str) -> 
 
 
 def assign_splits(rows: list[dict[str, str]], opts: CurationOptions) -> dict[str, str]:
-    """Seeded, stratified split: sha256 → split. Independent of listing order; small classes favour train."""
-    by_label: dict[str, list[str]] = defaultdict(list)
+    """Seeded, stratified split: sha256 → split. Independent of listing order; small classes favour train.
+
+    Rows sharing a `group` (near-duplicates) go to one split together: a group joins test or validation only while
+    it fits the count left there, so no copy of a test image is trained on and the fractions hold.
+    """
+    by_label: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        by_label[row["label"]].append(row["sha256"])
+        by_label[row["label"]][row.get("group", row["sha256"])].append(row["sha256"])
     assignment: dict[str, str] = {}
-    for label, shas in sorted(by_label.items()):
-        shas.sort()
-        random.Random(f"{opts.seed}:{label}").shuffle(shas)
-        n_test = round(len(shas) * opts.test_fraction)
-        n_val = round(len(shas) * opts.val_fraction)
-        if n_test + n_val >= len(shas):  # keep at least one training example per label
-            n_test, n_val = min(n_test, len(shas) - 1), 0
-        for i, sha in enumerate(shas):
-            assignment[sha] = "test" if i < n_test else "validation" if i < n_test + n_val else "train"
+    for label, groups in sorted(by_label.items()):
+        keys = sorted(groups)
+        random.Random(f"{opts.seed}:{label}").shuffle(keys)
+        size = sum(len(shas) for shas in groups.values())
+        n_test = round(size * opts.test_fraction)
+        n_val = round(size * opts.val_fraction)
+        if n_test + n_val >= size:  # keep at least one training example per label
+            n_test, n_val = min(n_test, size - 1), 0
+        room = {"test": n_test, "validation": n_val}
+        for key in keys:
+            split = next((s for s, left in room.items() if len(groups[key]) <= left), "train")
+            if split in room:
+                room[split] -= len(groups[key])
+            assignment |= dict.fromkeys(groups[key], split)
     return assignment
 
 
@@ -234,10 +267,16 @@ def curate(
                 reason = f"exact duplicate of {ledger.kept[sha]['path']} (same decoded pixels)"
                 ledger.rejected.append({"path": path, "reason": reason})
 
+        policy = opts.near_duplicates or taxonomy_policy(taxonomy.name)
+        near = group_rows(list(ledger.kept.values()), policy)
+        _resolve_near_duplicates(near, ledger, policy)
         kept = sorted(ledger.kept.values(), key=lambda r: r["path"])
         split_of = assign_splits(kept, opts)
         for row in kept:
             row["split"] = split_of[row["sha256"]]
+        leakage = leakage_report(near, policy)
+        if leakage["groups_across_splits"]:  # the split's own invariant: must never pass silently
+            raise RuntimeError(f"{leakage['groups_across_splits']} near-duplicate groups span several splits")
         index_of = {sha: i for i, sha in enumerate(scanned["sha256"])}
         out_features = Features(
             {
@@ -266,7 +305,7 @@ def curate(
 
         # An empty split is left out (datasets cannot save and reload one); the report still counts it as 0.
         present = [split for split in SPLITS if any(row["split"] == split for row in kept)]
-        report = _report(ledger, kept, taxonomy, prompt, opts)
+        report = _report(ledger, kept, taxonomy, prompt, opts) | {"near_duplicates": leakage}
         storage.remove_tree(dataset, owner=dataset.parent)
         if not kept:
             storage.write_json(dataset / REPORT_NAME, report)
@@ -312,12 +351,15 @@ def _report(
 
 def summary(report: dict[str, Any]) -> str:
     """The readable version of the report for the task log."""
-    c = report["counts"]
+    c, near = report["counts"], report["near_duplicates"]
     lines = [
         f"Curated {report['total']} files with taxonomy {report['taxonomy']!r}: "
         f"{c['kept']} kept, {c['rejected']} rejected, {c['ignored']} ignored.",
         "Splits: " + ", ".join(f"{k}={v}" for k, v in report["splits"].items()),
         f"Fingerprint: {report['fingerprint']}",
+        f"Near-duplicates (pHash within {near['policy']['max_distance']} bits): groups by size {near['group_sizes']}, "
+        f"{len(near['cut_by_size_cap'])} cut by the size cap, {near['groups_across_splits']} groups across splits, "
+        f"{near['pairs_across_splits']} close pairs across splits.",
         "Per label (train/validation/test):",
     ]
     for label, counts in report["per_label"].items():
