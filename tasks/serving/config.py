@@ -37,7 +37,11 @@ class ServingConfig:
     model_uri: str  # S3 prefix of the promoted model (uncompressed weights + processor)
     tensor_parallel_degree: int | str = "max"
     max_rolling_batch_size: int = 64
-    model_loading_timeout_s: int = 600
+    # LMI's own default: the image sets MODEL_LOADING_TIMEOUT=1200 (djl-serving 0.36.0-lmi27-dlc,
+    # serving/docker/lmi.Dockerfile), read by PyModel.java as the Python worker's load timeout. Loading ~15 GB,
+    # vLLM's compile and CUDA-graph capture on a 4-vCPU ml.g5.xlarge need it; 600 s halved it. It bounds
+    # Batch Transform's start-up too, and SageMaker's health-check and download timeouts follow it (+300 s).
+    model_loading_timeout_s: int = 1200
     max_model_len: int = 7200
     enable_prefix_caching: bool | None = None
     limit_mm_per_prompt: Mapping[str, int] | None = None  # e.g. {"image": 1}; vLLM's default is 1 per modality

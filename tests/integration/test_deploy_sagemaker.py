@@ -97,7 +97,7 @@ def test_deploy_end_to_end_then_rerun_creates_nothing_then_teardown(sagemaker_ai
         "option.entryPoint": "djl_python.lmi_vllm.vllm_async_service",
         "option.tensor_parallel_degree": "max",
         "option.max_rolling_batch_size": "64",
-        "option.model_loading_timeout": "600",
+        "option.model_loading_timeout": "1200",
         "option.max_model_len": "7200",
         "option.limit_mm_per_prompt": '{"image":1}',
     }

@@ -39,7 +39,7 @@ def test_seed_defaults_in_the_runtimes_async_mode():
         "option.entryPoint=djl_python.lmi_vllm.vllm_async_service\n"
         "option.tensor_parallel_degree=max\n"
         "option.max_rolling_batch_size=64\n"
-        "option.model_loading_timeout=600\n"
+        "option.model_loading_timeout=1200\n"
         "option.max_model_len=7200\n"
     )
 

@@ -143,7 +143,7 @@ def test_requests_for_a_g5_endpoint_with_the_lmi_image_and_the_archive():
     }
     [variant] = plan["endpoint_config_request"]["ProductionVariants"]
     assert variant["InstanceType"] == "ml.g5.xlarge" and variant["ModelName"] == name
-    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == 600 + sme.STARTUP_MARGIN_S
+    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == 1200 + sme.STARTUP_MARGIN_S == 1500
     assert plan["endpoint_request"] == {"EndpointName": "llava-classifier", "EndpointConfigName": name, "Tags": tags}
     assert "option.model_id=s3://bucket/pipeline/models/v7/model/\n" in plan["serving_properties"]
     assert 'option.limit_mm_per_prompt={"image":1}\n' in plan["serving_properties"]
