@@ -173,30 +173,160 @@ def write_bytes_atomic(path: ObjectStoragePath, data: bytes) -> None:
     tmp.rename(path)
 
 
-def create_exclusive(path: ObjectStoragePath, data: bytes) -> bool:
-    """Create `path` with `data` only if it does not exist yet; False when it does. Atomic on both filesystems: a
-    conditional PUT (`If-None-Match: *`) on S3, a hard link of a complete temporary file locally (never a partly
-    written file under the final name)."""
+class Versioned(NamedTuple):
+    """A small object's bytes and the version a conditional write or delete compares against: the S3 ETag, or
+    locally the sha256 of the bytes (every lease or claim document holds a fresh token, so equal bytes mean the
+    same write)."""
+
+    data: bytes
+    version: str
+
+
+# Compare-and-swap on the storage's own atomic primitive, for leases and claims (tasks.common.leases).
+#
+# S3: conditional writes — PutObject with `If-None-Match: *` creates only if the key is absent, with
+# `If-Match: <ETag>` overwrites only that version; DeleteObject with `If-Match: <ETag>` deletes only that version
+# (conditional deletes, general purpose buckets, September 2025). A failed condition is 412 PreconditionFailed;
+# a concurrent conflicting write is 409 ConditionalRequestConflict ("fetch the object's ETag and retry"); a
+# conditional delete of a missing key is 404 NoSuchKey. Sources: Amazon S3 User Guide, "How to prevent object
+# overwrites with conditional writes" (docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html) and
+# "How to perform conditional deletes" (.../userguide/conditional-deletes.html); PutObject `If-Match`/`If-None-Match`
+# and DeleteObject `If-Match` in the API reference (API_PutObject.html, API_DeleteObject.html), which boto3 exposes
+# as `put_object(IfMatch=..., IfNoneMatch="*")` and `delete_object(IfMatch=...)`. moto 5.2.5 implements all three
+# (getmoto/moto#8109 If-None-Match, #8869 put If-Match, #9725 delete If-Match), but as check-then-act without a
+# lock in its threaded server: tests/integration/test_leases_s3.py measures what that means for the race harness.
+#
+# Locally: every change of the file happens under an exclusive flock of a sibling `.<name>.lock` (across threads
+# and processes: each call opens its own file description), the new bytes are written to a temporary file first
+# and moved in with os.link (create: fails if the name exists) or os.replace (overwrite), so a reader never sees a
+# partly written document.
+_CONFLICT_CODES = ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404", "409", "412")
+
+
+def create_exclusive(path: ObjectStoragePath, data: bytes) -> str | None:
+    """Create `path` with `data` only if it does not exist yet: its version, or None when it exists."""
     if path.protocol != "file":
+        return _s3_conditional(path, "put_object", Body=data, IfNoneMatch="*")
+    with _local_lock(path):
+        return _local_put(path, data, create=True)
+
+
+def read_versioned(path: ObjectStoragePath) -> Versioned | None:
+    """The object's bytes with their version, read in one request (never the bytes of one version and the ETag of
+    another); None when it does not exist."""
+    if path.protocol != "file":
+        from botocore.exceptions import ClientError
+
         try:
-            path.fs.pipe_file(path.path, data, mode="create")
-        except FileExistsError:
-            return False
-        except OSError as exc:  # s3fs maps a 412 without its Condition field, and 409 races, to plain OSErrors
-            if any(code in str(exc) for code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")):
-                return False
+            data, etag = _s3_sync(path, _s3_get)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
             raise
-        return True
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    tmp.write_bytes(data)
+        return Versioned(data, etag)
     try:
-        os.link(tmp.path, path.path)
-    except FileExistsError:
-        return False
+        with open(path.path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    return Versioned(data, _digest(data))
+
+
+def replace_if(path: ObjectStoragePath, data: bytes, version: str) -> str | None:
+    """Overwrite `path` with `data` only if its current version is `version`: the new version, or None (it changed
+    or is gone)."""
+    if path.protocol != "file":
+        return _s3_conditional(path, "put_object", Body=data, IfMatch=version)
+    with _local_lock(path):
+        current = read_versioned(path)
+        if current is None or current.version != version:
+            return None
+        return _local_put(path, data, create=False)
+
+
+def delete_if(path: ObjectStoragePath, version: str) -> bool:
+    """Delete `path` only if its current version is `version`; False when it changed or is gone."""
+    if path.protocol != "file":
+        return _s3_conditional(path, "delete_object", IfMatch=version) is not None
+    with _local_lock(path):
+        current = read_versioned(path)
+        if current is None or current.version != version:
+            return False
+        os.unlink(path.path)
+        return True
+
+
+def _digest(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+@contextmanager
+def _local_lock(path: ObjectStoragePath) -> Iterator[None]:
+    import fcntl
+
+    os.makedirs(os.path.dirname(path.path), exist_ok=True)
+    fd = os.open(posixpath.join(os.path.dirname(path.path), f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
-        os.unlink(tmp.path)
-    return True
+        os.close(fd)  # closing the last descriptor of this open releases the flock
+
+
+def _local_put(path: ObjectStoragePath, data: bytes, *, create: bool) -> str | None:
+    tmp = posixpath.join(os.path.dirname(path.path), f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        if create:
+            os.link(tmp, path.path)
+        else:
+            os.replace(tmp, path.path)
+    except FileExistsError:
+        return None
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+    return _digest(data)
+
+
+def _s3_conditional(path: ObjectStoragePath, method: str, **kwargs: Any) -> str | None:
+    """The new ETag (or "" for a delete) when the condition held, None when it did not (412, 409, 404)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        response = _s3_sync(path, _s3_call, method, **kwargs)
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        if error.get("Code") in _CONFLICT_CODES or status in _CONFLICT_CODES:
+            return None
+        raise
+    return str(response.get("ETag", "")).strip('"')
+
+
+def _s3_sync(path: ObjectStoragePath, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run `fn(fs, bucket, key, ...)` on the path's s3fs event loop, with botocore's own errors (s3fs would map
+    a 412 to a plain OSError without its code)."""
+    from fsspec.asyn import sync
+
+    bucket, _, key = path.path.partition("/")
+    return sync(path.fs.loop, fn, path.fs, bucket, key, *args, **kwargs)
+
+
+async def _s3_call(fs: Any, bucket: str, key: str, method: str, **kwargs: Any) -> dict[str, Any]:
+    await fs.set_session()
+    client = await fs.get_s3(bucket)
+    return await getattr(client, method)(Bucket=bucket, Key=key, **kwargs)
+
+
+async def _s3_get(fs: Any, bucket: str, key: str) -> tuple[bytes, str]:
+    response = await _s3_call(fs, bucket, key, "get_object")
+    async with response["Body"] as body:
+        data = await body.read()
+    return data, str(response["ETag"]).strip('"')
 
 
 @contextmanager

@@ -8,7 +8,6 @@ already classified, and shards are small descriptors — (manifest uri, offset, 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -22,7 +21,7 @@ from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
-from tasks.common import storage
+from tasks.common import leases, storage
 from tasks.common.storage import iter_files
 from tasks.model.images import is_ignored
 from tasks.nightly import predictions
@@ -92,41 +91,41 @@ ACTIVE_STATES = ("queued", "running")
 
 
 def claim_dt(partition: ObjectStoragePath, run_id: str, dagrun_state: Callable[[str], str]) -> None:
-    """One active DagRun per dt: record this run in `<partition>/_CLAIM`, or refuse (AirflowFailException) while
-    the run recorded there is still queued or running.
+    """One active DagRun per dt: hold `<partition>/_CLAIM` for this run, or refuse (PublishConflict naming the
+    holder) while the run recorded there is still queued or running.
 
     Why here and not a pool: a pool would serialise publishes, not stop two runs of one dt (the nightly run, a
     backfill, a manual run whose logical date falls on D) from classifying and publishing one after the other;
-    `max_active_runs` counts runs of any dt. The claim needs no release: a finished holder is simply replaced, and a
-    cleared or retried run keeps its run_id, so it passes. Publishing still takes the partition's lease
-    (predictions.publish_lease): the claim saves endpoint time, the lease keeps the partition consistent.
+    `max_active_runs` counts runs of any dt. The claim is a lease without expiry (tasks.common.leases): taken over
+    by compare-and-swap once its run is no longer active, and a cleared or retried run keeps its run_id, so it takes
+    its own claim back. Publishing still takes the partition's lease (predictions.publish): the claim saves
+    endpoint time, the lease keeps the partition consistent.
     """
-    claim = partition / CLAIM
-    doc = json.dumps({"run_id": run_id, "claimed_at": datetime.now(UTC).isoformat(timespec="seconds")}).encode()
-    if storage.create_exclusive(claim, doc):
-        return
-    holder = (storage.read_json(claim, default={}) or {}).get("run_id")
-    if holder and holder != run_id:
-        _refuse_if_active(partition, holder, dagrun_state)
-        storage.write_bytes_atomic(claim, doc)
-        holder = (storage.read_json(claim, default={}) or {}).get("run_id")
-        if holder != run_id:  # another run took it over at the same moment
-            _refuse_if_active(partition, holder, dagrun_state)
 
+    def state_of(held: leases.Holder) -> str:
+        try:
+            return dagrun_state(held.run)
+        except Exception as exc:  # a deleted run (db clean): it is not active
+            log.warning("state of %s unknown (%s): treating it as finished", held.run, exc)
+            return "unknown"
 
-def _refuse_if_active(partition: ObjectStoragePath, holder: str, dagrun_state: Callable[[str], str]) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
+    def stale(held: leases.Holder) -> str | None:
+        if held.run == run_id:
+            return "it is this run's own claim (a retry or a clear)"
+        state = state_of(held)
+        return None if state in ACTIVE_STATES else f"its DagRun is {state}"
 
-    try:
-        state = dagrun_state(holder)
-    except Exception as exc:  # a deleted run (db clean): it is not active
-        log.warning("state of %s unknown (%s): treating it as finished", holder, exc)
-        return
-    if state in ACTIVE_STATES:
-        raise AirflowFailException(
-            f"{partition.name} is being processed by DagRun {holder} ({state}); this run refuses so that two runs "
-            "of one dt never classify and publish it side by side. Wait for it, then clear this run if still needed."
-        )
+    leases.acquire(
+        partition / CLAIM,
+        leases.Holder(run=run_id),
+        stale=stale,
+        conflict=predictions.PublishConflict,
+        explain=lambda held: (
+            f"{partition.name} is being processed by DagRun {held.run} ({state_of(held)}); this run "
+            f"({run_id}) refuses so that two runs of one dt never classify and publish it side by side. Wait for it, "
+            "then clear this run if still needed."
+        ),
+    )
 
 
 @dataclass(frozen=True)

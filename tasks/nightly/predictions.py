@@ -4,20 +4,18 @@ A run writes its files under a fresh `run=<token>/` prefix and publishes them by
 every file with its row count. Readers trust only files listed there, so a half-written run is never visible and a
 rerun replaces the partition in one atomic write; the replaced run's files are deleted after the switch.
 
-One writer per partition: publish holds a lease (`_LEASE`, created only if absent: a conditional PUT on S3, an
-exclusive create locally) while it checks its files, writes `_SUCCESS` and deletes the other runs, so two runs of
-one dt cannot interleave those steps. The loser fails loudly (PublishConflict); a run whose files a concurrent
-publish already replaced fails too, before it writes anything.
+One writer per partition: publish holds a lease (`_LEASE`, tasks.common.leases: compare-and-swap on the storage's
+own atomic primitive) while it checks its files, writes `_SUCCESS` and deletes the other runs, so two runs of one
+dt cannot interleave those steps. The loser fails loudly (PublishConflict naming the holder); a run whose files a
+concurrent publish already replaced fails too, before it writes anything.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,14 +24,15 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
 
-from tasks.common import storage
+from tasks.common import leases, storage
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 SUCCESS = "_SUCCESS"
 LEASE = "_LEASE"
-LEASE_TTL_S = 900.0  # a publish takes seconds; a lease older than this was left by a killed publisher
+LEASE_TTL_S = 120.0  # a publish takes seconds and renews its lease every LEASE_RENEW_S: older means killed
+LEASE_RENEW_S = 30.0
 RUN_PREFIX = "run="
 STATUSES = ("ok", "invalid", "rejected", "failed")
 ROW_GROUP_ROWS = 10_000  # readers stream a file a row group at a time: keep groups small whatever the file
@@ -182,18 +181,45 @@ def read_partition(partition: ObjectStoragePath) -> pa.Table:
 
 
 class PublishConflict(AirflowFailException):
-    """Another run of the same dt is publishing, or already replaced this run's files: retrying cannot help."""
+    """Another run of the same dt holds the partition (its claim or its publish lease), or already replaced this
+    run's files: retrying cannot help. The message names the holder."""
 
 
-def publish(partition: ObjectStoragePath, token: str, files: list[dict[str, Any]], summary: dict[str, Any]) -> dict:
+CLEAR_LEASE_HINT = (
+    "If that run is dead (killed), its lease is taken over as soon as Airflow no longer runs its task, or at the "
+    "expiry; to clear it by hand, delete the lease file and clear this task. If it is alive, it is publishing this "
+    "dt: nothing to do."
+)
+
+
+def publish(
+    partition: ObjectStoragePath,
+    token: str,
+    files: list[dict[str, Any]],
+    summary: dict[str, Any],
+    *,
+    owner: dict[str, Any] | None = None,
+    stale: leases.Judge = leases.expired,
+) -> dict:
     """Make run `token` the partition's content: under the partition's lease, verify its files, write `_SUCCESS`,
     then delete older runs.
 
     `files` are {"path": relative to the partition, "rows": n}. A listed file that is missing fails the commit
     before anything changes (a concurrent run of the same dt published and deleted it, or a shard never wrote it),
-    so `_SUCCESS` never lists a file that storage lacks.
+    so `_SUCCESS` never lists a file that storage lacks. `owner` (the task instance) is recorded in the lease;
+    `stale` decides when another holder's lease may be taken over (default: once expired).
     """
-    with publish_lease(partition, token):
+    lease = leases.acquire(
+        partition / LEASE,
+        leases.Holder(run=token, owner=owner or {}, expires_at=time.time() + LEASE_TTL_S),
+        stale=stale,
+        conflict=PublishConflict,
+        explain=lambda held: (
+            f"{partition} is being published by {held.describe()}; its lease {held.expiry()}. "
+            f"This run ({token}) did not publish. {CLEAR_LEASE_HINT}"
+        ),
+    )
+    with leases.held(lease, ttl_s=LEASE_TTL_S, every_s=LEASE_RENEW_S):
         missing = [f["path"] for f in files if not (partition / f["path"]).exists()]
         if missing:
             raise PublishConflict(
@@ -206,44 +232,11 @@ def publish(partition: ObjectStoragePath, token: str, files: list[dict[str, Any]
             "files": files,
             "committed_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+        lease.renew(LEASE_TTL_S)  # still ours at the commit point, for a whole TTL: no other holder interleaves
         storage.write_json(partition / SUCCESS, manifest)
-        for stale in _other_runs(partition, token):
-            storage.remove_tree(stale, owner=partition)
+        for stale_run in _other_runs(partition, token):
+            storage.remove_tree(stale_run, owner=partition)
     return manifest
-
-
-@contextmanager
-def publish_lease(partition: ObjectStoragePath, token: str, ttl_s: float = LEASE_TTL_S) -> Iterator[None]:
-    """Hold `<partition>/_LEASE` for the body, or raise PublishConflict when another run holds it.
-
-    A lease past its expiry (its holder was killed) is broken once; two runs breaking the same stale lease at the
-    same moment is the one case this does not serialise (it needs a killed publisher and two contenders), and the
-    DAG's per-dt guard (partitions.claim_dt) already keeps a second run of a dt from reaching publish.
-    """
-    lease = partition / LEASE
-    doc = json.dumps({"run": token, "expires_at": time.time() + ttl_s}).encode()
-    if not storage.create_exclusive(lease, doc):
-        held = _read_lease(lease)
-        if held.get("expires_at", float("inf")) > time.time():
-            raise PublishConflict(
-                f"{partition} is being published by run {held.get('run', '?')} (lease {lease}); this run ({token}) "
-                "did not publish. Clear it after the other run finished if its output is still wanted."
-            )
-        lease.unlink(missing_ok=True)
-        if not storage.create_exclusive(lease, doc):
-            raise PublishConflict(f"{partition}: another run took the expired lease {lease} first")
-    try:
-        yield
-    finally:
-        if _read_lease(lease).get("run") == token:
-            lease.unlink(missing_ok=True)
-
-
-def _read_lease(lease: ObjectStoragePath) -> dict[str, Any]:
-    try:
-        return json.loads(lease.read_bytes())
-    except (OSError, ValueError):  # released meanwhile, or unreadable: treated as held and fresh
-        return {}
 
 
 def _other_runs(partition: ObjectStoragePath, token: str) -> Iterator[ObjectStoragePath]:
