@@ -30,6 +30,7 @@ class Settings:
     taxonomy: str
     alert_sns_topic_arn: str = ""  # empty: alerts go to the log and $AIRFLOW_HOME/alerts/failures.jsonl
     input_roots: tuple[str, ...] = ()  # read-only URIs outside the storage root that params may name (a raw drop)
+    kms_key_arns: tuple[str, ...] = ()  # KMS keys of SSE-KMS buckets and an encrypted SNS topic (IAM policies)
 
     def by_backend(self, *, local: Callable[[], T], sagemaker: Callable[[], T]) -> T:
         """The implementation for this deployment's backend; the factories import lazily, so a local deployment
@@ -60,6 +61,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         taxonomy=env.get("PIPELINE_TAXONOMY", "digits" if backend == "local" else "hotel"),
         alert_sns_topic_arn=env.get("PIPELINE_ALERT_SNS_TOPIC_ARN", "").strip(),
         input_roots=_input_roots(env.get("PIPELINE_INPUT_ROOTS", "")),
+        kms_key_arns=tuple(k.strip() for k in env.get("PIPELINE_KMS_KEY_ARNS", "").split(",") if k.strip()),
     )
 
 

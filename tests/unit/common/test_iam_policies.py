@@ -83,20 +83,3 @@ def test_what_the_provider_and_the_services_call_for_us_is_allowed():
         assert set(actions) <= policy, f"{trigger}: {sorted(set(actions) - policy)}"
     for operator in re.findall(r"\b(SageMaker\w+Operator|SnsNotifier)\b", text):
         assert operator in ON_OUR_BEHALF, f"{operator}: list what it calls in ON_OUR_BEHALF"
-
-
-def test_the_execution_role_reads_inputs_writes_outputs_and_pulls_the_images():
-    doc = json.loads((POLICIES / "sagemaker-execution-role-policy.json").read_text())
-    grants = {(action, resource) for st in doc["Statement"] for action in st["Action"]
-              for resource in ([st["Resource"]] if isinstance(st["Resource"], str) else st["Resource"])}  # fmt: skip
-    root = "arn:aws:s3:::STORAGE_BUCKET/STORAGE_PREFIX"
-    for folder in ("datasets", "models", "serving"):
-        assert ("s3:GetObject", f"{root}/{folder}/*") in grants
-    for folder in ("models", "predictions"):
-        assert ("s3:PutObject", f"{root}/{folder}/*") in grants
-    assert {"ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:GetAuthorizationToken"} <= allowed(
-        "sagemaker-execution-role-policy.json"
-    )
-    assert {"logs:CreateLogStream", "logs:PutLogEvents", "cloudwatch:PutMetricData"} <= allowed(
-        "sagemaker-execution-role-policy.json"
-    )
