@@ -7,6 +7,9 @@ from __future__ import annotations
 import re
 
 MAX_NAME = 63
+# Endpoints (and their models and configs, named after them) start with this: the Airflow role's IAM policy
+# (include/aws/airflow-role-policy.json) lets it create, update and delete only `llava-*` resources.
+ENDPOINT_PREFIX = "llava-"
 _NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 
 

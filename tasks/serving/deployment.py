@@ -15,7 +15,7 @@ from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
 
 from tasks.common import storage
-from tasks.common.aws_names import check_sagemaker_name
+from tasks.common.aws_names import ENDPOINT_PREFIX, check_sagemaker_name
 from tasks.common.settings import Settings
 from tasks.model.taxonomy import Taxonomy
 from tasks.model.vision_tokens import ResizePolicy, VisionGeometry
@@ -49,6 +49,8 @@ def base_plan(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
     `params["model_version"]` empty means the registry's production model (what a promotion just published).
     """
     name = check_sagemaker_name(params["endpoint_name"], "endpoint name")
+    if not name.startswith(ENDPOINT_PREFIX):
+        raise ValueError(f"endpoint name {name!r} must start with {ENDPOINT_PREFIX!r}: the IAM policy scope")
     release = _release(storage.root(settings) / storage.MODELS, params["model_version"])
     return {
         "backend": settings.backend,

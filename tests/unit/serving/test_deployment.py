@@ -58,7 +58,7 @@ def test_the_plan_deploys_the_production_model(settings):
 def test_no_promoted_model_and_bad_names_are_refused(settings):
     with pytest.raises(LookupError, match="no promoted model"):
         deployment.base_plan(settings, PARAMS)
-    for name in ("-leading-hyphen", "under_score", "x" * 64, ""):
+    for name in ("-leading-hyphen", "under_score", "x" * 64, "", "team-x-recommender"):
         with pytest.raises(ValueError, match="endpoint name"):
             deployment.base_plan(settings, PARAMS | {"endpoint_name": name})
 
