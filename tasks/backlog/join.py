@@ -1,7 +1,9 @@
 """The join: a request file's index + its `.out` lines → the day's rows, in the committed format.
 
 Batch Transform writes `<file>.out` only when every record of the file was processed, one line per record in input
-order: `{"key": ..., "SageMakerOutput": <the chat.completion body>}` (JoinSource Input + OutputFilter). Each answer
+order: `{"key": ..., "SageMakerOutput": <the chat.completion body>}` (JoinSource Input + OutputFilter). The join is
+strict: a non-empty `.out` with no line of that shape fails loudly (OutputShapeError), and lines that cannot be
+parsed are counted and named in the reason of the images left without an answer. Each answer
 goes through the endpoint client's own parser, and each row is built by the nightly row builder, so the statuses and
 reasons are the ones classify_images writes. An image without an answer — its file has no `.out` (the job failed
 on it, or never ran), or its line is missing — becomes a `failed` row that says why; a later run retries it.
@@ -10,9 +12,11 @@ on it, or never ran), or its line is missing — becomes a `failed` row that say
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
 
 from tasks.backlog.plan import OUTPUT_SUFFIX, RequestFile, TransformJob
 from tasks.backlog.requests import read_index
@@ -23,22 +27,97 @@ from tasks.nightly.classification import PartitionJob, ShardResult, result_row
 from tasks.nightly.predictions import RowStats
 from tasks.serving.client import ClassificationResult, parse_response
 
+JOINED_SHAPE = '{"key": <image key>, "SageMakerOutput": <the answer>}'
+SHAPE_SOURCE = (
+    "JoinSource=Input with OutputFilter $['key','SageMakerOutput']: for JSON Lines SageMaker adds the answer to the "
+    "input object under SageMakerOutput, and the joined result must be a key-value object (AWS API reference, "
+    "DataProcessing.JoinSource; developer guide, batch-transform-data-processing)"
+)
+MAX_NAMED = 3  # unparsable lines named in a reason; the count covers the rest
 
-def output_lines(path: Any) -> Iterator[tuple[str, bytes]]:
-    """(key, answer body) per joined line; blank lines (AssembleWith=Line after a body ending in a newline) and
-    lines without a key are skipped — their images then have no answer and become `failed` rows."""
+
+class OutputShapeError(AirflowFailException):
+    """A `.out` whose lines are not the documented joined shape: no retry, the file will not change."""
+
+
+@dataclass
+class ParsedOutput:
+    """What one `.out` file holds: the answer body per key, and every non-blank line that could not be read."""
+
+    answers: dict[str, bytes] = field(default_factory=dict)
+    unparsed: list[str] = field(default_factory=list)  # "line N: why"
+    lines: int = 0  # non-blank lines
+
+    def summary(self) -> str:
+        named = "; ".join(self.unparsed[:MAX_NAMED])
+        more = f"; and {len(self.unparsed) - MAX_NAMED} more" if len(self.unparsed) > MAX_NAMED else ""
+        return f"{len(self.unparsed)} of its {self.lines} line(s) could not be parsed ({named}{more})"
+
+
+def parse_output(path: Any) -> ParsedOutput:
+    """Every line of a `.out` file, strictly. Blank lines are skipped (AssembleWith=Line after a body that ends in a
+    newline); any other line that is not a JSON object with a string `key` and a `SageMakerOutput` is counted and
+    named. A non-empty file with no parsable line at all means the output shape is not the one this join was built
+    for (see SHAPE_SOURCE): that fails loudly instead of turning every image into a `failed` row."""
+    parsed = ParsedOutput()
+    first_seen: dict[str, int] = {}
     with path.open("rb") as f:
-        for raw in f:
+        for number, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
-            try:
-                doc = json.loads(raw)
-            except ValueError:
-                continue
-            if not isinstance(doc, dict) or not isinstance(doc.get("key"), str):
-                continue
-            answer = doc.get("SageMakerOutput")
-            yield doc["key"], answer.encode() if isinstance(answer, str) else json.dumps(answer).encode()
+            parsed.lines += 1
+            line = _parse_line(raw)
+            if isinstance(line, str):
+                parsed.unparsed.append(f"line {number}: {line}")
+            elif line[0] in first_seen:
+                parsed.unparsed.append(f"line {number}: key {line[0]!r} again (first on line {first_seen[line[0]]})")
+            else:
+                first_seen[line[0]] = number
+                parsed.answers[line[0]] = line[1]
+    if parsed.lines and not parsed.answers:
+        raise OutputShapeError(
+            f"{path}: none of its {parsed.lines} line(s) has the joined shape {JOINED_SHAPE} "
+            f"({'; '.join(parsed.unparsed[:MAX_NAMED])}). Expected from {SHAPE_SOURCE}. Nothing was committed for "
+            "its images; check the job's DataProcessing settings and one line of the file before rerunning."
+        )
+    return parsed
+
+
+def _parse_line(raw: bytes) -> tuple[str, bytes] | str:
+    """(key, answer body) of one joined line, or why it is not one."""
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        return f"not JSON ({exc}): {_snippet(raw)}"
+    if not isinstance(doc, dict):
+        return f"a JSON {type(doc).__name__}, not an object: {_snippet(raw)}"
+    if not isinstance(doc.get("key"), str):
+        return f"no string 'key' (fields: {sorted(doc)[:5]})"
+    if "SageMakerOutput" not in doc:
+        return f"no 'SageMakerOutput' (fields: {sorted(doc)[:5]})"
+    answer = doc["SageMakerOutput"]
+    return doc["key"], answer.encode() if isinstance(answer, str) else json.dumps(answer).encode()
+
+
+def _snippet(raw: bytes, limit: int = 80) -> str:
+    text = raw.decode("utf-8", errors="replace").strip()
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def read_answers(output: Any, request_name: str, no_output_reason: str) -> tuple[dict[str, bytes], str]:
+    """The answers of one request file and the reason an image without one gets: the job wrote no `.out`, or the
+    `.out` has no line for it (naming the lines that could not be parsed, if any)."""
+    if not output.exists():
+        return {}, no_output_reason
+    parsed = parse_output(output)
+    if parsed.unparsed:
+        return parsed.answers, f"no answer: {request_name}{OUTPUT_SUFFIX}: {parsed.summary()}"
+    return parsed.answers, f"no answer: {request_name}{OUTPUT_SUFFIX} has no line for this image"
+
+
+def answer_result(key: str, body: bytes, taxonomy: Taxonomy) -> ClassificationResult:
+    """One joined answer through the endpoint client's own parser (the nightly path's statuses and reasons)."""
+    return ClassificationResult(**{**parse_response(key, body, taxonomy).__dict__, "attempts": 1})
 
 
 def missing_reason(job: TransformJob, request: RequestFile, outcome: dict[str, Any] | None) -> str:
@@ -62,16 +141,14 @@ def join_file(
     outputs = storage.storage_path(job.output_uri, day.conn_id)
     outputs.fs.invalidate_cache(outputs.path)  # another system wrote them: a listing cached earlier may predate them
     output = outputs / f"{request.name}{OUTPUT_SUFFIX}"
-    answers = dict(output_lines(output)) if output.exists() else {}
-    missing = (f"no answer: {request.name}{OUTPUT_SUFFIX} has no line for this image"
-               if output.exists() else missing_reason(job, request, outcome))  # fmt: skip
+    answers, missing = read_answers(output, request.name, missing_reason(job, request, outcome))
     rows = []
     for entry in index:
         key = entry["key"]
         if entry["rejected"] is not None:
             result = ClassificationResult(key, "rejected", error=entry["rejected"])
         elif key in answers:
-            result = ClassificationResult(**{**parse_response(key, answers.pop(key), taxonomy).__dict__, "attempts": 1})
+            result = answer_result(key, answers.pop(key), taxonomy)
         else:
             result = ClassificationResult(key, "failed", error=missing)
         rows.append(result_row(day, key, entry["source_size"], entry["source_version"], entry["content_sha256"],
