@@ -140,6 +140,22 @@ def check_ended_well(description: dict[str, Any]) -> dict[str, Any]:
     return description
 
 
+def run_job(settings: Settings, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run one transform request against the deployed local endpoint: (the job's description, the endpoint record)."""
+    from tasks.nightly.classification import deployed_endpoint
+
+    record = deployed_endpoint(settings)  # restarts a local server that died
+    if record["endpoint_name"] != config["ModelName"]:
+        raise AirflowFailException(
+            f"the request is for {config['ModelName']!r}, the deployed endpoint is {record['endpoint_name']!r}"
+        )
+    started = time.monotonic()
+    description = run_transform(config, record["url"], settings.aws_conn_id)
+    status, seconds = description["TransformJobStatus"], time.monotonic() - started
+    log.info("transform job %s: %s in %.1f s", config["TransformJobName"], status, seconds)
+    return description, record
+
+
 class LocalBacklog:
     """Batch Transform's contract, run by `run_transform` against the deployed local endpoint."""
 
@@ -159,24 +175,35 @@ class LocalBacklog:
         return storage_uri
 
     def transform(self, requests: XComArg, pool: str) -> XComArg:
+        """canary_request → canary (one small job, its output joined) → transform ×jobs, as on SageMaker."""
         settings = self.settings
 
         @task(task_id="transform", pool=pool, doc_md=TRANSFORM_DOC)
         def transform(config: dict[str, Any]) -> dict[str, Any]:
-            from tasks.nightly.classification import deployed_endpoint
+            return check_ended_well(run_job(settings, config)[0])
 
-            record = deployed_endpoint(settings)  # restarts a local server that died
-            if record["endpoint_name"] != config["ModelName"]:
-                raise AirflowFailException(
-                    f"the request is for {config['ModelName']!r}, the deployed endpoint is {record['endpoint_name']!r}"
-                )
-            started = time.monotonic()
-            description = run_transform(config, record["url"], settings.aws_conn_id)
-            log.info("transform job %s: %s in %.1f s", config["TransformJobName"],
-                     description["TransformJobStatus"], time.monotonic() - started)  # fmt: skip
-            return check_ended_well(description)
+        large = transform.expand(config=requests)
+        self.canary(requests, pool) >> large
+        return large
 
-        return transform.expand(config=requests)
+    def canary(self, requests: XComArg, pool: str) -> XComArg:
+        from tasks.backlog import canary
+
+        settings = self.settings
+
+        @task(task_id="canary_request", doc_md=canary.REQUEST_DOC)
+        def canary_request(configs: list[dict[str, Any]]) -> dict[str, Any]:
+            return canary.canary_request(configs, settings.aws_conn_id)
+
+        @task(task_id="canary", pool=pool, doc_md=canary.DOC)
+        def run_canary(config: dict[str, Any]) -> dict[str, Any]:
+            from tasks.model.taxonomy import load_taxonomy
+
+            description, record = run_job(settings, config)
+            outcome = job_outcome(check_ended_well(description))
+            return {**outcome, **canary.check(config, settings.aws_conn_id, load_taxonomy(record["taxonomy"]))}
+
+        return run_canary(canary_request(requests))
 
     def outcome(self, job: TransformJob) -> dict[str, Any] | None:
         return job_outcome(storage.read_json(job_file(job.output_uri, self.settings.aws_conn_id)))

@@ -12,9 +12,10 @@ import json
 from typing import Any
 
 from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTransformOperator
-from airflow.sdk import XComArg
+from airflow.sdk import XComArg, task
 from airflow.sdk.exceptions import AirflowFailException
 
+from tasks.backlog import canary
 from tasks.backlog.join import job_outcome
 from tasks.backlog.plan import TransformJob
 from tasks.common.sagemaker_jobs import WAITER_DELAY_S, AttachingJobMixin, s3_uri
@@ -57,6 +58,20 @@ class AttachingTransformOperator(AttachingJobMixin, SageMakerTransformOperator):
         return outcome
 
 
+class CanaryTransformOperator(AttachingTransformOperator):
+    """The canary job (tasks.backlog.canary): created or attached like any transform job; once Completed, its
+    output is read by the join before the task succeeds, so the large jobs downstream start only after it did."""
+
+    def __init__(self, *, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+
+    def _completed(self, description: dict[str, Any]) -> dict[str, Any]:
+        outcome = super()._completed(description)
+        taxonomy = canary.deployed_taxonomy(self.settings)
+        return {**outcome, **canary.check(self.config, self.settings.aws_conn_id, taxonomy)}
+
+
 class SageMakerBacklog:
     default_instance_type = "ml.g5.xlarge"
     assumed_images_per_second = 1000 / SEED_SECONDS_PER_1000
@@ -79,12 +94,28 @@ class SageMakerBacklog:
         return s3_uri(storage_uri) + ("/" if storage_uri.endswith("/") else "")
 
     def transform(self, requests: XComArg, pool: str) -> XComArg:
-        return (
-            AttachingTransformOperator.partial(
-                task_id="transform", aws_conn_id=self.settings.aws_conn_id, pool=pool, doc_md=TRANSFORM_DOC
-            )
-            .expand(config=requests)
-            .output
+        """canary_request → canary (one small job, its output joined) → transform ×jobs."""
+        large = AttachingTransformOperator.partial(
+            task_id="transform", aws_conn_id=self.settings.aws_conn_id, pool=pool, doc_md=TRANSFORM_DOC
+        ).expand(config=requests)
+        self.canary(requests, pool) >> large
+        return large.output
+
+    def canary(self, requests: XComArg, pool: str) -> CanaryTransformOperator:
+        conn_id = self.settings.aws_conn_id
+
+        @task(task_id="canary_request", doc_md=canary.REQUEST_DOC)
+        def canary_request(configs: list[dict[str, Any]]) -> dict[str, Any]:
+            return canary.canary_request(configs, conn_id)
+
+        return CanaryTransformOperator(
+            task_id="canary",
+            config=canary_request(requests),
+            settings=self.settings,
+            aws_conn_id=conn_id,
+            pool=pool,
+            retries=0,
+            doc_md=canary.DOC,
         )
 
     def outcome(self, job: TransformJob) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
-from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, TaskDeferred
 from botocore.stub import Stubber
 
 from support.endpoints import endpoint_record
@@ -260,3 +260,138 @@ def test_success_is_the_transform_jobs_status_not_the_trigger_event(transform) -
     stub.add_response("describe_transform_job", described("Failed", FailureReason="AlgorithmError: OOM"))
     with pytest.raises(AirflowFailException, match="AlgorithmError: OOM"):
         operator.execute_complete({}, {"status": "success", "job_name": JOB})
+
+
+# --- the strict join and the canary ---------------------------------------------------------------------------------
+def _written(day) -> tuple[PartitionJob, TransformJob, RequestFile, Path]:
+    job, transform_job, request = day
+    from tasks.nightly.partitions import Shard
+
+    requests.write_request_file(
+        job, Shard(**request.shard), transform_job.input_uri + request.name, transform_job.index_uri(request)
+    )
+    out = storage_path(transform_job.output_uri) / f"{request.name}.out"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return job, transform_job, request, out
+
+
+def test_a_transform_out_of_an_unexpected_shape_fails_loudly_instead_of_failing_every_image(day) -> None:
+    """Old code skipped every line that was not a dict with a string key: a job that joined into another shape
+    (here `[key, answer]` arrays) was Completed and every image silently became a `failed` row."""
+    job, transform_job, request, out = _written(day)
+    out.write_text("".join(json.dumps([k, answer("7")]) + "\n" for k in ("img-0.png", "img-1.png", "img-2.png")))
+    with pytest.raises(AirflowFailException, match=r"none of its 3 line\(s\) has the joined shape") as raised:
+        join.join_file(job, transform_job, request, {"status": "Completed"}, load_taxonomy("digits"))
+    assert "line 1: a JSON list, not an object" in str(raised.value) and "SageMakerOutput" in str(raised.value)
+    assert type(raised.value).__name__ == "OutputShapeError"  # an AirflowFailException: the file will not change
+
+
+def test_lines_that_cannot_be_parsed_are_counted_and_named_in_the_failed_rows_reason(day) -> None:
+    job, transform_job, request, out = _written(day)
+    out.write_text(
+        json.dumps({"key": "img-0.png", "SageMakerOutput": answer("this is a photo of 7.")})
+        + "\n"
+        + '{"key": "img-1.png", "SageMakerOutput": {"choices": [tru\n'
+        + json.dumps({"key": "img-2.png", "output": answer("7")})
+        + "\n"
+    )
+    rows = _rows(job, join.join_file(job, transform_job, request, {"status": "Completed"}, load_taxonomy("digits")))
+    assert [(r["key"], r["status"]) for r in rows] == [
+        ("img-0.png", "ok"),
+        ("img-1.png", "failed"),
+        ("img-2.png", "failed"),
+        ("img-9-broken.png", "rejected"),
+    ]
+    reason = rows[1]["reason"]
+    assert reason == rows[2]["reason"] and "2 of its 3 line(s) could not be parsed" in reason
+    assert "line 2: not JSON" in reason and "line 3: no 'SageMakerOutput'" in reason
+    assert "has no line for this image" not in reason
+
+
+def _local_request(transform_job: TransformJob) -> dict:
+    return plan.transform_request(transform_job, Resources("local", 2, 4), model_name="m", max_record_bytes=1000)
+
+
+def test_the_canary_is_the_first_records_of_the_first_file_under_the_first_jobs_request(day) -> None:
+    from tasks.backlog import canary
+
+    _, transform_job, request, _ = _written(day)
+    first = _local_request(transform_job)
+    config = canary.canary_request([first, {"unused": True}], "aws_default", records=2)
+    assert config["TransformJobName"] == canary.canary_name(first["TransformJobName"], 2)
+    check_sagemaker_name(config["TransformJobName"], "job")
+    assert canary.canary_request([first], "aws_default", records=2) == config  # a retry: the same job, same input
+    assert config["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] == f"{transform_job.prefix}/canary/input/"
+    assert config["TransformOutput"]["S3OutputPath"] == f"{transform_job.prefix}/canary/output/"
+    assert config["TransformResources"] == {"InstanceType": "local", "InstanceCount": 1}
+    same = {k: v for k, v in config.items() if k not in ("TransformJobName", "TransformResources")}
+    for field, value in same.items():  # every other setting is the first job's
+        if field == "TransformInput":
+            assert {**value, "DataSource": None} == {**first[field], "DataSource": None}
+        elif field == "TransformOutput":
+            assert {**value, "S3OutputPath": None} == {**first[field], "S3OutputPath": None}
+        else:
+            assert value == first[field], field
+    sent = storage_path(f"{transform_job.prefix}/canary/input/{request.name}").read_bytes().splitlines()
+    original = storage_path(transform_job.input_uri + request.name).read_bytes().splitlines()
+    assert sent == original[:2]
+    assert first["TransformJobName"] == transform_job.name  # the first job's request is untouched
+
+
+def _canary_out(config: dict, request: RequestFile, lines: list) -> None:
+    out = storage_path(config["TransformOutput"]["S3OutputPath"]) / f"{request.name}.out"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+
+
+def test_the_canary_passes_only_on_output_the_join_can_read(day) -> None:
+    from tasks.backlog import canary
+
+    _, transform_job, request, _ = _written(day)
+    config = canary.canary_request([_local_request(transform_job)], "aws_default", records=2)
+    name, digits = config["TransformJobName"], load_taxonomy("digits")
+    with pytest.raises(AirflowFailException, match=f"canary {name} completed but wrote no .*{request.name}.out"):
+        canary.check(config, "aws_default", digits)
+    good = [
+        {"key": "img-0.png", "SageMakerOutput": answer("this is a photo of 7.")},
+        {"key": "img-1.png", "SageMakerOutput": answer("a kitchen")},
+    ]
+    _canary_out(config, request, good)
+    assert canary.check(config, "aws_default", digits) == {"name": name, "statuses": {"ok": 1, "invalid": 1}}
+    _canary_out(config, request, [[g["key"], g["SageMakerOutput"]] for g in good])  # another shape
+    with pytest.raises(AirflowFailException, match=r"none of its 2 line.* has the joined shape"):
+        canary.check(config, "aws_default", digits)
+    _canary_out(config, request, [good[0], "{not json"])
+    with pytest.raises(AirflowFailException, match=r"1 of its 2 line\(s\) could not be parsed \(line 2: not JSON"):
+        canary.check(config, "aws_default", digits)
+    _canary_out(config, request, [good[0]])
+    with pytest.raises(AirflowFailException, match="answers keys"):
+        canary.check(config, "aws_default", digits)
+    _canary_out(config, request, [good[0], {"key": "img-1.png", "SageMakerOutput": {"code": 424, "error": "bad"}}])
+    with pytest.raises(AirflowFailException, match=r"the answer for img-1\.png cannot be read: server error"):
+        canary.check(config, "aws_default", digits)
+    with pytest.raises(AirflowSkipException):
+        canary.canary_request([], "aws_default")
+
+
+@pytest.fixture
+def canary_operator(transform, tmp_path):
+    from tasks.backlog.sagemaker import CanaryTransformOperator
+
+    _, _, config = transform
+    operator = CanaryTransformOperator(
+        task_id="canary", config=config, settings=None, aws_conn_id=None, region_name="us-east-1"
+    )
+    with Stubber(operator.hook.conn) as stubber:
+        yield operator, stubber, config
+        stubber.assert_no_pending_responses()
+
+
+def test_a_failed_canary_job_fails_with_sagemakers_reason_before_reading_any_output(canary_operator) -> None:
+    operator, stub, config = canary_operator
+    reason = "ClientError: Please ensure the model container responds to /ping within 1200 seconds"
+    stub.add_client_error("describe_transform_job", **NOT_FOUND)
+    stub.add_response("create_transform_job", {"TransformJobArn": "arn"}, config)
+    stub.add_response("describe_transform_job", described("Failed", FailureReason=reason), {"TransformJobName": JOB})
+    with pytest.raises(AirflowFailException, match=f"transform job {JOB} ended Failed: {reason}"):
+        operator.execute({})  # settings=None: reading the output would raise something else
