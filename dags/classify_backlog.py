@@ -129,10 +129,10 @@ def classify_backlog():
         doc_md="Joins the day's `.out` lines into rows (no answer: a `failed` row saying why), checks rows == "
         "images, records the day's share of the billed time in the ledger, then quality gate and commit.",
     )
-    def commit_day(jobs: list, run: dict, day: dict, params=None, run_id=None, outlet_events=None) -> dict:
+    def commit_day(jobs: list, run: dict, day: dict, params=None, run_id=None, outlet_events=None, ti=None) -> dict:
         from tasks.backlog.steps import commit_day
 
-        summary = commit_day(SETTINGS, jobs, run, day, params["quality"], run_id)
+        summary = commit_day(SETTINGS, jobs, run, day, params["quality"], run_id, ti)
         outlet_events[PREDICTIONS].extra = summary
         return summary
 

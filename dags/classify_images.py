@@ -218,10 +218,10 @@ trigger the day again with `quality.on_violation = warn` (publishes, records the
         "per status, quality verdict, model) is this task's return value and the asset event's extra, both on the run "
         "in the UI.",
     )
-    def publish_partition(planned: dict, staged: dict, verdict: dict, outlet_events=None) -> dict:
+    def publish_partition(planned: dict, staged: dict, verdict: dict, outlet_events=None, ti=None) -> dict:
         from tasks.nightly.steps import publish
 
-        summary = publish(planned, staged, verdict)
+        summary = publish(planned, staged, verdict, ti)
         outlet_events[PREDICTIONS].extra = summary
         return summary
 

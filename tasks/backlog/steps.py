@@ -222,6 +222,7 @@ def commit_day(
     day_doc: dict[str, Any],
     thresholds: dict[str, Any],
     run_id: str,
+    ti: Any | None = None,
 ) -> dict[str, Any]:
     """Join the day's outputs into rows, check that every image is accounted for, record the day's share of the
     billed time, then gate and publish exactly as classify_images does. Returns the asset event's extra."""
@@ -251,7 +252,7 @@ def commit_day(
              staged.stats["statuses"], staged.busy_seconds, res.instance_count, entry.cost_usd)  # fmt: skip
     planned = {"job": day_doc["job"], "plan": day_doc["plan"]}
     verdict = nightly.quality_gate(settings, planned, staged.to_dict(), thresholds)
-    return nightly.publish(planned, staged.to_dict(), verdict)
+    return nightly.publish(planned, staged.to_dict(), verdict, ti)
 
 
 def cost_report(settings: Settings, run: dict[str, Any]) -> dict[str, str]:

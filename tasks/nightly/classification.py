@@ -11,14 +11,14 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
 
-from tasks.common import storage
+from tasks.common import leases, storage
 from tasks.common.progress import Progress
 from tasks.common.settings import Settings
 from tasks.model.images import MAX_FILE_BYTES
@@ -128,17 +128,30 @@ def read_listed(incoming: ObjectStoragePath, key: str, problem: str | None) -> t
         return None, f"unreadable: {type(exc).__name__}: {exc}"
 
 
+FLUSH_ROWS = 25  # a shard writes the answers it got at least every FLUSH_ROWS answers ...
+FLUSH_S = 5.0  # ... or FLUSH_S seconds: a killed shard loses at most that much endpoint work
+RESUMABLE = ("ok", "invalid")  # answers the endpoint gave (paid for): a retry of the same shard keeps them
+
+
 def classify_shard(job: PartitionJob, shard: Shard) -> ShardResult:
-    """Classify the shard's images with bounded concurrency and write its rows as one Parquet file."""
+    """Classify the shard's images with bounded concurrency and write its rows as one Parquet file.
+
+    Answers are flushed as they arrive (AnswerLog), so a retry after a kill sends only the images without an
+    answer, and a new run's plan carries the final ones (partitions.plan_partition)."""
     import pyarrow as pa
 
     entries = partitions.read_shard(shard, job.conn_id)
     incoming = storage.storage_path(job.incoming_uri, job.conn_id)
+    name = f"shard-{shard.index:05d}.parquet"
+    answers = AnswerLog(job, job.run_dir / f"shard-{shard.index:05d}{partitions.ANSWERS_SUFFIX}")
+    kept = answers.resumed(entries, job.run_dir / name)
     digests: dict[str, str] = {}
     unreadable: dict[str, str] = {}
 
     def images() -> Iterator[tuple[str, bytes]]:
         for key, _, _, problem in entries:
+            if key in kept:
+                continue
             data, reason = read_listed(incoming, key, problem)
             if data is None:
                 unreadable[key] = reason
@@ -146,22 +159,28 @@ def classify_shard(job: PartitionJob, shard: Shard) -> ShardResult:
             digests[key] = hashlib.sha256(data).hexdigest()
             yield key, data
 
-    progress = Progress(len(entries), f"dt={job.dt} shard {shard.index}", log=log)
+    if kept:
+        log.info("shard %d: %d answers kept from an earlier try; %d images to go", shard.index, len(kept),
+                 len(entries) - len(kept))  # fmt: skip
+    progress = Progress(len(entries) - len(kept), f"dt={job.dt} shard {shard.index}", log=log)
+    sizes = {key: (size, version) for key, size, version, _ in entries}
     started = time.time()
-    results = asyncio.run(_classify_all(job.client(), images(), job.concurrency, progress))
+
+    def row_of(result: ClassificationResult) -> dict[str, Any]:
+        return result_row(job, result.key, *sizes[result.key], digests.get(result.key), result)
+
+    results = asyncio.run(_classify_all(job.client(), images(), job.concurrency, progress, answers, row_of))
     finished = time.time()
     progress.finish()
     by_key = {result.key: result for result in results}
-    rows = [
-        result_row(job, key, size, version, digests.get(key), by_key.get(key) or _rejected(key, unreadable))
-        for key, size, version, _ in entries
-    ]
-    if len(by_key) + len(unreadable) != len(entries):
-        raise RuntimeError(f"shard {shard.index}: {len(by_key)} results + {len(unreadable)} unreadable "
-                           f"!= {len(entries)} images")  # fmt: skip
+    if len(by_key) + len(unreadable) + len(kept) != len(entries):
+        raise RuntimeError(f"shard {shard.index}: {len(by_key)} results + {len(unreadable)} unreadable + "
+                           f"{len(kept)} kept != {len(entries)} images")  # fmt: skip
+    fresh = {key: row_of(by_key.get(key) or _rejected(key, unreadable)) for key in sizes if key not in kept}
+    rows = [kept.get(key) or fresh[key] for key, _, _, _ in entries]
     table = pa.Table.from_pylist(rows, schema=predictions.row_schema())
-    name = f"shard-{shard.index:05d}.parquet"
     predictions.write_table(job.run_dir / name, table)
+    answers.discard()  # its rows are in the shard's file now
     return ShardResult(
         index=shard.index,
         path=f"{job.run_dir.name}/{name}",
@@ -172,11 +191,80 @@ def classify_shard(job: PartitionJob, shard: Shard) -> ShardResult:
     )
 
 
-async def _classify_all(client: EndpointClient, images, concurrency: int, progress: Progress):
+class AnswerLog:
+    """A shard's answers on storage as they arrive: one small key-sorted Parquet part per flush (appending is not
+    an S3 operation), each written atomically, so a kill loses at most the last FLUSH_S seconds."""
+
+    def __init__(self, job: PartitionJob, folder: ObjectStoragePath) -> None:
+        self.job, self.folder = job, folder
+        self.pending: list[dict[str, Any]] = []
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.pending.append(row)
+
+    async def flush(self) -> None:
+        rows, self.pending = self.pending, []
+        if rows:
+            await asyncio.to_thread(self._write, sorted(rows, key=lambda row: row["key"]))
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        import uuid
+
+        import pyarrow as pa
+
+        part = self.folder / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+        predictions.write_table(part, pa.Table.from_pylist(rows, schema=predictions.row_schema()))
+
+    def resumed(self, entries: list[tuple[str, int, str, str | None]], shard_file: ObjectStoragePath) -> dict:
+        """{key: row} of answers an earlier try of this shard got (its parts, or its finished file) for the same
+        file and model version."""
+        wanted = {(key, size, version) for key, size, version, problem in entries if problem is None}
+        sources = [shard_file] if shard_file.exists() else []
+        sources += sorted(self.folder.iterdir(), key=lambda p: p.name) if self.folder.exists() else []
+        kept: dict[str, dict[str, Any]] = {}
+        for source in sources:
+            for row in predictions.read_table(source).to_pylist():
+                if (row["status"] in RESUMABLE and row["model_version"] == self.job.model_version
+                        and (row["key"], row["source_size"], row["source_version"]) in wanted):  # fmt: skip
+                    kept[row["key"]] = row
+        return kept
+
+    def discard(self) -> None:
+        storage.remove_tree(self.folder, owner=self.job.run_dir)
+
+
+async def _classify_all(
+    client: EndpointClient,
+    images: Iterator[tuple[str, bytes]],
+    concurrency: int,
+    progress: Progress,
+    answers: AnswerLog,
+    row_of: Callable[[ClassificationResult], dict[str, Any]],
+) -> list[ClassificationResult]:
+    """Every result; each one's row goes to `answers`, flushed every FLUSH_ROWS results or FLUSH_S seconds and once
+    more on the way out (a circuit breaker's error keeps what was answered before it)."""
+
+    async def flush_periodically() -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            await answers.flush()
+
     def advance(result: ClassificationResult) -> None:
         progress.advance(outcome=result.status)
 
-    return [r async for r in client.classify_many(images, concurrency=concurrency, on_progress=advance)]
+    timer = asyncio.create_task(flush_periodically())
+    results = []
+    try:
+        async for result in client.classify_many(images, concurrency=concurrency, on_progress=advance):
+            results.append(result)
+            answers.add(row_of(result))
+            if len(answers.pending) >= FLUSH_ROWS:
+                await answers.flush()
+    finally:
+        timer.cancel()
+        await asyncio.gather(timer, return_exceptions=True)
+        await answers.flush()
+    return results
 
 
 def _rejected(key: str, unreadable: dict[str, str]) -> ClassificationResult:
@@ -256,8 +344,17 @@ def union_seconds(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def publish(job: PartitionJob, plan: PartitionPlan, staged: StagedPartition, quality: dict[str, Any]) -> dict:
-    """Commit the staged run as the partition's content (tasks.nightly.predictions.publish) with its summary."""
+def publish(
+    job: PartitionJob,
+    plan: PartitionPlan,
+    staged: StagedPartition,
+    quality: dict[str, Any],
+    *,
+    owner: dict[str, Any] | None = None,
+    stale: leases.Judge = leases.expired,
+) -> dict:
+    """Commit the staged run as the partition's content (tasks.nightly.predictions.publish) with its summary;
+    `owner` and `stale` are the lease's (tasks.nightly.steps.lease_judge)."""
     summary = {
         "dt": plan.dt,
         "model_version": job.model_version,
@@ -273,4 +370,4 @@ def publish(job: PartitionJob, plan: PartitionPlan, staged: StagedPartition, qua
         "quality": quality,
     }
     partition = storage.storage_path(job.partition_uri, job.conn_id)
-    return predictions.publish(partition, job.run_token, staged.files, summary)
+    return predictions.publish(partition, job.run_token, staged.files, summary, owner=owner, stale=stale)

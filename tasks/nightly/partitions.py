@@ -27,6 +27,8 @@ from tasks.model.images import is_ignored
 from tasks.nightly import predictions
 from tasks.nightly.predictions import RowStats
 
+ANSWERS_SUFFIX = ".answers"  # <run>/shard-NNNNN.answers/part-*.parquet: a shard's answers as they arrive (AnswerLog)
+
 log = logging.getLogger(__name__)
 
 DT_FORMAT = "%Y-%m-%d"
@@ -217,7 +219,7 @@ def plan_partition(
         work = Path(tmp)
         listed, ignored = write_listing(incoming, work / "listing.parquet")
         prior = [] if reclassify else _prior_files(partition, model_version, work)
-        todo, carried = _skip_classified(work, prior, shard_size)
+        todo, carried = _skip_classified(work, prior, shard_size, model_version)
         manifest = run / MANIFEST_NAME
         _upload(todo, manifest)
         carried_stats = RowStats.of_parquet(carried) if carried else RowStats()
@@ -243,12 +245,22 @@ def plan_partition(
 
 
 def _prior_files(partition: ObjectStoragePath, model_version: str, work: Path) -> list[Path]:
-    """Local copies of the committed partition's files when it was made by the same model version."""
+    """Local copies of every file whose rows a new run may carry over: the committed partition's when it was made
+    by the same model version, and the shard files and flushed answers (classification.AnswerLog) of runs that
+    never committed — a crashed or killed run's answers are paid for. Rows are still filtered one by one (model
+    version, final status, same file) by the merge."""
     manifest = predictions.read_success(partition)
-    if manifest is None or manifest.get("model_version") != model_version:
-        return []
+    sources = [path for path, _ in predictions.committed_files(partition)] if manifest and manifest.get(
+        "model_version") == model_version else []  # fmt: skip
+    committed = (manifest or {}).get("run")
+    for run in _uncommitted_runs(partition, committed):
+        for child in run.iterdir():
+            if child.name.startswith("shard-") and child.name.endswith(".parquet"):
+                sources.append(child)
+            elif child.name.endswith(ANSWERS_SUFFIX):
+                sources += sorted(child.iterdir(), key=lambda p: p.name)
     copies = []
-    for i, (path, _) in enumerate(predictions.committed_files(partition)):
+    for i, path in enumerate(sources):
         copy = work / f"prior-{i:05d}.parquet"
         with path.open("rb") as src, copy.open("wb") as dst:
             shutil.copyfileobj(src, dst)
@@ -256,15 +268,24 @@ def _prior_files(partition: ObjectStoragePath, model_version: str, work: Path) -
     return copies
 
 
-def _skip_classified(work: Path, prior: list[Path], shard_size: int) -> tuple[Path, Path | None]:
+def _uncommitted_runs(partition: ObjectStoragePath, committed: str | None) -> Iterator[ObjectStoragePath]:
+    if not partition.exists():
+        return
+    for child in partition.iterdir():
+        if child.name.startswith(predictions.RUN_PREFIX) and child.name != f"{predictions.RUN_PREFIX}{committed}":
+            yield child
+
+
+def _skip_classified(work: Path, prior: list[Path], shard_size: int, model_version: str) -> tuple[Path, Path | None]:
     """(manifest of images still to classify, sorted by key; carried rows sorted by key, or None).
 
     DuckDB sorts the listing (an external sort: it spills to disk under its memory limit). The committed files are
     each sorted by key already, so a k-way merge of them, joined with the sorted listing in one pass, decides
     every image while holding one small batch per file — a hash join would hold the whole partition. A prior row
-    is carried when the same file (key, size, version) is still listed, the listing found no problem with it, and
-    its status is final (`ok` or `rejected`); `failed` and `invalid` rows are retried (an out-of-taxonomy answer is
-    often a transient glitch of the endpoint, and a rerun after a fix must not keep it).
+    is carried when the same file (key, size, version) is still listed, the listing found no problem with it, it
+    was made by `model_version`, and its status is final (`ok` or `rejected`); `failed` and `invalid` rows are
+    retried (an out-of-taxonomy answer is often a transient glitch of the endpoint, and a rerun after a fix must
+    not keep it).
     """
     import duckdb
 
@@ -277,18 +298,20 @@ def _skip_classified(work: Path, prior: list[Path], shard_size: int) -> tuple[Pa
     finally:
         con.close()
     if prior:
-        _merge_join(ordered, prior, todo, carried, shard_size)
+        _merge_join(ordered, prior, todo, carried, shard_size, model_version)
     return todo, carried if prior else None
 
 
-def _merge_join(listing: Path, prior: list[Path], todo: Path, carried: Path, shard_size: int) -> None:
+def _merge_join(
+    listing: Path, prior: list[Path], todo: Path, carried: Path, shard_size: int, model_version: str
+) -> None:
     import heapq
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     listing_file = pq.ParquetFile(listing)
-    prior_rows = heapq.merge(*(_final_rows(path) for path in prior), key=lambda row: row[0])
+    prior_rows = heapq.merge(*(_final_rows(path, model_version) for path in prior), key=lambda row: row[0])
     current = next(prior_rows, None)
     pending: list[tuple[str, int, str, str | None]] = []
     kept: list[tuple[pa.RecordBatch, int]] = []
@@ -314,19 +337,21 @@ def _merge_join(listing: Path, prior: list[Path], todo: Path, carried: Path, sha
                 kept.clear()
 
 
-def _final_rows(path: Path) -> Iterator[tuple[str, int, str, Any, int]]:
-    """(key, size, version, batch, index) of a committed file's final rows, in the file's (key) order."""
+def _final_rows(path: Path, model_version: str) -> Iterator[tuple[str, int, str, Any, int]]:
+    """(key, size, version, batch, index) of a row file's final rows made by `model_version`, in the file's (key)
+    order."""
     import pyarrow.parquet as pq
 
     previous = ""
     names = predictions.row_schema().names
     for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=names, use_threads=False):
-        columns = (batch.column(c).to_pylist() for c in ("key", "source_size", "source_version", "status"))
-        for index, (key, size, version, status) in enumerate(zip(*columns, strict=True)):
-            if key <= previous:  # every committed file is written in key order; a merge needs that
+        columns = (batch.column(c).to_pylist() for c in ("key", "source_size", "source_version", "status",
+                                                         "model_version"))  # fmt: skip
+        for index, (key, size, version, status, made_by) in enumerate(zip(*columns, strict=True)):
+            if key <= previous:  # every row file is written in key order; a merge needs that
                 raise RuntimeError(f"{path.name} is not sorted by key at {key!r}")
             previous = key
-            if status in FINAL_STATUSES:
+            if status in FINAL_STATUSES and made_by == model_version:
                 yield key, size, version, batch, index
 
 

@@ -7,13 +7,13 @@ classification, quality, costs) so those never see Airflow's params or XCom shap
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
-from tasks.common import storage
+from tasks.common import leases, storage
 from tasks.common.settings import Settings
 from tasks.costs import budget, ledger, pricing
 from tasks.nightly import classification, partitions, predictions, quality
@@ -158,10 +158,16 @@ def quality_gate(
     return verdict
 
 
-def publish(planned: dict[str, Any], staged: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any]:
-    """Commit; returns the asset event's extra: the run's outcome at a glance (in the UI without opening logs)."""
+def publish(
+    planned: dict[str, Any], staged: dict[str, Any], verdict: dict[str, Any], ti: Any | None = None
+) -> dict[str, Any]:
+    """Commit; returns the asset event's extra: the run's outcome at a glance (in the UI without opening logs).
+    `ti` (the running task instance) owns the partition's lease, so a rerun after this task was killed takes the
+    lease over at once instead of waiting for its expiry (lease_judge)."""
     job = PartitionJob(**planned["job"])
-    manifest = classification.publish(job, PartitionPlan.from_dict(planned["plan"]), StagedPartition(**staged), verdict)
+    owner, stale = lease_judge(ti)
+    manifest = classification.publish(job, PartitionPlan.from_dict(planned["plan"]), StagedPartition(**staged), verdict,
+                                      owner=owner, stale=stale)  # fmt: skip
     log.info("committed %s/%s: %d rows, %s", job.partition_uri, predictions.SUCCESS, manifest["rows"],
              manifest["stats"]["statuses"])  # fmt: skip
     return {
@@ -171,6 +177,21 @@ def publish(planned: dict[str, Any], staged: dict[str, Any], verdict: dict[str, 
         "quality": "passed" if verdict["passed"] else "violated (published: on_violation=warn)",
         "model_version": manifest["model_version"],
     }
+
+
+def lease_judge(ti: Any | None) -> tuple[dict[str, Any], leases.Judge]:
+    """(owner, stale): the task instance a lease records, and when another holder's lease may be taken over — once
+    expired, or at once when its task instance is provably gone (Airflow, asked through the Task SDK, has no
+    queued or running instance of it)."""
+    if ti is None:
+        return {}, leases.expired
+
+    def live(owner: Mapping[str, Any]) -> int:
+        return ti.get_ti_count(dag_id=owner["dag_id"], run_ids=[owner["run_id"]], task_ids=[owner["task_id"]],
+                               map_index=owner.get("map_index"), states=list(leases.LIVE_TI_STATES))  # fmt: skip
+
+    me = leases.owner_of(ti)
+    return me, leases.any_of(leases.expired, leases.owner_gone(me, live))
 
 
 def record_costs(settings: Settings, planned: dict[str, Any], staged: dict[str, Any], run_id: str) -> list[str]:
