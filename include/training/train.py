@@ -6,8 +6,10 @@ repository, so it imports nothing from it. The local backend runs the very same 
 Inputs: a `datasets` DatasetDict (saved with `save_to_disk`) with splits train/validation/test and columns `images`
 (one PIL image) and `messages` (TRL's vision conversational format); other columns (`label`, `sha256`) are carried
 into the predictions, never trained on.
-Outputs: the model + processor in --model_dir; eval_predictions.jsonl and train_summary.json in --output_data_dir.
-Raw answers are written as generated: parsing them into labels is the caller's job (one parser for the project).
+Outputs: the model + processor in --model_dir; eval_predictions.jsonl, label_scores.jsonl and train_summary.json in
+--output_data_dir. Raw answers are written as generated: parsing them into labels is the caller's job (one parser for
+the project). label_scores.jsonl holds, per train/validation row, the model's probability of every label (teacher-
+forced likelihood of each label's answer): the caller flags likely mislabels from it.
 
 Spot-friendly: checkpoints go to --checkpoint_dir (SageMaker syncs /opt/ml/checkpoints to S3) and a restarted job
 resumes from the newest complete one.
@@ -36,6 +38,7 @@ logger = logging.getLogger("train")
 
 TRAIN_COLUMNS = ["images", "messages"]
 PREDICTIONS_FILE = "eval_predictions.jsonl"
+SCORES_FILE = "label_scores.jsonl"
 SUMMARY_FILE = "train_summary.json"
 SAGEMAKER_CHECKPOINT_DIR = "/opt/ml/checkpoints"
 BASE_MODEL_ID = "llava-hf/llava-v1.6-mistral-7b-hf"
@@ -92,6 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval_batch_size", type=int, default=8, help="test-split generation batch per process")
     p.add_argument("--max_new_tokens", type=int, default=16)
     p.add_argument("--label_column", default="label", help="copied into predictions when the test split has it")
+    p.add_argument("--score_splits", default="train,validation", help="splits whose every label is scored, for "
+                   "mislabel flags (comma-separated; empty: none)")  # fmt: skip
+    p.add_argument("--score_batch_size", type=int, default=4, help="images per scoring forward (x labels sequences)")
     args = p.parse_args(argv)
 
     if not args.dataset_path or not args.model_dir:
@@ -217,6 +223,79 @@ def generate_answers(trainer: SFTTrainer, processor: Any, test, args: argparse.N
     return [by_index[index] for index in sorted(by_index)]
 
 
+def label_answers(split, label_column: str) -> dict[str, str]:
+    """label -> the answer the dataset trains for it (its rows' assistant text): the candidates to score."""
+    answers: dict[str, str] = {}
+    for label, messages in zip(split[label_column], split["messages"], strict=True):
+        answers.setdefault(label, next(m for m in messages if m["role"] == "assistant")["content"][0]["text"])
+    return dict(sorted(answers.items()))
+
+
+def score_labels(trainer: SFTTrainer, processor: Any, split, answers: dict[str, str], args: argparse.Namespace) -> list:
+    """Per row, the probability of every label: the teacher-forced log-likelihood of each label's answer after the
+    row's prompt and image, softmaxed over the labels. One forward per batch of images x labels; only the answer
+    positions' logits are kept. Rows are split across processes as in generate_answers (ZeRO-3 needs every forward
+    on every process)."""
+    accelerator = trainer.accelerator
+    model = trainer.model
+    model.eval()
+    labels, texts = list(answers), list(answers.values())
+    kwargs = {"tokenize": True, "return_dict": True, "return_tensors": "pt",
+              "processor_kwargs": {"padding": True, "padding_side": "left", "add_special_tokens": False}}  # fmt: skip
+    rows: list[dict] = []
+    with accelerator.split_between_processes(list(range(len(split))), apply_padding=True) as my_indices:
+        for start in range(0, len(my_indices), args.score_batch_size):
+            indices = my_indices[start : start + args.score_batch_size]
+            batch = split.select(indices)
+            prompts = [[m for m in messages if m["role"] != "assistant"] for messages in batch["messages"]]
+            prompt_inputs = processor.apply_chat_template(
+                [prepare_multimodal_messages(p, images=i) for p, i in zip(prompts, batch["images"], strict=True)],
+                add_generation_prompt=True,
+                **kwargs,
+            )
+            prompt_lengths = prompt_inputs["attention_mask"].sum(1).repeat_interleave(len(texts))
+            conversations = [
+                prepare_multimodal_messages(
+                    [*prompt, {"role": "assistant", "content": [{"type": "text", "text": text}]}], images=images
+                )
+                for prompt, images in zip(prompts, batch["images"], strict=True)
+                for text in texts
+            ]
+            inputs = processor.apply_chat_template(conversations, **kwargs).to(accelerator.device)
+            answer_lengths = (inputs["attention_mask"].sum(1).cpu() - prompt_lengths).to(accelerator.device)
+            keep = int(answer_lengths.max()) + 1  # left padding: every answer ends the sequence
+            with torch.no_grad():
+                logits = model(**inputs, logits_to_keep=keep).logits.float()
+            targets = inputs["input_ids"][:, 1 - keep :]
+            token_logprobs = logits[:, :-1].log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            in_answer = torch.arange(keep - 1, device=targets.device) >= (keep - 1) - answer_lengths[:, None]
+            likelihood = (token_logprobs * in_answer).sum(-1).view(len(indices), len(texts))
+            for index, probabilities, row in zip(indices, likelihood.softmax(-1).tolist(), batch, strict=True):
+                rows.append(score_row(index, dict(zip(labels, probabilities, strict=True)), row, args.label_column))
+    by_index = {row["index"]: row for row in gather_object(rows)}
+    return [by_index[index] for index in sorted(by_index)]
+
+
+def score_splits(trainer: SFTTrainer, processor: Any, splits: DatasetDict, args: argparse.Namespace) -> tuple:
+    """Label scores of the --score_splits rows (each tagged with its split), and the seconds they took."""
+    started = time.perf_counter()
+    names = [name.strip() for name in args.score_splits.split(",") if name.strip() in splits]
+    answers = label_answers(splits["train"], args.label_column)
+    scores = [
+        {"split": name, **row}
+        for name in names
+        for row in score_labels(trainer, processor, splits[name], answers, args)
+    ]
+    seconds = time.perf_counter() - started
+    logger.info("Scored every label for %d rows (%s) in %.1f s", len(scores), ",".join(names), seconds)
+    return scores, seconds
+
+
+def score_row(index: int, probabilities: dict[str, float], row: dict, label_column: str) -> dict:
+    return {"index": index, "sha256": row.get("sha256"), "label": row[label_column],
+            "probabilities": {label: round(p, 6) for label, p in probabilities.items()}}  # fmt: skip
+
+
 def prediction_row(index: int, answer: str, seconds: float, row: dict, label_column: str) -> dict:
     """`generation_seconds` is this row's share of its batch's generate() time."""
     prediction: dict[str, Any] = {"index": index}
@@ -278,11 +357,13 @@ def main(argv: list[str] | None = None) -> None:
     predictions = generate_answers(trainer, processor, splits["test"], args)
     generation_seconds = time.perf_counter() - started
     logger.info("Answered %d test rows in %.1f s", len(predictions), generation_seconds)
+    scores, scoring_seconds = score_splits(trainer, processor, splits, args)
 
     if trainer.accelerator.is_main_process:
         output_dir = Path(args.output_data_dir)
         lines = "".join(json.dumps(row) + "\n" for row in predictions)
         write_json_atomically(output_dir / PREDICTIONS_FILE, lines)
+        write_json_atomically(output_dir / SCORES_FILE, "".join(json.dumps(row) + "\n" for row in scores))
         summary = {
             "train_seconds": round(train_seconds, 2),
             "global_step": trainer.state.global_step,
@@ -291,6 +372,8 @@ def main(argv: list[str] | None = None) -> None:
             "mean_train_loss": result.training_loss,
             "test_rows": len(predictions),
             "generation_seconds": round(generation_seconds, 2),
+            "scored_rows": len(scores),
+            "scoring_seconds": round(scoring_seconds, 2),
             "world_size": trainer.accelerator.num_processes,
             "args": vars(args),
         }

@@ -13,10 +13,13 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
 
 from tasks.common import storage
+from tasks.curation.curate import REPORT_NAME
 from tasks.model.taxonomy import Taxonomy, load_taxonomy
+from tasks.training.mislabels import FLAGS_FILE, SCORES_FILE, flag_mislabels
 from tasks.training.plan import PREDICTIONS_FILE, TrainingOutcome, TrainingPlan
 
 INVALID = "invalid"
@@ -117,8 +120,9 @@ def summary(metrics: dict[str, Any]) -> str:
 
 
 def evaluate_version(plan: TrainingPlan, outcome: TrainingOutcome, conn_id: str | None = None) -> dict[str, Any]:
-    """Score the run's test-split answers and write metrics.json, confusion_matrix.png and a copy of the answers
-    into `models/<version>/`. Returns the metrics without the bulky parts (small enough for XCom)."""
+    """Score the run's test-split answers and write metrics.json, confusion_matrix.png, a copy of the answers and
+    the likely mislabels (label_flags.jsonl) into `models/<version>/`. Returns the metrics without the bulky parts
+    (small enough for XCom)."""
     source = storage.storage_path(plan.predictions_uri, conn_id)
     if not source.exists():  # a finished training never writes it later: retrying cannot help
         raise AirflowFailException(
@@ -144,5 +148,24 @@ def evaluate_version(plan: TrainingPlan, outcome: TrainingOutcome, conn_id: str 
     if copy != source:
         storage.write_bytes_atomic(copy, text.encode("utf-8"))
     storage.write_bytes_atomic(root / CONFUSION_MATRIX_FILE, confusion_matrix_png(metrics, plan.version))
+    metrics["mislabel_flags"] = write_flags(plan, root, conn_id)
     storage.write_json(root / METRICS_FILE, metrics)
     return {key: value for key, value in metrics.items() if key not in ("per_class", "confusion_matrix")}
+
+
+def write_flags(plan: TrainingPlan, root: ObjectStoragePath, conn_id: str | None) -> int | None:
+    """Flag likely mislabels from the script's label scores into `root/label_flags.jsonl` (tasks.training.mislabels
+    documents the rows); the count, or None when the run scored no split. Never changes a label."""
+    scores = storage.storage_path(f"{plan.output_uri}/{SCORES_FILE}", conn_id)
+    if not scores.exists():
+        return None
+    flags = flag_mislabels(read_predictions(scores.read_text(encoding="utf-8")))
+    report = storage.read_json(storage.storage_path(f"{plan.dataset_uri}/{REPORT_NAME}", conn_id), default={})
+    path_of = {row["sha256"]: row["path"] for row in report.get("kept", [])}
+    lines = "".join(
+        json.dumps(flag | {"path": path_of.get(flag["sha256"]), "model_version": plan.version,
+                           "dataset_uri": plan.dataset_uri}) + "\n"
+        for flag in flags
+    )  # fmt: skip
+    storage.write_bytes_atomic(root / FLAGS_FILE, lines.encode("utf-8"))
+    return len(flags)

@@ -50,6 +50,51 @@ def weight_shapes(model_dir: Path) -> dict[str, list[int]]:
         return {name: weights.get_slice(name).get_shape() for name in weights.keys()}  # noqa: SIM118
 
 
+def unpadded_label_probabilities(model_dir: Path, row: dict, labels: list[str]) -> list[float]:
+    """The probability of each label's answer for one row, from one unpadded forward per label over full logits:
+    the plain computation the batched, left-padded, logits-trimmed scoring must agree with."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl.data_utils import prepare_multimodal_messages
+
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    prompt = [m for m in row["messages"] if m["role"] != "assistant"]
+
+    def ids(messages: list[dict], **kwargs) -> dict:
+        return processor.apply_chat_template([prepare_multimodal_messages(messages, images=row["images"])],
+                                             tokenize=True, return_dict=True, return_tensors="pt",
+                                             processor_kwargs={"add_special_tokens": False}, **kwargs)  # fmt: skip
+
+    start = ids(prompt, add_generation_prompt=True)["input_ids"].shape[1]
+    likelihoods = []
+    for label in labels:
+        answer = {"role": "assistant", "content": [{"type": "text", "text": f"this is a photo of {label}."}]}
+        inputs = ids([*prompt, answer])
+        with torch.no_grad():
+            logprobs = model(**inputs).logits[0, :-1].log_softmax(-1)
+        targets = inputs["input_ids"][0, 1:]
+        likelihoods.append(logprobs[start - 1 :].gather(-1, targets[start - 1 :, None]).sum())
+    return torch.stack(likelihoods).softmax(-1).tolist()
+
+
+def check_label_scores(work: Path, data: Path) -> None:
+    """Every train and validation row has a probability per label, equal to the plain per-label computation."""
+    splits = load_from_disk(str(data))
+    scores = [json.loads(line) for line in (work / "output" / "label_scores.jsonl").read_text().splitlines()]
+    labels = sorted(set(splits["train"]["label"]))
+    for name in ("train", "validation"):
+        rows = [row for row in scores if row["split"] == name]
+        assert [row["index"] for row in rows] == list(range(len(splits[name])))
+        assert [row["sha256"] for row in rows] == splits[name]["sha256"]
+        assert [row["label"] for row in rows] == splits[name]["label"]
+        assert all(list(row["probabilities"]) == labels for row in rows)
+        assert all(abs(sum(row["probabilities"].values()) - 1) < 1e-4 for row in rows)
+    written = next(row for row in scores if row["split"] == "validation" and row["index"] == 1)
+    expected = unpadded_label_probabilities(work / "model", splits["validation"][1], labels)
+    assert list(written["probabilities"].values()) == pytest.approx(expected, abs=1e-4)
+
+
 def test_trains_writes_model_and_predictions_then_resumes(inputs, tmp_path):
     model, data = inputs
     test_split = load_from_disk(str(data))["test"]
@@ -66,6 +111,7 @@ def test_trains_writes_model_and_predictions_then_resumes(inputs, tmp_path):
     assert [row["label"] for row in predictions] == test_split["label"]
     assert [row["sha256"] for row in predictions] == test_split["sha256"]
     assert all(isinstance(row["answer"], str) and row["generation_seconds"] >= 0 for row in predictions)
+    check_label_scores(tmp_path, data)
     first = json.loads((tmp_path / "output" / "train_summary.json").read_text())
     assert first["global_step"] == 2 and first["resumed_from"] is None and first["final_loss"] > 0
     assert first["args"]["bf16"] is False and first["args"]["assistant_only_loss"] is True

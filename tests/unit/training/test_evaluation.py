@@ -11,6 +11,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from tasks.common.settings import load_settings
 from tasks.model.taxonomy import Taxonomy, load_taxonomy
 from tasks.training.evaluation import compute_metrics, confusion_matrix_png, evaluate_version
+from tasks.training.mislabels import SCORES_FILE
 from tasks.training.plan import TrainingOutcome, plan_training
 from tasks.training.steps import training_backend
 
@@ -106,3 +107,43 @@ def test_evaluate_version_writes_metrics_and_plot_beside_the_model(plan, tmp_pat
 def test_missing_predictions_fail_clearly_without_retries(plan):
     with pytest.raises(AirflowFailException, match=f"no eval_predictions.jsonl at {plan.predictions_uri}"):
         evaluate_version(plan, OUTCOME)
+
+
+def test_likely_mislabels_go_to_the_model_folder_never_into_the_labels(plan, tmp_path):
+    root = tmp_path / "models" / plan.version
+    root.mkdir(parents=True)
+    (root / "eval_predictions.jsonl").write_text(json.dumps({"label": "3", "answer": "this is a photo of 3."}) + "\n")
+    dataset = tmp_path / "datasets" / "d"
+    dataset.mkdir(parents=True)
+    kept = [{"path": f"{label}/img-{i}.png", "sha256": f"s{i}", "label": label} for i, label in enumerate("3381")]
+    (dataset / "curation_report.json").write_text(json.dumps({"kept": kept}))
+    confident = {"3": {"3": 0.9, "8": 0.1}, "8": {"3": 0.1, "8": 0.9}}
+    rows = [{"split": "train", "index": i, "sha256": f"s{i}", "label": label, "probabilities": confident[label]}
+            for i, label in enumerate("338")]  # fmt: skip
+    rows[1]["probabilities"] = {"3": 0.05, "8": 0.95}  # given 3, the model is sure it is an 8
+    (root / "label_scores.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    assert evaluate_version(plan, OUTCOME)["mislabel_flags"] == 1
+    [flag] = [json.loads(line) for line in (root / "label_flags.jsonl").read_text().splitlines()]
+    assert flag | {"given_threshold": 0, "suggested_threshold": 0} == {
+        "schema": "label_flag/1", "sha256": "s1", "path": "3/img-1.png", "split": "train", "index": 1,
+        "given_label": "3", "given_probability": 0.05, "given_threshold": 0, "suggested_label": "8",
+        "suggested_probability": 0.95, "suggested_threshold": 0, "model_version": plan.version,
+        "dataset_uri": plan.dataset_uri,
+    }  # fmt: skip
+    assert json.loads((dataset / "curation_report.json").read_text())["kept"] == kept  # labels untouched
+
+
+def test_a_run_that_scored_no_split_has_no_flags_file(plan, tmp_path):
+    root = tmp_path / "models" / plan.version
+    root.mkdir(parents=True)
+    (root / "eval_predictions.jsonl").write_text(json.dumps({"label": "3", "answer": "this is a photo of 3."}) + "\n")
+    assert evaluate_version(plan, OUTCOME)["mislabel_flags"] is None
+    assert not (root / "label_flags.jsonl").exists()
+
+
+def test_the_scores_file_name_is_the_training_scripts():
+    """train.py ships alone: its copy of the name is checked against the reader's."""
+    from tests.unit.training.test_shipped_script import train
+
+    assert train.SCORES_FILE == SCORES_FILE
