@@ -31,6 +31,8 @@ from accelerate.utils import gather_object
 from datasets import DatasetDict, load_from_disk
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.trainer_pt_utils import remove_dummy_checkpoint
+from transformers.utils import SAFE_WEIGHTS_NAME, WEIGHTS_NAME
 from trl import SFTConfig, SFTTrainer
 from trl.data_utils import prepare_multimodal_messages
 
@@ -41,6 +43,10 @@ PREDICTIONS_FILE = "eval_predictions.jsonl"
 SCORES_FILE = "label_scores.jsonl"
 SUMMARY_FILE = "train_summary.json"
 SAGEMAKER_CHECKPOINT_DIR = "/opt/ml/checkpoints"
+# On SageMaker the predictions and summary go under the model dir: /opt/ml/output/data is uploaded as one
+# output.tar.gz ("How Amazon SageMaker Processes Training Output"), while OutputDataConfig.CompressionType NONE
+# uploads /opt/ml/model as plain files, where the pipeline reads them from ModelArtifacts.S3ModelArtifacts.
+EVALUATION_DIR = "evaluation"
 BASE_MODEL_ID = "llava-hf/llava-v1.6-mistral-7b-hf"
 # The base model's Hub commit (main as of the "Fixed a syntax error ... transformers>=v4.48" commit, #44): a later
 # upstream commit never changes what a job trains.
@@ -73,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "for the base model, the model's own for any other")  # fmt: skip
     p.add_argument("--dataset_path", default=env.get("SM_CHANNEL_TRAIN"), help="DatasetDict saved with save_to_disk")
     p.add_argument("--model_dir", default=env.get("SM_MODEL_DIR"), help="where the final model + processor go")
-    p.add_argument("--output_data_dir", default=env.get("SM_OUTPUT_DATA_DIR"), help="defaults to --model_dir")
+    p.add_argument("--output_data_dir", default=None, help=f"default --model_dir; on SageMaker its {EVALUATION_DIR}/")
     p.add_argument("--checkpoint_dir", default=None, help=f"{SAGEMAKER_CHECKPOINT_DIR} on SageMaker")
     p.add_argument("--learning_rate", type=float, default=2e-5)
     p.add_argument("--num_train_epochs", type=float, default=20)
@@ -102,7 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     if not args.dataset_path or not args.model_dir:
         p.error("--dataset_path and --model_dir are required outside SageMaker")
-    args.output_data_dir = args.output_data_dir or args.model_dir
+    in_model_dir = Path(args.model_dir) / EVALUATION_DIR if "SM_MODEL_DIR" in env else args.model_dir
+    args.output_data_dir = args.output_data_dir or str(in_model_dir)
     if args.model_id == BASE_MODEL_ID:
         args.model_revision = args.model_revision or BASE_MODEL_REVISION
         args.chat_template = args.chat_template or str(BASE_MODEL_CHAT_TEMPLATE)
@@ -184,6 +191,55 @@ def load_model(model_id: str, revision: str | None, bf16: bool) -> torch.nn.Modu
         # the renamings the checkpoint used, as a plain load does (transformers/core_model_loading.py).
         model._weight_conversions = [conversion for conversion in conversions if conversion.was_used()]
     return model
+
+
+class ZeroCheckpointTrainer(SFTTrainer):
+    """Intermediate ZeRO-3 checkpoints without the gathered 16-bit copy of the weights, and written once.
+
+    ds_zero3.json sets stage3_gather_16bit_weights_on_model_save false, so a checkpoint is DeepSpeed's sharded
+    state only (fp32 optimizer state + master weights + bf16 partition); save_final_model turns gathering on for
+    the model that is served. With gathering off, transformers 5.24's save_model (trainer.py:4109-4130) catches
+    accelerate's ValueError (accelerator.py:4073-4091), saves config + processor with an empty state dict, and
+    calls the engine's save_checkpoint; _save_checkpoint (trainer.py:3377, 3398-3400) then calls
+    _save_optimizer_and_scheduler, whose DeepSpeed branch (trainer.py:3552-3561) calls save_checkpoint again: the
+    same ~106 GB twice per checkpoint. Here a checkpoint's save_model keeps the first two steps and leaves the
+    sharded state to that one later call. Everything else (the final save, one process, plain DDP) is unchanged.
+    """
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        engine = self.model_wrapped
+        sharded_only = (
+            _internal_call
+            and self.is_deepspeed_enabled
+            and is_deepspeed_zero3_enabled()
+            and not self.args.save_only_model  # else _save_optimizer_and_scheduler does not run
+            and not engine.zero_gather_16bit_weights_on_model_save()
+        )
+        if not sharded_only:
+            return super().save_model(output_dir, _internal_call)
+        output_dir = output_dir or self.args.output_dir
+        self._save(output_dir, state_dict={})  # config.json + processor, as transformers' own fallback does
+        remove_dummy_checkpoint(self.args.should_save, output_dir, [WEIGHTS_NAME, SAFE_WEIGHTS_NAME])
+        return None
+
+
+def save_final_model(trainer: SFTTrainer, model_dir: str) -> None:
+    """The model + processor, with the 16-bit weights gathered from every ZeRO-3 shard for this save only.
+
+    DeepSpeed reads the switch from its engine's config at each save (engine.py:1654-1655
+    zero_gather_16bit_weights_on_model_save, read by accelerate's get_state_dict, accelerator.py:4074), so
+    setting it here affects only this save. Every process must call this: the gather is collective.
+    """
+    if not (trainer.is_deepspeed_enabled and is_deepspeed_zero3_enabled()):
+        trainer.save_model(model_dir)
+        return
+    zero = trainer.model_wrapped._config.zero_config
+    was = zero.gather_16bit_weights_on_model_save
+    zero.gather_16bit_weights_on_model_save = True
+    try:
+        trainer.save_model(model_dir)
+    finally:
+        zero.gather_16bit_weights_on_model_save = was
 
 
 def generate_answers(trainer: SFTTrainer, processor: Any, test, args: argparse.Namespace) -> list[dict]:
@@ -334,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     processor = load_processor(args)
     model = load_model(args.model_id, args.model_revision, args.bf16)
 
-    trainer = SFTTrainer(
+    trainer = ZeroCheckpointTrainer(
         model=model,
         args=config,
         train_dataset=splits["train"].select_columns(TRAIN_COLUMNS),
@@ -351,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     train_seconds = time.perf_counter() - started
     logger.info("Trained to step %d in %.1f s", trainer.state.global_step, train_seconds)
 
-    trainer.save_model(args.model_dir)  # processor too; under ZeRO-3 the 16-bit weights are gathered first
+    save_final_model(trainer, args.model_dir)
 
     started = time.perf_counter()
     predictions = generate_answers(trainer, processor, splits["test"], args)
