@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -29,6 +31,7 @@ def test_the_shipped_script_writes_the_names_the_pipeline_reads():
     """train.py cannot import the package (it ships alone), so its copies of the shared names are checked here."""
     assert (train.PREDICTIONS_FILE, train.SUMMARY_FILE) == (plan.PREDICTIONS_FILE, plan.SUMMARY_FILE)
     assert train.SAGEMAKER_CHECKPOINT_DIR == sagemaker.SAGEMAKER_CHECKPOINT_DIR
+    assert train.EVALUATION_DIR == plan.EVALUATION_DIR
     assert train.parse_args(["--dataset_path", "d", "--model_dir", "m"]).model_id == sagemaker.PRODUCTION_BASE_MODEL
     assert train.BASE_MODEL_REVISION == sagemaker.PRODUCTION_BASE_MODEL_REVISION
 
@@ -62,7 +65,9 @@ def test_defaults_are_the_seed_hyperparameters_and_sagemaker_paths(sagemaker_env
     assert args.model_id == "llava-hf/llava-v1.6-mistral-7b-hf"
     assert args.dataset_path == str(sagemaker_env["SM_CHANNEL_TRAIN"])
     assert args.model_dir == str(sagemaker_env["SM_MODEL_DIR"])
-    assert args.output_data_dir == str(sagemaker_env["SM_OUTPUT_DATA_DIR"])
+    # Not SM_OUTPUT_DATA_DIR (/opt/ml/output/data, uploaded as one output.tar.gz): under the model dir, uploaded
+    # uncompressed with the model (CompressionType NONE), where the pipeline locates it from ModelArtifacts.
+    assert args.output_data_dir == str(sagemaker_env["SM_MODEL_DIR"] / "evaluation")
     assert args.checkpoint_dir == "/opt/ml/checkpoints"  # synced to S3 by SageMaker: what spot restarts resume from
 
 
@@ -128,3 +133,72 @@ def test_several_instances_run_one_launcher_per_host_coordinated_by_the_first(mo
 def test_one_gpu_on_each_of_several_instances_still_goes_through_accelerate():
     command = launch.command([], 1, ["algo-1", "algo-2"], "algo-1")
     assert command[command.index("--num_processes") + 1] == "2" and command[command.index("--machine_rank") + 1] == "0"
+
+
+def test_intermediate_checkpoints_have_no_gathered_16bit_copy():
+    """ds_zero3.json: a checkpoint is DeepSpeed's sharded state only; train.save_final_model gathers for the model."""
+    config = json.loads((TRAINING_DIR / "ds_zero3.json").read_text())
+    assert config["zero_optimization"]["stage"] == 3
+    assert config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is False
+
+
+class FakeZeroConfig:
+    gather_16bit_weights_on_model_save = False
+
+
+class FakeEngine:
+    """The parts of a DeepSpeed engine the save logic reads (deepspeed/runtime/engine.py:1654-1655)."""
+
+    def __init__(self):
+        self._config = SimpleNamespace(zero_config=FakeZeroConfig())
+
+    def zero_gather_16bit_weights_on_model_save(self):
+        return self._config.zero_config.gather_16bit_weights_on_model_save
+
+
+def zero3_trainer(monkeypatch, tmp_path, calls):
+    trainer = object.__new__(train.ZeroCheckpointTrainer)  # only the attributes the save logic reads
+    trainer.model_wrapped = FakeEngine()
+    trainer.is_deepspeed_enabled = True
+    trainer.args = SimpleNamespace(save_only_model=False, should_save=True, output_dir=str(tmp_path))
+    monkeypatch.setattr(train, "is_deepspeed_zero3_enabled", lambda: True)
+    monkeypatch.setattr(trainer, "_save", lambda out, state_dict=None: calls.append(("_save", out, state_dict)))
+
+    def parent_save_model(self, output_dir=None, _internal_call=False):
+        gathered = self.model_wrapped.zero_gather_16bit_weights_on_model_save()
+        calls.append(("save_model", output_dir, _internal_call, gathered))
+
+    monkeypatch.setattr(train.SFTTrainer, "save_model", parent_save_model)
+    return trainer
+
+
+def test_a_checkpoint_saves_config_and_processor_and_leaves_the_sharded_state_to_one_save_checkpoint(
+    monkeypatch, tmp_path
+):
+    calls = []
+    trainer = zero3_trainer(monkeypatch, tmp_path, calls)
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "model.safetensors").write_bytes(b"")  # the empty state dict's dummy file
+    trainer.save_model(str(tmp_path / "checkpoint-2"), _internal_call=True)  # as _save_checkpoint calls it
+    assert calls == [("_save", str(tmp_path / "checkpoint-2"), {})]  # no gather, no engine.save_checkpoint here
+    assert not (tmp_path / "checkpoint-2" / "model.safetensors").exists()
+
+
+def test_the_final_save_alone_gathers_the_16bit_weights(monkeypatch, tmp_path):
+    calls = []
+    trainer = zero3_trainer(monkeypatch, tmp_path, calls)
+    train.save_final_model(trainer, str(tmp_path / "model"))
+    assert calls == [("save_model", str(tmp_path / "model"), False, True)]  # gathered during this save
+    assert trainer.model_wrapped.zero_gather_16bit_weights_on_model_save() is False  # and off again after
+
+
+def test_without_zero3_saves_are_transformers_own(monkeypatch, tmp_path):
+    calls = []
+    trainer = zero3_trainer(monkeypatch, tmp_path, calls)
+    trainer.is_deepspeed_enabled = False  # one process or plain DDP: each checkpoint keeps model.safetensors
+    trainer.save_model(str(tmp_path / "checkpoint-2"), _internal_call=True)
+    train.save_final_model(trainer, str(tmp_path / "model"))
+    assert [call[:3] for call in calls] == [
+        ("save_model", str(tmp_path / "checkpoint-2"), True),
+        ("save_model", str(tmp_path / "model"), False),
+    ]
