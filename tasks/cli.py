@@ -180,6 +180,36 @@ def _cost_report(args: argparse.Namespace) -> None:
         print(f"{name}: {path}")
 
 
+def _preflight(args: argparse.Namespace) -> None:
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    from tasks.preflight.checks import run_checks, table
+
+    settings = load_settings()
+
+    def client(service: str):
+        return AwsBaseHook(aws_conn_id=settings.aws_conn_id, client_type=service, region_name=settings.region).conn
+
+    checks = run_checks(settings, client, args.airflow_role_arn)
+    print(table(checks))
+    if not all(check.ready for check in checks):
+        raise SystemExit(1)
+
+
+def _iam_policies(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from tasks.preflight.iam import POLICY_FILES, PolicyValues, render_policy
+
+    values = PolicyValues.from_settings(load_settings(), args.account_id)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for principal, name in POLICY_FILES.items():
+        (out / name).write_text(json.dumps(render_policy(principal, values), indent=2) + "\n")
+        print(f"{principal} role: {out / name}")
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     prog = "llava-pipelines" if os.path.basename(sys.argv[0]) == "llava-pipelines" else "python -m tasks.cli"
@@ -239,6 +269,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--day", help="last day of the report (default: today, UTC)")
     p.add_argument("--window-days", type=int, default=30)
     p.set_defaults(func=_cost_report)
+
+    p = sub.add_parser("preflight", help="read-only check of the AWS account before the first sagemaker run")
+    p.add_argument("--airflow-role-arn", default=None, help="the Airflow workers' role; default: the caller's")
+    p.set_defaults(func=_preflight)
+
+    p = sub.add_parser("iam-policies", help="render include/aws/ policies for an account and these settings")
+    p.add_argument("--account-id", required=True)
+    p.add_argument("--out", default="iam-policies", help="directory to write the two policy documents into")
+    p.set_defaults(func=_iam_policies)
 
     args = parser.parse_args(argv)
     try:

@@ -35,3 +35,18 @@ def test_errors_are_one_line_without_a_traceback(storage: Path, capsys: pytest.C
     with pytest.raises(SystemExit) as exit_:
         cli.main(["estimate-cost", "--from-date", "2026-11-30", "--to-date", "30.11.2026", "--budget-usd", "1"])
     assert str(exit_.value) == "python -m tasks.cli estimate-cost: error: Invalid isoformat string: '30.11.2026'"
+
+
+def test_iam_policies_renders_both_documents_for_the_account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    monkeypatch.setenv("PIPELINE_STORAGE_URI", "s3://acme-ml/llava")
+    monkeypatch.setenv("PIPELINE_SAGEMAKER_ROLE_ARN", "arn:aws:iam::123456789012:role/llava-exec")
+    monkeypatch.setenv("PIPELINE_KMS_KEY_ARNS", "arn:aws:kms:us-east-1:123456789012:key/k1")
+    cli.main(["iam-policies", "--account-id", "123456789012", "--out", str(tmp_path)])
+    airflow = json.loads((tmp_path / "airflow-role-policy.json").read_text())
+    text = json.dumps(airflow)
+    assert "arn:aws:iam::123456789012:role/llava-exec" in text and "acme-ml/llava/*" in text
+    assert "ACCOUNT_ID" not in text and "key/k1" in text
+    execution = json.loads((tmp_path / "sagemaker-execution-role-policy.json").read_text())
+    assert any("acme-ml/llava/backlog/*" in s["Resource"] for s in execution["Statement"])
