@@ -34,6 +34,11 @@ def _check(runner: AirflowRunner, raw_uri: str, dataset_uri: str, total: int, co
     dd = load_from_disk(plain_uri(dataset), storage_options=fsspec_options(dataset) or None)
     assert sum(len(split) for split in dd.values()) == counts["kept"]
     assert "Curated" in result.output and "rejected" in result.output  # readable summary in the task log
+    near = report["near_duplicates"]  # the digits taxonomy's threshold, and the leakage check
+    assert near["policy"]["max_distance"] == 2 and near["groups_across_splits"] == 0
+    split_of = {row["sha256"]: row["split"] for row in report["kept"]}
+    assert all(len({split_of[m["sha256"]] for m in group["members"]}) == 1 for group in near["groups"])
+    assert "Near-duplicates (pHash within 2 bits)" in result.output
 
 
 def test_curate_on_local_storage(local_airflow: AirflowRunner) -> None:
