@@ -10,6 +10,7 @@ from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
 from tasks.training import steps
 from tasks.training.approval import PromotionApproval
 from tasks.training.plan import MAX_RUN_SECONDS
+from tasks.training.sizing import DEFAULT_INSTANCE_TYPE, DEFAULT_MAX_RUN_SECONDS
 
 TRAINING = steps.training_backend(SETTINGS)
 
@@ -22,14 +23,22 @@ backend, the **same script as a subprocess** on an offline tiny LLaVA-NeXT on th
 `plan` → `prepare_training` → `train` → `record_cost` + `evaluate` → `approve_promotion` → `promote`
 
 **Where things land** (`models/<version>/`, version = `<taxonomy>-<run time>-<run hash>`): `metrics.json`,
-`confusion_matrix.png`, `eval_predictions.jsonl`; the model in `model/` locally, in `<job>/output/model/`
-(uncompressed) on SageMaker. `models/registry.json` lists versions; `production` is what gets deployed.
+`confusion_matrix.png`, `eval_predictions.jsonl`; the model in `model/` locally; on SageMaker where
+DescribeTrainingJob's `ModelArtifacts` says (uncompressed, `<job>/output/model/`), the script's evaluation files in
+its `evaluation/` subfolder. SageMaker checkpoints go to `models/checkpoints/<training key>/` (dataset, base model,
+hyperparameters, instance type and count): a rerun of the same training resumes them. `models/registry.json` lists
+versions; `production` is what gets deployed.
 
 **Runbook**
 - *plan: no curated dataset*: run `curate_dataset`, or pass `dataset_uri`.
+- *plan: training plan refused* (SageMaker): the sized plan (steps x the declared seconds per step of the instance
+  type, tasks/training/sizing.py) cannot finish inside `max_run_seconds`; the message says what fits (fewer epochs,
+  or the `max_run_seconds` needed). Nothing was uploaded or paid for. The plan task logs steps, hours, checkpoint
+  size and interval of every sized plan.
 - *train failed*: see the task's runbook. The job name comes from the run's logical date (asset-triggered runs:
   the run id), so clearing or rerunning reattaches to its job; to train again after a Failed/Stopped job, trigger a
-  run with another logical date.
+  run with another logical date. After a *Stopped* job (MaxRuntime) that run resumes the checkpoints the message
+  names, as long as the dataset and training config are the same (raise `max_run_seconds`; it is not in the key).
 - *evaluate: no eval_predictions.jsonl*: the script did not finish; the train log says why.
 - *promote skipped*: the gate said no, or a reviewer rejected it (reason in the log and in `registry.json`).
   Nothing is deployed.
@@ -60,16 +69,19 @@ backend, the **same script as a subprocess** on an offline tiny LLaVA-NeXT on th
             description="Flags of include/training/train.py; override the backend's defaults key by key.",
         ),
         "instance_type": Param(
-            "ml.g5.48xlarge", type="string", description="SageMaker training instance.", section="SageMaker"
+            DEFAULT_INSTANCE_TYPE,
+            type="string",
+            description="SageMaker training instance (one with a declared speed in tasks/training/sizing.py).",
+            section="SageMaker",
         ),
         "instance_count": Param(1, type="integer", minimum=1, section="SageMaker"),
         "spot": Param(True, type="boolean", description="SageMaker managed spot training.", section="SageMaker"),
         "max_run_seconds": Param(
-            8 * 3600,
+            DEFAULT_MAX_RUN_SECONDS,
             type="integer",
             minimum=60,
             maximum=MAX_RUN_SECONDS,
-            description="At most 28 days (AWS limit).",
+            description="At most 28 days (AWS limit). The plan is refused when its estimate does not fit.",
             section="SageMaker",
         ),
         "max_wait_seconds": Param(
@@ -129,9 +141,11 @@ Retrying cannot help: fix the cause, then trigger a new run."""
 (`min_accuracy`, or worse than production by more than `tolerance`); retrain, or rerun with other gate params if the
 bar is wrong. *Rejected in review*: the reviewer's name is in the decision; talk to them.""",
     )
-    def promote(plan: dict, metrics: dict, review: dict, params=None, outlet_events=None, dag=None, run_id=None):
+    def promote(
+        plan: dict, metrics: dict, review: dict, outcome: dict, params=None, outlet_events=None, dag=None, run_id=None
+    ):
         run = {"dag_id": dag.dag_id, "run_id": run_id}
-        promoted = steps.promote(SETTINGS, plan, metrics, params, review, run)
+        promoted = steps.promote(SETTINGS, plan, metrics, params, review, run, outcome)
         outlet_events[PROMOTED_MODEL].extra = {key: promoted[key] for key in ("version", "model_uri", "taxonomy")}
         return promoted
 
@@ -150,7 +164,7 @@ Otherwise passes straight through.
 **Runbook** — *waiting*: a reviewer must answer (unanswered for 3 days = rejected). *Approve* promotes and
 deploy_endpoint serves the version; *Reject* keeps it registered as rejected, nothing is deployed.""",
     )
-    promote(planned, metrics, review.output)
+    promote(planned, metrics, review.output, outcome)
 
 
 finetune_llava()

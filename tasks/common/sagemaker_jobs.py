@@ -51,6 +51,10 @@ class AttachingJobMixin:
     def _completed(self, description: dict[str, Any]) -> Any:
         raise NotImplementedError
 
+    def _ended_note(self, description: dict[str, Any]) -> str:
+        """What the failure message adds for a job that ended Failed or Stopped (e.g. where its checkpoints are)."""
+        return ""
+
     @property
     def _kind(self) -> str:
         return self.job_type.lower()
@@ -103,5 +107,7 @@ class AttachingJobMixin:
             )
         if status != "Completed":
             reason = description.get("FailureReason") or "(SageMaker gave no FailureReason)"
-            raise AirflowFailException(f"SageMaker {self._kind} job {name} ended {status}: {reason}")
+            raise AirflowFailException(
+                f"SageMaker {self._kind} job {name} ended {status}: {reason}{self._ended_note(description)}"
+            )
         return self._completed(description)

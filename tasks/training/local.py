@@ -59,9 +59,16 @@ class LocalTraining:
     geometry = TINY_GEOMETRY
     hyperparameters = LOCAL_HYPERPARAMETERS
     default_base_model = ""  # built from the dataset's words by prepare_training
+    shared_checkpoints = False  # models/<version>/checkpoints/: a retry of the run resumes them
 
     def resources(self, params: dict[str, Any]) -> Resources:
         return Resources(LOCAL, 1, False, 0, LOCAL)
+
+    def size(
+        self, hyperparameters: dict[str, Any], resources: Resources, splits: dict[str, int], params: dict[str, Any]
+    ) -> tuple[dict[str, Any], None]:
+        """Not sized: the tiny model trains in minutes and has no MaxRuntime to fit."""
+        return hyperparameters, None
 
     def artifact_uris(self, model_root: str, job_name: str) -> tuple[str, str]:
         return f"{model_root}/model", model_root
@@ -169,4 +176,6 @@ def train_locally(plan: TrainingPlan, base_model: str, log: logging.Logger) -> T
         billable_seconds=round(wall, 2),
         price_per_hour_usd=hourly_price(LOCAL, LOCAL, "training"),
         train_seconds=float(summary["train_seconds"]),
+        model_uri=plan.model_uri,
+        output_uri=plan.output_uri,
     )

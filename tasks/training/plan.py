@@ -8,7 +8,8 @@ differs per backend (defaults, resources, artifact layout) comes from the backen
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+import json
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,13 @@ SUMMARY_FILE = "train_summary.json"
 # CreateTrainingJob's StoppingCondition.MaxRuntimeInSeconds limit (28 days); a larger value is refused by the API
 # only after the job was planned and its source uploaded.
 MAX_RUN_SECONDS = 28 * 24 * 3600
+CHECKPOINTS = "checkpoints"  # models/checkpoints/<training key>/ on SageMaker: shared by reruns of one training
+EVALUATION_DIR = "evaluation"  # train.py's subfolder of the model dir on SageMaker (a test keeps them equal)
+# Flags that change neither what is trained nor the shape of its checkpoints: left out of the training key, so a
+# rerun with another checkpoint interval, log cadence or generation batch still resumes.
+NOT_IN_TRAINING_KEY = frozenset(
+    {"save_steps", "save_total_limit", "logging_steps", "eval_batch_size", "max_new_tokens", "label_column"}
+)
 
 
 @dataclass(frozen=True)
@@ -87,10 +95,18 @@ class TrainingPlan:
     model_root: str  # <storage>/models/<version>: metrics, plots, and what the backend keeps there
     model_uri: str  # the trained model + processor, as a serving stack loads it
     output_uri: str  # where the script writes eval_predictions.jsonl and train_summary.json
-    checkpoint_uri: str
+    checkpoint_uri: str  # local: per version; SageMaker: per training key (training_key), so a rerun resumes
     region: str  # of the price table
     tags: dict[str, str]
     vision_geometry: dict[str, Any]  # of the model trained: how images must be prepared for it (VisionGeometry)
+    sizing: dict[str, Any] | None = None  # tasks.training.sizing.TrainingSize of a sized (SageMaker) plan
+
+    def located(self, outcome: TrainingOutcome) -> TrainingPlan:
+        """This plan with the model and output URIs where the finished training really put them (the outcome's,
+        from DescribeTrainingJob on SageMaker); unchanged where the outcome does not say."""
+        return replace(
+            self, model_uri=outcome.model_uri or self.model_uri, output_uri=outcome.output_uri or self.output_uri
+        )
 
     @property
     def predictions_uri(self) -> str:
@@ -131,6 +147,16 @@ def plan_training(
     model_root = f"{settings.storage_uri}/{storage.MODELS}/{version}"
     model_uri, output_uri = backend.artifact_uris(model_root, job_name)
     resources = backend.resources(params)
+    base_model = checked_base_model(params["base_model"], settings) or backend.default_base_model
+    hyperparameters = {**backend.hyperparameters, **params["hyperparameters"]}
+    sizing = None
+    if "splits" in dataset:  # every curated dataset (find_dataset); preflight's example plan has none
+        hyperparameters, sizing = backend.size(hyperparameters, resources, dataset["splits"], params)
+    if backend.shared_checkpoints:
+        key = training_key(dataset, base_model, hyperparameters, resources)
+        checkpoint_uri = f"{settings.storage_uri}/{storage.MODELS}/{CHECKPOINTS}/{key}"
+    else:
+        checkpoint_uri = f"{model_root}/checkpoints"
     return TrainingPlan(
         backend=backend.name,
         version=version,
@@ -138,8 +164,8 @@ def plan_training(
         dataset_uri=dataset["dataset_uri"],
         taxonomy=dataset["taxonomy"],
         prompt=dataset["prompt"],
-        base_model=checked_base_model(params["base_model"], settings) or backend.default_base_model,
-        hyperparameters={**backend.hyperparameters, **params["hyperparameters"]},
+        base_model=base_model,
+        hyperparameters=hyperparameters,
         instance_type=resources.instance_type,
         instance_count=resources.instance_count,
         spot=resources.spot,
@@ -149,18 +175,41 @@ def plan_training(
         model_root=model_root,
         model_uri=model_uri,
         output_uri=output_uri,
-        checkpoint_uri=f"{model_root}/checkpoints",
+        checkpoint_uri=checkpoint_uri,
         region=resources.price_region,
         tags={"pipeline": dag_id, "model_version": version, "taxonomy": dataset["taxonomy"]},
         vision_geometry=backend.geometry.to_dict(),
+        sizing=sizing,
     )
+
+
+def training_key(
+    dataset: dict[str, Any], base_model: str, hyperparameters: dict[str, Any], resources: Resources
+) -> str:
+    """`<taxonomy>-<hash>` of what a training's checkpoints depend on: the dataset (URI and fingerprint), the base
+    model, the hyperparameters that shape the run (not NOT_IN_TRAINING_KEY), and the instance type and count
+    (DeepSpeed's ZeRO-3 checkpoint is sharded per rank, so another world size cannot load it). Two runs with the same
+    key train the same thing: the second resumes the first's newest checkpoint (train.py), e.g. after a Stopped job.
+    """
+    shaping = {key: flag_value(value) for key, value in hyperparameters.items() if key not in NOT_IN_TRAINING_KEY}
+    identity = {
+        "dataset_uri": dataset["dataset_uri"],
+        "fingerprint": dataset.get("fingerprint"),
+        "base_model": base_model,
+        "hyperparameters": shaping,
+        "instance_type": resources.instance_type,
+        "instance_count": resources.instance_count,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{slug(dataset['taxonomy'])}-{digest}"
 
 
 def find_dataset(requested_uri: str | None, event_extras: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
     """The dataset to train on: the param, else the newest triggering curated_dataset event's, else the newest
     complete dataset under `<storage>/datasets/` (one with curation_report.json, which curation writes last).
 
-    Returns {dataset_uri, taxonomy, prompt, fingerprint} from its curation report. A missing or unusable dataset
+    Returns {dataset_uri, taxonomy, prompt, fingerprint, splits} from its curation report (splits: example count
+    per split, which sizes a SageMaker plan). A missing or unusable dataset
     fails without retries: waiting a minute does not make one appear.
     """
     from tasks.curation.curate import REPORT_NAME
@@ -178,7 +227,7 @@ def find_dataset(requested_uri: str | None, event_extras: list[dict[str, Any]], 
         raise AirflowFailException(f"{uri} is not a complete curated dataset (no {REPORT_NAME}); run curate_dataset")
     if not report["splits"].get("test"):
         raise AirflowFailException(f"{uri} has no held-out test split to evaluate on; curate with test_fraction > 0")
-    keys = ("taxonomy", "prompt", "fingerprint")
+    keys = ("taxonomy", "prompt", "fingerprint", "splits")
     return {"dataset_uri": uri, **{key: report[key] for key in keys}}
 
 
@@ -214,6 +263,8 @@ class TrainingOutcome:
     billable_seconds: float  # per instance
     price_per_hour_usd: float
     train_seconds: float
+    model_uri: str = ""  # where the model really is (SageMaker: DescribeTrainingJob's ModelArtifacts)
+    output_uri: str = ""  # where eval_predictions.jsonl and train_summary.json really are
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,6 +10,7 @@ from typing import Any
 
 from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTrainingOperator
 from airflow.sdk import XComArg, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from tasks.common import storage
 from tasks.common.archives import reproducible_tar_gz
@@ -20,12 +21,14 @@ from tasks.costs.pricing import hourly_price
 from tasks.model.vision_tokens import PRODUCTION_GEOMETRY
 from tasks.training.plan import (
     ENTRY_POINT,
+    EVALUATION_DIR,
     TRAINING_SOURCE_DIR,
     Resources,
     TrainingOutcome,
     TrainingPlan,
     flag_value,
 )
+from tasks.training.sizing import size_training
 
 TRAINING_IMAGE_TABLE = INCLUDE_DIR / "images" / "pytorch_training.json"
 PRODUCTION_BASE_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
@@ -33,16 +36,22 @@ PRODUCTION_BASE_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
 PRODUCTION_BASE_MODEL_REVISION = "52320fb52229c8d942b1dcb8b63b3dc8087bc83b"
 SAGEMAKER_CHANNEL_DIR = "/opt/ml/input/data"
 SAGEMAKER_CHECKPOINT_DIR = "/opt/ml/checkpoints"  # include/training/train.py's too (a test keeps them equal)
+SAGEMAKER_MODEL_DIR = "/opt/ml/model"
 VOLUME_SIZE_GB = 300  # the 7B base model, the trained copy and two ZeRO-3 checkpoints with optimizer state
-# The seed's production recipe (train.py's defaults) for a 7B model on GPUs.
+# The seed's production recipe for a 7B model on GPUs (lr 2e-5, batch 1, warmup 0.03, bf16, gradient checkpointing)
+# with 3 epochs instead of the seed's 20: 20 epochs of 10,000 curated images (7,000 train) are 17,500 steps, ~32 h
+# at the declared 6 s/step of ml.g5.48xlarge, far beyond the 8 h MaxRuntime, and a 7B model fitting one label per
+# image overfits long before (LLaVA's own instruction tuning ran 1 epoch). 3 epochs of 10,000 images: 2,625 steps,
+# ~5.3 h with loading, checkpoints, final save and test generation (`llava-pipelines plan-training --images
+# 10000`); even 10,000 *train* examples (~7.3 h) fit 8 h. save_steps is not set here: tasks.training.sizing derives
+# it from wall time (~30 min of steps) unless the run's hyperparameters set it.
 SAGEMAKER_HYPERPARAMETERS: dict[str, Any] = {
     "learning_rate": 2e-5,
-    "num_train_epochs": 20,
+    "num_train_epochs": 3,
     "per_device_train_batch_size": 1,
     "warmup_ratio": 0.03,
     "bf16": True,
     "gradient_checkpointing": True,
-    "save_steps": 100,
 }
 
 PREPARE_DOC = """
@@ -52,9 +61,13 @@ Template* of `train`.
 """
 TRAIN_DOC = """
 Creates the SageMaker training job, or attaches to it when an earlier try of this run already did (the name is
-deterministic per run: clearing or rerunning never launches a second billed job). Waits deferred.
+deterministic per run: clearing or rerunning never launches a second billed job). Waits deferred. On completion the
+model's location is read from DescribeTrainingJob (`ModelArtifacts.S3ModelArtifacts`) and returned with the outcome.
 **Runbook** — *Failed/Stopped*: the task fails without retries and the log has SageMaker's FailureReason; a run
-with another logical date (another job name) trains again. Job logs: CloudWatch `/aws/sagemaker/TrainingJobs/<job>`.
+with another logical date (another job name) trains again. *Stopped* (MaxRuntime reached): the checkpoints stay at
+the URI the message names (`models/checkpoints/<training key>/`); a new run with the same dataset and training
+config resumes from the newest of them — raise `max_run_seconds` (it is not part of the key). Job logs: CloudWatch
+`/aws/sagemaker/TrainingJobs/<job>`.
 """
 
 
@@ -66,8 +79,25 @@ class SageMakerTraining:
     hyperparameters = SAGEMAKER_HYPERPARAMETERS
     default_base_model = PRODUCTION_BASE_MODEL
 
+    shared_checkpoints = True  # per training key, so a rerun resumes what a Stopped job left (plan.training_key)
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+
+    def size(
+        self, hyperparameters: dict[str, Any], resources: Resources, splits: dict[str, int], params: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Size the plan from the dataset (tasks.training.sizing; refuses one that cannot finish in MaxRuntime) and
+        set the derived checkpoint interval unless the hyperparameters set one."""
+        size = size_training(
+            hyperparameters,
+            instance_type=resources.instance_type,
+            instance_count=resources.instance_count,
+            train_examples=int(splits.get("train", 0)),
+            test_examples=int(splits.get("test", 0)),
+            max_run_seconds=int(params["max_run_seconds"]),
+        )
+        return {**hyperparameters, "save_steps": size.save_steps}, size.to_dict()
 
     def resources(self, params: dict[str, Any]) -> Resources:
         spot = bool(params["spot"])
@@ -75,9 +105,11 @@ class SageMakerTraining:
         return Resources(params["instance_type"], int(params["instance_count"]), spot, wait, self.settings.region)
 
     def artifact_uris(self, model_root: str, job_name: str) -> tuple[str, str]:
-        """SageMaker writes the uncompressed model to `<S3OutputPath>/<job>/output/model/` and the script's other
-        files to `.../output/data/` (OutputDataConfig.CompressionType NONE)."""
-        return f"{model_root}/{job_name}/output/model/", f"{model_root}/{job_name}/output/data"
+        """Where the model and the evaluation files are expected (`<S3OutputPath>/<job>/output/model/` with
+        CompressionType NONE). Only an expectation: the finished job's DescribeTrainingJob says where they are
+        (outcome_from_description), and that is what evaluation, the registry and promotion use."""
+        model = f"{model_root}/{job_name}/output/model/"
+        return model, located_output_uri(model)
 
     def train(self, plan: XComArg, pool: str) -> XComArg:
         settings = self.settings
@@ -134,6 +166,7 @@ def create_training_job_request(plan: TrainingPlan, *, role_arn: str, image_uri:
         hyperparameters["model_revision"] = PRODUCTION_BASE_MODEL_REVISION
     hyperparameters |= {
         "model_id": model_id,
+        "output_data_dir": f"{SAGEMAKER_MODEL_DIR}/{EVALUATION_DIR}",  # uploaded with the model: located_output_uri
         "sagemaker_program": ENTRY_POINT,
         "sagemaker_submit_directory": s3_uri(source_uri),
         "sagemaker_region": plan.region,
@@ -173,8 +206,39 @@ def create_training_job_request(plan: TrainingPlan, *, role_arn: str, image_uri:
     }
 
 
+def located_model_uri(description: dict[str, Any]) -> str:
+    """The model prefix of a completed job, as DescribeTrainingJob reports it (`ModelArtifacts.S3ModelArtifacts`),
+    never rebuilt from the request. The request asks for CompressionType NONE, so it must be a prefix of files, as
+    serving loads it; an archive (`.tar.gz`) cannot be served and fails here, before evaluation and promotion."""
+    artifacts = (description.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
+    name = description.get("TrainingJobName")
+    if not artifacts:
+        raise AirflowFailException(f"training job {name} completed without ModelArtifacts.S3ModelArtifacts")
+    if artifacts.endswith((".tar.gz", ".tgz")):
+        compression = (description.get("OutputDataConfig") or {}).get("CompressionType", "GZIP")
+        raise AirflowFailException(
+            f"training job {name} left its model as an archive, {artifacts} (CompressionType {compression}); "
+            "serving loads an uncompressed prefix: create the job with OutputDataConfig.CompressionType NONE"
+        )
+    return artifacts.rstrip("/") + "/"
+
+
+def located_output_uri(model_uri: str) -> str:
+    """Where eval_predictions.jsonl and train_summary.json are: `<model prefix>/evaluation`.
+
+    train.py writes them to /opt/ml/model/evaluation/ (the `output_data_dir` hyperparameter), not to
+    /opt/ml/output/data: "How Amazon SageMaker Processes Training Output" documents /opt/ml/output/data as uploaded
+    as a single compressed tar object (`<job>/output/output.tar.gz`), and the API reference documents
+    OutputDataConfig.CompressionType as "the model output compression type", so NONE is documented for
+    /opt/ml/model only. Under the model dir they are uploaded uncompressed with the model, at the prefix
+    DescribeTrainingJob reports; serving ignores the small subfolder (vLLM and DJL read the weight, config and
+    tokenizer files at the root).
+    """
+    return f"{model_uri.rstrip('/')}/{EVALUATION_DIR}"
+
+
 def outcome_from_description(description: dict[str, Any], region: str) -> TrainingOutcome:
-    """Billing facts of a completed SageMaker job (a DescribeTrainingJob response).
+    """Billing facts of a completed SageMaker job (a DescribeTrainingJob response), and where its outputs are.
 
     SageMaker folds the spot saving into BillableTimeInSeconds (AWS: savings = 1 - billable / training time), so
     those seconds are priced on demand. Without it (an emulator) the wall-clock time is priced at the table's spot
@@ -187,6 +251,7 @@ def outcome_from_description(description: dict[str, Any], region: str) -> Traini
     train_seconds = float(description.get("TrainingTimeInSeconds", wall))
     billed = description.get("BillableTimeInSeconds")
     instance_type = resources["InstanceType"]
+    model_uri = located_model_uri(description)
     return TrainingOutcome(
         job_name=description["TrainingJobName"],
         region=region,
@@ -196,6 +261,8 @@ def outcome_from_description(description: dict[str, Any], region: str) -> Traini
         billable_seconds=float(billed if billed is not None else train_seconds),
         price_per_hour_usd=hourly_price(region, instance_type, "training", spot=spot and billed is None),
         train_seconds=train_seconds,
+        model_uri=model_uri,
+        output_uri=located_output_uri(model_uri),
     )
 
 
@@ -222,16 +289,33 @@ class AttachingTrainingOperator(AttachingJobMixin, SageMakerTrainingOperator):
         longest = stopping.get("MaxWaitTimeInSeconds") or stopping["MaxRuntimeInSeconds"]
         return (int(longest) + WAIT_SLACK_S) // self.check_interval + 1
 
+    def _ended_note(self, description: dict[str, Any]) -> str:
+        """A Stopped job (MaxRuntimeInSeconds reached, or stopped by hand) leaves its checkpoints in S3; the
+        checkpoint prefix is per training key, so the next run of the same training resumes them."""
+        if description[self.status_field] != "Stopped":
+            return ""
+        checkpoints = (description.get("CheckpointConfig") or self.config.get("CheckpointConfig") or {}).get("S3Uri")
+        if not checkpoints:
+            return ""
+        return (
+            f"; the checkpoints are kept at {checkpoints} and a new run with the same dataset and training config "
+            "(dataset, base model, hyperparameters other than save_steps, instance type and count) resumes from the "
+            "newest of them: trigger it with a larger max_run_seconds"
+        )
+
     def _completed(self, description: dict[str, Any]) -> dict[str, Any]:
         name = description["TrainingJobName"]
         self.serialized_training_data = json.loads(json.dumps(description, default=repr))  # for OpenLineage
         outcome = outcome_from_description(description, self.hook.conn_region_name)
         self.log.info(
-            "Training job %s completed: %.0f billable s x %d instance(s) of %s (spot: %s).",
+            "Training job %s completed: %.0f billable s x %d instance(s) of %s (spot: %s); model at %s (from "
+            "DescribeTrainingJob), evaluation files at %s.",
             name,
             outcome.billable_seconds,
             outcome.instance_count,
             outcome.instance_type,
             outcome.spot,
+            outcome.model_uri,
+            outcome.output_uri,
         )
         return outcome.to_dict()

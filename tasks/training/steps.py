@@ -27,6 +27,7 @@ from tasks.training.plan import (
     plan_training,
     run_identity,
 )
+from tasks.training.sizing import TrainingSize
 
 TRAINING_POOL = "sagemaker_training"  # concurrent trainings, local or SageMaker (config/airflow/pools.json)
 log = logging.getLogger(__name__)
@@ -40,8 +41,12 @@ class TrainingBackend(Protocol):
     geometry: VisionGeometry  # of the model it trains: curation prepares images for it
     hyperparameters: Mapping[str, Any]  # defaults of include/training/train.py's flags
     default_base_model: str
+    shared_checkpoints: bool  # checkpoints per training key (plan.training_key), not per version
 
     def resources(self, params: dict[str, Any]) -> Resources: ...
+    def size(
+        self, hyperparameters: dict[str, Any], resources: Resources, splits: dict[str, int], params: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]: ...  # (hyperparameters, TrainingSize dict); may refuse
     def artifact_uris(self, model_root: str, job_name: str) -> tuple[str, str]: ...  # (model, other outputs)
     def train(self, plan: XComArg, pool: str) -> XComArg: ...
 
@@ -67,6 +72,9 @@ def plan(settings: Settings, params: dict[str, Any], *, dag_id: str, dag_run: An
     training = plan_training(
         training_backend(settings), settings, params, dataset, dag_id=dag_id, run_key=run_key, run_time=run_time
     )
+    if training.sizing:
+        log.info("Training plan: %s", TrainingSize(**training.sizing).describe())
+    log.info("Checkpoints: %s", training.checkpoint_uri)
     return training.to_dict()
 
 
@@ -79,7 +87,8 @@ def record_cost(settings: Settings, plan: dict, outcome: dict, run_id: str) -> d
 def evaluate(settings: Settings, plan: dict, outcome: dict) -> dict:
     from tasks.training.evaluation import evaluate_version
 
-    return evaluate_version(TrainingPlan.from_dict(plan), TrainingOutcome(**outcome), settings.aws_conn_id)
+    located = TrainingOutcome(**outcome)
+    return evaluate_version(TrainingPlan.from_dict(plan).located(located), located, settings.aws_conn_id)
 
 
 def review_request(
@@ -134,15 +143,24 @@ def _number(value: Any) -> str:
 
 
 def promote(
-    settings: Settings, plan: dict, metrics: dict, params: dict[str, Any], review: dict, run: dict[str, str]
+    settings: Settings,
+    plan: dict,
+    metrics: dict,
+    params: dict[str, Any],
+    review: dict,
+    run: dict[str, str],
+    outcome: dict | None = None,
 ) -> dict:
     """Register the version (with its DAG run) and promote it if it passes the gate and a reviewer did not reject
-    it (`review`: approve_promotion's result); a refusal skips the task (nothing to deploy)."""
+    it (`review`: approve_promotion's result); a refusal skips the task (nothing to deploy). The model URI is the
+    one the train task located (`outcome`), not the plan's expectation."""
     from airflow.sdk.exceptions import AirflowSkipException
 
     from tasks.training.registry import register_and_gate
 
     training = TrainingPlan.from_dict(plan)
+    if outcome:
+        training = training.located(TrainingOutcome(**outcome))
     decision = register_and_gate(
         storage.root(settings) / storage.MODELS,
         training,

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
+from tasks.common.sagemaker_jobs import s3_uri
 from tasks.common.settings import load_settings
 from tasks.common.storage import ContainmentError
 from tasks.training.local import LOCAL_HYPERPARAMETERS, run_streaming
@@ -41,6 +42,7 @@ DATASET = {
     "taxonomy": "hotel",
     "prompt": "Which?",
     "fingerprint": "f",
+    "splits": {"train": 800, "validation": 100, "test": 100},
 }
 PARAMS = {
     "base_model": None,
@@ -125,7 +127,7 @@ def test_local_plan_keeps_everything_under_the_version_and_uses_cpu_hyperparamet
 def test_sagemaker_plan_points_at_the_job_output_and_the_production_base_model():
     plan = sagemaker_plan()
     prefix = f"s3://bucket/pipe/models/{plan.version}/{plan.job_name}/output"
-    assert (plan.model_uri, plan.output_uri) == (f"{prefix}/model/", f"{prefix}/data")
+    assert (plan.model_uri, plan.output_uri) == (f"{prefix}/model/", f"{prefix}/model/evaluation")  # expected only
     assert plan.base_model == PRODUCTION_BASE_MODEL and plan.region == "eu-west-1"
     assert plan.hyperparameters["learning_rate"] == 2e-5 and plan.hyperparameters["max_steps"] == 50
     assert plan == type(plan).from_dict(json.loads(json.dumps(plan.to_dict())))  # survives XCom
@@ -147,6 +149,8 @@ def test_create_training_job_request():
         "50",
     )
     assert hp["model_revision"] == PRODUCTION_BASE_MODEL_REVISION  # the Hub's later commits never reach a job
+    assert hp["output_data_dir"] == "/opt/ml/model/evaluation"  # uploaded uncompressed with the model
+    assert hp["save_steps"] == "300"  # derived: ~30 min of 6 s steps
     assert req["InputDataConfig"] == [
         {
             "ChannelName": "train",
@@ -161,7 +165,8 @@ def test_create_training_job_request():
     ]
     root = f"s3://bucket/pipe/models/{plan.version}"
     assert req["OutputDataConfig"] == {"S3OutputPath": root, "CompressionType": "NONE"}
-    assert req["CheckpointConfig"] == {"S3Uri": f"{root}/checkpoints", "LocalPath": "/opt/ml/checkpoints"}
+    assert req["CheckpointConfig"] == {"S3Uri": s3_uri(plan.checkpoint_uri), "LocalPath": "/opt/ml/checkpoints"}
+    assert re.fullmatch(r"s3://bucket/pipe/models/checkpoints/hotel-[0-9a-f]{16}", plan.checkpoint_uri)
     assert req["ResourceConfig"] == {"InstanceType": "ml.g5.48xlarge", "InstanceCount": 1, "VolumeSizeInGB": 300}
     assert req["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200}
     assert req["EnableManagedSpotTraining"] is True
@@ -234,6 +239,7 @@ def description(**extra) -> dict:
         "TrainingStartTime": start,
         "TrainingEndTime": start + timedelta(seconds=1000),
         "TrainingTimeInSeconds": 1000,
+        "ModelArtifacts": {"S3ModelArtifacts": "s3://bucket/pipe/models/v/job/output/model/"},
         **extra,
     }
 
@@ -276,6 +282,7 @@ def test_find_dataset_prefers_the_param_then_the_triggering_event_then_the_newes
         "taxonomy": "digits",
         "prompt": "P",
         "fingerprint": "new",
+        "splits": {"train": 10, "test": 5},
     }
 
 

@@ -122,3 +122,126 @@ def test_a_completed_job_returns_its_billing_outcome(operator, stub):
     outcome = operator.execute({})
     assert outcome["job_name"] == JOB and outcome["billable_seconds"] == 400 and outcome["train_seconds"] == 1200
     assert outcome["spot"] is True and outcome["price_per_hour_usd"] == 20.36  # the saving is in billable seconds
+
+
+def rerun_request(run_key: str, **params) -> dict:
+    """The CreateTrainingJob request a run of the same dataset and config builds (tests.unit.training.test_plan)."""
+    from tasks.common.settings import load_settings
+    from tasks.training.plan import plan_training
+    from tasks.training.sagemaker import create_training_job_request
+    from tasks.training.steps import training_backend
+    from tests.unit.training.test_plan import DATASET, PARAMS, ROLE, SAGEMAKER_ENV
+
+    settings = load_settings(SAGEMAKER_ENV)
+    backend = training_backend(settings)
+    plan = plan_training(
+        backend, settings, PARAMS | params, DATASET, dag_id="finetune_llava", run_key=run_key, run_time=START
+    )
+    return create_training_job_request(plan, role_arn=ROLE, image_uri="I", source_uri=f"{plan.model_root}/s.tar.gz")
+
+
+def test_a_job_stopped_at_max_runtime_keeps_its_checkpoints_and_the_rerun_resumes_them(monkeypatch):
+    first = rerun_request("2026-11-01T00:00:00+00:00")
+    checkpoints = first["CheckpointConfig"]["S3Uri"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    operator = AttachingTrainingOperator(task_id="train", config=first, aws_conn_id=None, region_name="us-east-1")
+    stopped = described(
+        "Stopped",
+        TrainingJobName=first["TrainingJobName"],
+        SecondaryStatus="MaxRuntimeExceeded",
+        FailureReason="Training job reached the maximum runtime of 3600 seconds.",
+        CheckpointConfig=first["CheckpointConfig"],
+    )
+    with Stubber(operator.hook.conn) as stub:
+        stub.add_response("describe_training_job", stopped)
+        with pytest.raises(AirflowFailException) as failed:
+            operator.execute_complete({}, {"status": "success", "job_name": first["TrainingJobName"]})
+        stub.assert_no_pending_responses()
+    message = str(failed.value)
+    assert "ended Stopped: Training job reached the maximum runtime" in message
+    assert f"the checkpoints are kept at {checkpoints} and a new run" in message and "resumes" in message
+
+    # The rerun: another DAG run (another job name, another model version), a larger MaxRuntime, another
+    # checkpoint interval; same dataset and training config -> the same checkpoint prefix, so train.py resumes.
+    rerun = rerun_request("2026-11-02T00:00:00+00:00", max_run_seconds=4 * 3600, max_wait_seconds=8 * 3600)
+    assert rerun["TrainingJobName"] != first["TrainingJobName"]
+    assert rerun["OutputDataConfig"]["S3OutputPath"] != first["OutputDataConfig"]["S3OutputPath"]
+    assert rerun["CheckpointConfig"] == first["CheckpointConfig"]
+    assert checkpoints.startswith("s3://bucket/pipe/models/checkpoints/hotel-")  # not under a model version
+    changed = rerun_request("2026-11-02T00:00:00+00:00", hyperparameters={"num_train_epochs": 4, "max_steps": 50})
+    assert changed["CheckpointConfig"]["S3Uri"] != checkpoints  # another training: never resumes the first's
+
+
+def test_a_job_stopped_without_checkpoints_says_only_why(operator, stub):
+    stub.add_response("describe_training_job", described("Stopped", FailureReason="Stopped by user alice"))
+    with pytest.raises(AirflowFailException) as failed:
+        operator.execute_complete({}, {"status": "success", "job_name": JOB})
+    assert str(failed.value).endswith(f"{JOB} ended Stopped: Stopped by user alice")
+
+
+def test_the_model_and_evaluation_files_are_located_from_describe_not_rebuilt(operator, stub):
+    """A describe whose ModelArtifacts differ from the `<S3OutputPath>/<job>/output/model/` layout is honoured."""
+    elsewhere = "s3://bucket/somewhere-else/job-7/artifacts/model"
+    stub.add_response("describe_training_job", described("Completed", ModelArtifacts={"S3ModelArtifacts": elsewhere}))
+    outcome = operator.execute_complete({}, {"status": "success", "job_name": JOB})
+    assert outcome["model_uri"] == elsewhere + "/"
+    assert outcome["output_uri"] == elsewhere + "/evaluation"  # train.py's output_data_dir under /opt/ml/model
+
+
+def test_a_model_left_as_an_archive_fails_the_task_before_evaluation(operator, stub):
+    archive = f"s3://bucket/models/v/{JOB}/output/model.tar.gz"
+    done = described(
+        "Completed",
+        ModelArtifacts={"S3ModelArtifacts": archive},
+        OutputDataConfig={"S3OutputPath": "s3://bucket/models/v", "CompressionType": "GZIP"},
+    )
+    stub.add_response("describe_training_job", done)
+    with pytest.raises(
+        AirflowFailException, match=r"left its model as an archive, .*model\.tar\.gz \(CompressionType GZIP\)"
+    ):
+        operator.execute_complete({}, {"status": "success", "job_name": JOB})
+
+
+def test_evaluation_registry_and_promotion_use_the_located_model(tmp_path):
+    """Through the DAG's task bodies: evaluation reads the files where the job put them, and the registry and the
+    promoted model name that model prefix, not the plan's expectation."""
+    import json
+
+    from tasks.common.settings import load_settings
+    from tasks.training import steps
+    from tasks.training.plan import TrainingOutcome, plan_training
+    from tests.unit.training.test_plan import DATASET, PARAMS
+
+    settings = load_settings({"PIPELINE_BACKEND": "sagemaker", "PIPELINE_STORAGE_URI": tmp_path.as_uri()})
+    dataset = DATASET | {"taxonomy": "digits"}
+    plan = plan_training(
+        steps.training_backend(settings), settings, PARAMS, dataset, dag_id="d", run_key="r", run_time=START
+    )
+    located = tmp_path / "elsewhere" / "model"
+    (located / "evaluation").mkdir(parents=True)
+    rows = [{"index": i, "label": str(i % 10), "answer": f"this is a photo of {i % 10}."} for i in range(20)]
+    (located / "evaluation" / "eval_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (located / "evaluation" / "train_summary.json").write_text(json.dumps({"train_seconds": 9.0, "global_step": 50}))
+    outcome = TrainingOutcome(
+        JOB,
+        "us-east-1",
+        "ml.g5.48xlarge",
+        1,
+        True,
+        10.0,
+        20.36,
+        9.0,
+        model_uri=located.as_uri() + "/",
+        output_uri=(located / "evaluation").as_uri(),
+    )
+    assert plan.model_uri != outcome.model_uri
+    metrics = steps.evaluate(settings, plan.to_dict(), outcome.to_dict())
+    assert (metrics["accuracy"], metrics["model_uri"], metrics["global_step"]) == (1.0, outcome.model_uri, 50)
+    params = {"min_accuracy": 0.5, "tolerance": 0.01}
+    promoted = steps.promote(
+        settings, plan.to_dict(), metrics, params, {}, {"dag_id": "d", "run_id": "r"}, outcome.to_dict()
+    )
+    assert promoted["model_uri"] == outcome.model_uri
+    registry = json.loads((tmp_path / "models" / "registry.json").read_text())
+    assert registry["versions"][plan.version]["model_uri"] == outcome.model_uri
