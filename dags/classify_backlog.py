@@ -20,8 +20,9 @@ same carry-over of rows already classified by this model version — and committ
 `predictions/dt=D/` format** (`_SUCCESS` manifest, one row per image, same statuses and reasons, same quality gate,
 the same `classification` rows in the cost ledger). Readers and a later nightly rerun cannot tell the paths apart.
 
-`plan_backlog` → `write_requests` ×days → `transform_requests` → `transform` ×jobs (pool `batch_transform`: one
-job at a time) → `commit_day` ×days (asset **predictions**) → `cost_report`
+`plan_backlog` → `write_requests` ×days → `transform_requests` → `canary_request` → `canary` → `transform` ×jobs
+(pool `batch_transform`: one job at a time) → `record_requests` → `transform_records` ×(jobs that ended Failed) →
+`commit_day` ×days (asset **predictions**) → `cost_report`
 
 On SageMaker each job is a Batch Transform job on the SageMaker Model behind the deployed endpoint; locally a small
 runner does the same against the local endpoint. Use this instead of `backfill create` on `classify_images` when a
@@ -33,9 +34,20 @@ serving the nightly traffic meanwhile.
   instance-hours, wall time, $, the instance count the deadline needs). Raise `budget_usd`, `instance_count` or
   `deadline_hours`. Before triggering: `python -m tasks.cli estimate-backlog --from-date A --to-date B ...`.
 - *plan_backlog: not the deployed one*: `model_version` must be the deployed model; deploy it first.
+- *canary failed*: before any large job, the first 3 records of the first request file ran as one small job (the
+  first job's request: same model and settings, one instance) and its `.out` was read by the join. The log has
+  SageMaker's FailureReason, or the file and line that could not be parsed and why (the expected line is
+  `{"key", "SageMakerOutput"}`: AWS DataProcessing.JoinSource). No large job was created and commit_day commits
+  nothing. Fix the cause and trigger a new run (clearing the canary re-reads the same ended job).
 - *transform failed (Failed/Stopped)*: SageMaker's FailureReason is in the log; no retry (it would attach to the same
-  ended job). The files it could not process have no `.out`; commit_day still commits every day, those images as
-  `failed` rows saying why. Trigger a new run for the range to retry them (only failed rows are classified again).
+  ended job). A file with one rejected record gets no `.out` (Batch Transform's unit of output is the file), so for a
+  *Failed* job `record_requests` writes every record of its unanswered files to a file of its own and
+  `transform_records` sends them again in one follow-up job (`records-<job>`, same model and settings): only the
+  records that fail alone become `failed` rows, with both jobs' reasons. commit_day still commits every day. Trigger
+  a new run for the range to retry the failed rows (only failed rows are classified again).
+- *commit_day: no line of the joined shape*: a non-empty `.out` whose lines are not `{"key", "SageMakerOutput"}`
+  objects fails the day loudly (nothing committed) instead of turning every image into a `failed` row; lines that
+  cannot be parsed among good ones are counted and named in the failed rows' reason.
 - *transform still InProgress after the wait*: the job keeps running; clear the task to attach and wait again.
 - *commit_day: quality gate failed*: that day is not published (the previous version stays); its cost is recorded.
 - A retry or rerun of the same run attaches to the jobs it made; nothing is billed twice.
@@ -130,8 +142,10 @@ def classify_backlog():
         "images, records the day's share of the billed time in the ledger, then quality gate and commit.",
     )
     def commit_day(jobs: list, run: dict, day: dict, params=None, run_id=None, outlet_events=None, ti=None) -> dict:
+        from tasks.backlog.canary import require_passed
         from tasks.backlog.steps import commit_day
 
+        require_passed(ti, day["job"]["dt"])  # a failed canary: nothing ran, nothing is committed
         summary = commit_day(SETTINGS, jobs, run, day, params["quality"], run_id, ti)
         outlet_events[PREDICTIONS].extra = summary
         return summary

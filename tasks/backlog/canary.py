@@ -137,3 +137,16 @@ def deployed_taxonomy(settings: Any) -> Taxonomy:
     if record is None:
         raise AirflowFailException("no endpoint record: deploy_endpoint first")
     return load_taxonomy(record["taxonomy"])
+
+
+def require_passed(ti: Any, dt: str) -> None:
+    """commit_day runs whatever happened upstream (a failed large job's days are still committed); after a failed
+    canary no large job was created, so committing would only replace the day with `failed` rows that say nothing
+    about its images. Refuse instead (no retry), which also fails the run."""
+    if ti.xcom_pull(task_ids="transform_requests", map_indexes=-1) and not ti.xcom_pull(
+        task_ids="canary", map_indexes=-1
+    ):
+        raise AirflowFailException(
+            f"dt={dt}: the canary did not pass (see the canary task's log), so no transform "
+            "job ran; nothing committed. Fix the cause (the log says it) and trigger a new run."
+        )

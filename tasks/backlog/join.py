@@ -18,7 +18,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from tasks.backlog.plan import OUTPUT_SUFFIX, RequestFile, TransformJob
+from tasks.backlog.plan import OUTPUT_SUFFIX, REQUEST_SUFFIX, RequestFile, TransformJob, records_job
 from tasks.backlog.requests import read_index
 from tasks.common import storage
 from tasks.model.taxonomy import Taxonomy
@@ -127,12 +127,45 @@ def missing_reason(job: TransformJob, request: RequestFile, outcome: dict[str, A
             f"{outcome['status']}: {outcome.get('failure_reason') or 'no reason given'})")  # fmt: skip
 
 
+def record_answers(
+    day: PartitionJob, job: TransformJob, request: RequestFile, no_output: str, records_outcome: dict[str, Any] | None
+) -> tuple[dict[str, bytes], str]:
+    """A file without a `.out`: the answers its records got alone in the job's follow-up (tasks.backlog.records),
+    and the reason a record without one gets (the job's reason, then the follow-up's)."""
+    records = records_job(job)
+    inputs = storage.storage_path(records.input_uri, day.conn_id)
+    inputs.fs.invalidate_cache(inputs.path)
+    stem = request.name.removesuffix(REQUEST_SUFFIX) + ".r"
+    sent = sorted(p.name for p in inputs.iterdir() if p.name.startswith(stem)) if inputs.exists() else []
+    if not sent:
+        return {}, no_output
+    outputs = storage.storage_path(records.output_uri, day.conn_id)
+    outputs.fs.invalidate_cache(outputs.path)
+    answers: dict[str, bytes] = {}
+    unparsed: list[str] = []
+    for name in sent:
+        output = outputs / f"{name}{OUTPUT_SUFFIX}"
+        if output.exists():
+            parsed = parse_output(output)
+            answers.update(parsed.answers)
+            unparsed += [f"{name}{OUTPUT_SUFFIX} {problem}" for problem in parsed.unparsed]
+    if records_outcome is None:
+        then = f"sent again alone in follow-up job {records.name}, which never ran"
+    else:
+        why = records_outcome.get("failure_reason") or "no reason given"
+        then = f"sent again alone in follow-up job {records.name}: no answer ({records_outcome['status']}: {why})"
+    if unparsed:
+        then += f"; {len(unparsed)} line(s) could not be parsed ({'; '.join(unparsed[:MAX_NAMED])})"
+    return answers, f"{no_output}; {then}"
+
+
 def join_file(
     day: PartitionJob,
     job: TransformJob,
     request: RequestFile,
     outcome: dict[str, Any] | None,
     taxonomy: Taxonomy,
+    records_outcome: dict[str, Any] | None = None,
 ) -> ShardResult:
     """Write the rows of one request file as the day's shard file (same name and order as the nightly shard)."""
     import pyarrow as pa
@@ -141,7 +174,10 @@ def join_file(
     outputs = storage.storage_path(job.output_uri, day.conn_id)
     outputs.fs.invalidate_cache(outputs.path)  # another system wrote them: a listing cached earlier may predate them
     output = outputs / f"{request.name}{OUTPUT_SUFFIX}"
-    answers, missing = read_answers(output, request.name, missing_reason(job, request, outcome))
+    if output.exists():
+        answers, missing = read_answers(output, request.name, "")
+    else:
+        answers, missing = record_answers(day, job, request, missing_reason(job, request, outcome), records_outcome)
     rows = []
     for entry in index:
         key = entry["key"]

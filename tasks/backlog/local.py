@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 JOB_FILE = "job.json"
 TRANSFORM_DOC = """Runs the job's request files through the local endpoint the way Batch Transform would (one POST per
 record, `.out` files in input order, none for a file with a failed record). A job that already ran (its `job.json`
-exists) is not run again. *Failed*: the log names the files and the first error; their images become `failed` rows
-in commit_day, and a new run retries them."""
+exists) is not run again. *Failed*: the log names the files and the first error; `transform_records` sends their
+records again one per file, and only the records that fail alone become `failed` rows in commit_day."""
 
 
 def job_file(output_uri: str, conn_id: str) -> Any:
@@ -175,7 +175,7 @@ class LocalBacklog:
         return storage_uri
 
     def transform(self, requests: XComArg, pool: str) -> XComArg:
-        """canary_request → canary (one small job, its output joined) → transform ×jobs, as on SageMaker."""
+        """canary_request → canary → transform ×jobs → record_requests → transform_records, as on SageMaker."""
         settings = self.settings
 
         @task(task_id="transform", pool=pool, doc_md=TRANSFORM_DOC)
@@ -184,7 +184,36 @@ class LocalBacklog:
 
         large = transform.expand(config=requests)
         self.canary(requests, pool) >> large
-        return large
+        follow_ups = self.record_requests(requests)
+        large >> follow_ups
+        return self.transform_records(follow_ups, pool)
+
+    def record_requests(self, requests: XComArg) -> XComArg:
+        from airflow.sdk import TriggerRule
+
+        from tasks.backlog import records
+
+        conn_id = self.settings.aws_conn_id
+
+        @task(task_id="record_requests", trigger_rule=TriggerRule.ALL_DONE, doc_md=records.DOC)
+        def record_requests(configs: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+            def describe(request: dict[str, Any]) -> dict[str, Any] | None:
+                return storage.read_json(job_file(request["TransformOutput"]["S3OutputPath"], conn_id))
+
+            return records.record_requests(configs, conn_id, describe)
+
+        return record_requests(requests)
+
+    def transform_records(self, follow_ups: XComArg, pool: str) -> XComArg:
+        from tasks.backlog import records
+
+        settings = self.settings
+
+        @task(task_id="transform_records", pool=pool, doc_md=records.TRANSFORM_DOC)
+        def transform_records(config: dict[str, Any]) -> dict[str, Any]:
+            return check_ended_well(run_job(settings, config)[0])
+
+        return transform_records.expand(config=follow_ups)
 
     def canary(self, requests: XComArg, pool: str) -> XComArg:
         from tasks.backlog import canary

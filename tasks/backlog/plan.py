@@ -155,6 +155,24 @@ def chunk_jobs(
     return jobs
 
 
+RECORDS_DIR = "records"  # `<job>/records/{input,output}/`: the follow-up job of a Failed job, one record per file
+
+
+def records_job(job: TransformJob) -> TransformJob:
+    """The follow-up job that re-sends, one record per request file, the records of `job`'s files that got no
+    `.out` when it ended Failed (tasks.backlog.records). A pure function of the job: a retry attaches to it."""
+    return TransformJob(job.index, records_job_name(job.name), f"{job.prefix}/{RECORDS_DIR}", job.files)
+
+
+def records_job_name(job_name: str) -> str:
+    return sagemaker_name(slug(f"records-{job_name}"), hashlib.sha256(f"records/{job_name}".encode()).hexdigest())
+
+
+def record_file_name(request_name: str, number: int) -> str:
+    """`2026-10-05-00003.r00017.jsonl`: record `number` of request file `request_name`, alone in its own file."""
+    return f"{request_name.removesuffix(REQUEST_SUFFIX)}.r{number:05d}{REQUEST_SUFFIX}"
+
+
 def payload_mb(max_record_bytes: int) -> int:
     """MaxPayloadInMB for records of at most this size (whole MB, >= 1): it must hold the largest record."""
     mb = max(1, math.ceil(max_record_bytes / 2**20))

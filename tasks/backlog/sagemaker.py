@@ -12,10 +12,10 @@ import json
 from typing import Any
 
 from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTransformOperator
-from airflow.sdk import XComArg, task
+from airflow.sdk import TriggerRule, XComArg, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from tasks.backlog import canary
+from tasks.backlog import canary, records
 from tasks.backlog.join import job_outcome
 from tasks.backlog.plan import TransformJob
 from tasks.common.sagemaker_jobs import WAITER_DELAY_S, AttachingJobMixin, s3_uri
@@ -27,8 +27,9 @@ MODEL_STARTUP_S = 600  # container start + weight download + vLLM warm-up per in
 TRANSFORM_DOC = """Creates the job's Batch Transform job, or attaches to it when an earlier try of this run already
 did (the name is a pure function of the run and the images it classifies): a retry or rerun never starts a second
 billed job. Waits deferred. *Failed/Stopped*: fails without retries with SageMaker's FailureReason; the files it
-could not process have no `.out` and their images become `failed` rows in commit_day (a new run retries them). Job
-logs: CloudWatch `/aws/sagemaker/TransformJobs/<job>`."""
+could not process have no `.out`: after a *Failed* job, `transform_records` sends their records again one per file
+(tasks.backlog.records), and only the records that fail alone become `failed` rows in commit_day (a new run retries
+them). Job logs: CloudWatch `/aws/sagemaker/TransformJobs/<job>`."""
 
 
 class AttachingTransformOperator(AttachingJobMixin, SageMakerTransformOperator):
@@ -94,12 +95,40 @@ class SageMakerBacklog:
         return s3_uri(storage_uri) + ("/" if storage_uri.endswith("/") else "")
 
     def transform(self, requests: XComArg, pool: str) -> XComArg:
-        """canary_request → canary (one small job, its output joined) → transform ×jobs."""
+        """canary_request → canary (one small job, its output joined) → transform ×jobs → record_requests →
+        transform_records ×(jobs that ended Failed): their unanswered records again, one per file."""
         large = AttachingTransformOperator.partial(
             task_id="transform", aws_conn_id=self.settings.aws_conn_id, pool=pool, doc_md=TRANSFORM_DOC
         ).expand(config=requests)
         self.canary(requests, pool) >> large
-        return large.output
+        follow_ups = self.record_requests(requests)
+        large >> follow_ups
+        return (
+            AttachingTransformOperator.partial(
+                task_id="transform_records",
+                aws_conn_id=self.settings.aws_conn_id,
+                pool=pool,
+                doc_md=records.TRANSFORM_DOC,
+            )
+            .expand(config=follow_ups)
+            .output
+        )
+
+    def record_requests(self, requests: XComArg) -> XComArg:
+        conn_id = self.settings.aws_conn_id
+
+        @task(task_id="record_requests", trigger_rule=TriggerRule.ALL_DONE, doc_md=records.DOC)
+        def record_requests(configs: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+            from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
+
+            from tasks.serving.sagemaker import describe
+
+            sm = SageMakerHook(aws_conn_id=conn_id).conn
+            return records.record_requests(
+                configs, conn_id, lambda r: describe(sm, "transform_job", r["TransformJobName"])
+            )
+
+        return record_requests(requests)
 
     def canary(self, requests: XComArg, pool: str) -> CanaryTransformOperator:
         conn_id = self.settings.aws_conn_id
@@ -114,7 +143,6 @@ class SageMakerBacklog:
             settings=self.settings,
             aws_conn_id=conn_id,
             pool=pool,
-            retries=0,
             doc_md=canary.DOC,
         )
 

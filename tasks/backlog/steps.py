@@ -231,12 +231,14 @@ def commit_day(
     backend = backlog_backend(settings)
     day, day_plan = PartitionJob(**day_doc["job"]), PartitionPlan.from_dict(day_doc["plan"])
     mine = [job for job in map(TransformJob.from_dict, jobs) if any(f.dt == day.dt for f in job.files)]
-    outcomes = {job.name: backend.outcome(job) for job in mine}
+    follow_ups = {job.name: plan.records_job(job) for job in mine}  # re-sent records of a Failed job (records.py)
+    outcomes = {job.name: backend.outcome(job) for job in [*mine, *follow_ups.values()]}
     taxonomy = load_taxonomy(day.record["taxonomy"])
-    results = [join.join_file(day, job, request, outcomes[job.name], taxonomy)
+    results = [join.join_file(day, job, request, outcomes[job.name], taxonomy, outcomes[follow_ups[job.name].name])
                for job in mine for request in job.files if request.dt == day.dt]  # fmt: skip
     staged = classification.collect_shards(day_plan, results)
-    staged = replace(staged, busy_seconds=join.billed_share(day.dt, mine, outcomes) + day_plan.carried_busy_seconds)
+    billed = join.billed_share(day.dt, [*mine, *follow_ups.values()], outcomes)
+    staged = replace(staged, busy_seconds=billed + day_plan.carried_busy_seconds)
     res = Resources(**run["resources"])
     entry = ledger.classification_entry(
         day.dt,

@@ -1,6 +1,7 @@
 """classify_backlog through `bin/airflow dags test`: on the local backend against a real `transformers serve` (the
-days it commits equal what classify_images commits), and on the SageMaker backend against moto_server (one transform
-job per planned chunk with the Batch Transform settings, none more on a rerun; prepared `.out` files join into rows).
+days it commits equal what classify_images commits), and on the SageMaker backend against moto_server (a canary that
+wrote no `.out` fails the run before any large job exists; then one transform job per planned chunk with the Batch
+Transform settings, none more on a rerun; prepared `.out` files join into rows).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 
 from support.digits import tiny_digits_model
 from support.endpoints import committed, deploy_locally, endpoint_record, stable
+from tasks.backlog import canary
 from tasks.common import storage
 from tasks.common.demo_data import write_incoming
 from tasks.common.settings import load_settings
@@ -80,6 +82,8 @@ def test_local_backlog_commits_the_same_days_as_classify_images(local: AirflowRu
 
 # --- SageMaker backend on moto ------------------------------------------------------------------------------------
 HOTEL_ANSWER = "this is a photo of 3."
+SAME = ("ModelName", "BatchStrategy", "MaxConcurrentTransforms", "MaxPayloadInMB", "ModelClientConfig")
+SAME += ("DataProcessing",)
 
 
 def sagemaker_record(storage_uri: str) -> dict:
@@ -116,9 +120,23 @@ def test_sagemaker_backlog_creates_one_job_per_chunk_once_and_joins_prepared_out
     write_incoming(storage.storage_path(f"{storage_uri}/incoming", "aws_default"), DAYS, list(range(15)))
     sm = moto.boto3_client("sagemaker")
 
+    # moto completes the canary at once and writes no `.out`: the canary fails and no large job is created.
+    failed = sagemaker_airflow.dags_test("classify_backlog", CONF, logical_date=LOGICAL_DATE)
+    assert not failed.succeeded, failed.output[-6000:]
+    requests = ast.literal_eval(failed.xcom("transform_requests"))
+    [canary_job] = sm.list_transform_jobs()["TransformJobSummaries"]  # CreateTransformJob: the canary only
+    assert canary_job["TransformJobName"] == canary.canary_name(requests[0]["TransformJobName"])
+    assert f"canary {canary_job['TransformJobName']} completed but wrote no " in failed.output
+    canary_request = sm.describe_transform_job(TransformJobName=canary_job["TransformJobName"])
+    assert canary_request["ModelName"] == requests[0]["ModelName"]
+    assert canary_request["TransformResources"] == {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1}
+    assert {k: canary_request[k] for k in SAME} == {k: requests[0][k] for k in SAME}
+    assert prepare_outputs(moto, canary_request) == 2  # the first file holds 2 images
+
     first = sagemaker_airflow.dags_test("classify_backlog", CONF, logical_date=LOGICAL_DATE)
-    requests = ast.literal_eval(first.xcom("transform_requests"))
-    jobs = sm.list_transform_jobs()["TransformJobSummaries"]
+    assert "Attaching to transform job" in first.output and "passed: {'ok': 2}" in first.output
+    assert ast.literal_eval(first.xcom("transform_requests")) == requests
+    jobs = large_jobs(sm, canary_job)
     assert len(requests) == len(jobs) == 5  # 3 days x files of 2, 2, 1 images, in jobs of <= 4 images
     assert sorted(j["TransformJobName"] for j in jobs) == sorted(r["TransformJobName"] for r in requests)
     for request in requests:
@@ -147,8 +165,8 @@ def test_sagemaker_backlog_creates_one_job_per_chunk_once_and_joins_prepared_out
     assert lines == 15
     second = sagemaker_airflow.dags_test("classify_backlog", CONF, logical_date=LOGICAL_DATE)  # the same run again
     assert second.succeeded, second.output[-6000:]
-    assert second.output.count("Attaching to transform job") == 5
-    again = sm.list_transform_jobs()["TransformJobSummaries"]
+    assert second.output.count("Attaching to transform job") == 6  # 5 jobs and the canary
+    again = large_jobs(sm, canary_job)
     assert {j["TransformJobName"]: j["CreationTime"] for j in again} == created  # none created twice
     committed_lines = [line for line in second.output.splitlines() if "rows {'ok'" in line]
     assert sum("5 rows {'ok': 5," in line for line in committed_lines) == 3, "\n".join(committed_lines)
@@ -160,6 +178,14 @@ def test_sagemaker_backlog_creates_one_job_per_chunk_once_and_joins_prepared_out
         )
         assert {row["label"] for row in rows} == {"3"} and manifest["model_version"] == "v1"
         assert sorted(row["key"] for row in rows) == [row["key"] for row in rows]
+
+
+def large_jobs(sm, canary_job: dict) -> list[dict]:
+    return [
+        j
+        for j in sm.list_transform_jobs()["TransformJobSummaries"]
+        if j["TransformJobName"] != canary_job["TransformJobName"]
+    ]
 
 
 def committed_s3(storage_uri: str, day: str) -> tuple[dict, list[dict]]:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from botocore.stub import Stubber
 from support.endpoints import endpoint_record
 from tasks.backlog import join, plan, requests
 from tasks.backlog.plan import RequestFile, Resources, Throughput, TransformJob
+from tasks.common import storage
 from tasks.common.aws_names import check_sagemaker_name
 from tasks.common.storage import storage_path
 from tasks.costs.pricing import EndpointPricing
@@ -395,3 +399,85 @@ def test_a_failed_canary_job_fails_with_sagemakers_reason_before_reading_any_out
     stub.add_response("describe_transform_job", described("Failed", FailureReason=reason), {"TransformJobName": JOB})
     with pytest.raises(AirflowFailException, match=f"transform job {JOB} ended Failed: {reason}"):
         operator.execute({})  # settings=None: reading the output would raise something else
+
+
+# --- one bad record costs one image: the follow-up job of a Failed job ---------------------------------------------
+class _RejectsMarked(BaseHTTPRequestHandler):
+    """A chat endpoint that answers every body, except one marked "reject", with HTTP 424 (LMI's input error)."""
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        status, payload = (424, {"code": 424, "error": "bad input"}) if body.get("reject") else (200, OK_ANSWER)
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+OK_ANSWER = answer("this is a photo of 3.")
+
+
+@pytest.fixture
+def rejecting_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RejectsMarked)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join()
+
+
+def test_one_rejected_record_costs_one_image_not_its_whole_file(day, rejecting_server) -> None:
+    from tasks.backlog import records
+    from tasks.backlog.local import job_file, run_transform
+
+    job, transform_job, request, _ = _written(day)
+    source = storage_path(transform_job.input_uri + request.name)
+    lines = [json.loads(line) for line in source.read_bytes().splitlines()]
+    lines[1]["body"]["reject"] = True  # img-1.png: the container rejects it, every time
+    source.write_bytes(b"".join(requests.record_line(r["key"], r["body"]) for r in lines))
+    config = plan.transform_request(
+        transform_job, Resources("local", 1, 4, invocation_retries=1), model_name="m", max_record_bytes=10_000
+    )
+    digits = load_taxonomy("digits")
+
+    described = run_transform(config, rejecting_server, "aws_default")
+    assert described["TransformJobStatus"] == "Failed" and "HTTP 424" in described["FailureReason"]
+    outcome = join.job_outcome(described)
+    alone = _rows(job, join.join_file(job, transform_job, request, outcome, digits))  # the old behaviour
+    assert [r["status"] for r in alone] == ["failed", "failed", "failed", "rejected"]  # 3 images for 1 bad record
+
+    def describe(r: dict) -> dict | None:
+        return storage.read_json(job_file(r["TransformOutput"]["S3OutputPath"], "aws_default"))
+
+    [follow_up] = records.record_requests([config], "aws_default", describe)
+    assert records.record_requests([config], "aws_default", describe) == [follow_up]  # a retry: the same job
+    assert follow_up["TransformJobName"] == plan.records_job(transform_job).name
+    check_sagemaker_name(follow_up["TransformJobName"], "job")
+    assert {
+        k: v for k, v in follow_up.items() if k not in ("TransformJobName", "TransformInput", "TransformOutput")
+    } == {k: v for k, v in config.items() if k not in ("TransformJobName", "TransformInput", "TransformOutput")}
+    sent = sorted(p.name for p in storage_path(plan.records_job(transform_job).input_uri).iterdir())
+    assert sent == [plan.record_file_name(request.name, n) for n in range(3)]  # one record per file
+
+    again = run_transform(follow_up, rejecting_server, "aws_default")
+    assert again["TransformJobStatus"] == "Failed"  # the one bad record, alone in its file
+    rows = _rows(job, join.join_file(job, transform_job, request, outcome, digits, join.job_outcome(again)))
+    assert [(r["key"], r["status"], r["label"]) for r in rows] == [
+        ("img-0.png", "ok", "3"),
+        ("img-1.png", "failed", None),
+        ("img-2.png", "ok", "3"),
+        ("img-9-broken.png", "rejected", None),
+    ]
+    reason = rows[1]["reason"]
+    assert f"job {transform_job.name} Failed" in reason and f"follow-up job {follow_up['TransformJobName']}" in reason
+    assert "HTTP 424" in reason
+
+    completed = {**config, "TransformJobName": "other"}
+    assert records.record_requests([completed], "aws_default", lambda r: {"TransformJobStatus": "Completed"}) == []
+    assert records.record_requests([completed], "aws_default", lambda r: None) == []  # never created
