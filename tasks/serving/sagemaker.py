@@ -212,7 +212,8 @@ def delete_superseded(sm: Any, endpoint_name: str, also_keep: str | None = None)
     if endpoint is not None and endpoint["EndpointStatus"] in IN_PROGRESS:
         log.warning("endpoint %s is %s: cleanup postponed", endpoint_name, endpoint["EndpointStatus"])
         return {"endpoint_configs": [], "models": []}
-    keep_configs = {name for name in (endpoint["EndpointConfigName"] if endpoint else None, also_keep) if name}
+    serving = endpoint["EndpointConfigName"] if endpoint else None
+    keep_configs = list(dict.fromkeys(name for name in (serving, also_keep) if name))
     kept = [describe(sm, "endpoint_config", name) or {} for name in keep_configs]
     keep_models = {variant["ModelName"] for config in kept for variant in config.get("ProductionVariants", [])}
     configs = [c for c in _owned(sm, "endpoint_config", endpoint_name) if c not in keep_configs]

@@ -307,6 +307,18 @@ def test_a_new_endpoint_that_failed_is_deleted_and_an_unchanged_one_is_kept(sm):
     assert "does not exist" in sme.roll_back(sagemaker, rollback_plan(None), delay_s=0)
 
 
+def test_only_the_new_config_in_service_without_a_failure_reason_counts_as_deployed():
+    assert sme.check_serves_new_config(endpoint(NEW), NEW) == f"endpoint llava-classifier is InService on {NEW}"
+    reason = "The primary container for production variant AllTraffic did not pass the ping health check."
+    failed_update = endpoint(OLD) | {"FailureReason": reason}  # AWS: back InService on the old config
+    with pytest.raises(sme.DeployFailed, match=f"did not take {NEW}: it is InService on {OLD}; SageMaker says: "):
+        sme.check_serves_new_config(failed_update, NEW)
+    with pytest.raises(sme.DeployFailed, match="Failed on"):
+        sme.check_serves_new_config(endpoint(NEW, "Failed"), NEW)
+    with pytest.raises(sme.DeployFailed, match="does not exist"):
+        sme.check_serves_new_config(None, NEW)
+
+
 # --- cleanup, autoscaling, teardown --------------------------------------------------------------------------------
 
 
@@ -314,6 +326,20 @@ def test_cleanup_waits_while_the_endpoint_changes(sm):
     sagemaker, stubber = sm
     stubber.add_response("describe_endpoint", endpoint(NEW, "Updating"))
     assert sme.delete_superseded(sagemaker, "llava-classifier") == {"endpoint_configs": [], "models": []}
+
+
+def test_cleanup_keeps_the_last_good_records_config_and_model(sm):
+    """After a failed update the endpoint serves OLD; a record naming a third config keeps that one too."""
+    sagemaker, stubber = sm
+    kept = "llava-classifier-v5-89abcdef"
+    stubber.add_response("describe_endpoint", endpoint(OLD))
+    stubber.add_response("describe_endpoint_config", endpoint_config(OLD), {"EndpointConfigName": OLD})
+    stubber.add_response("describe_endpoint_config", endpoint_config(kept), {"EndpointConfigName": kept})
+    owned(stubber, {OLD: "llava-classifier", NEW: "llava-classifier", kept: "llava-classifier"})
+    stubber.add_response("delete_endpoint_config", {}, {"EndpointConfigName": NEW})
+    stubber.add_response("delete_model", {}, {"ModelName": NEW})
+    deleted = sme.delete_superseded(sagemaker, "llava-classifier", also_keep=kept)
+    assert deleted == {"endpoint_configs": [NEW], "models": [NEW]}
 
 
 def test_autoscaling_registers_the_variant_and_a_target_tracking_policy(aas):
