@@ -133,11 +133,13 @@ def estimate_range(
 def plan_backlog(
     settings: Settings, params: dict[str, Any], run_id: str, logical_date: datetime | None, run_after: datetime
 ) -> dict[str, Any]:
-    """Plan every day as the nightly run would, group the request files into jobs, estimate, refuse or go."""
+    """Plan every day as the nightly run would, group the request files into jobs, estimate, refuse or go. Every
+    day's `incoming_uri` is checked (storage.contained) before anything is listed, read or asked."""
     from tasks.training.plan import run_identity
 
-    backend = backlog_backend(settings)
     days = plan.days_between(params["from_date"], params["to_date"])
+    incoming = {dt: nightly.incoming_path(settings, params["incoming_uri"].format(dt=dt)) for dt in days}  # first
+    backend = backlog_backend(settings)
     record = classification.deployed_endpoint(settings)
     version = params["model_version"] or str(record["model_version"])
     if version != str(record["model_version"]):
@@ -148,10 +150,10 @@ def plan_backlog(
     root = storage.root(settings)
     planned_days, files = [], []
     for dt in days:
-        incoming_uri = params["incoming_uri"].format(dt=dt)
+        incoming_uri = storage.plain_uri(incoming[dt])  # as contained: normalised, what write_requests reads
         partition = predictions.partition_dir(root / storage.PREDICTIONS, dt)
         day_plan = partitions.plan_partition(
-            storage.storage_path(incoming_uri, settings.aws_conn_id),
+            incoming[dt],
             partition,
             dt=dt,
             model_version=version,
