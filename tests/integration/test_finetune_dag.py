@@ -1,9 +1,13 @@
 """finetune_llava end to end through `bin/airflow dags test`: the local backend trains the tiny model for real; the
-SageMaker backend sends its real CreateTrainingJob request to moto_server and attaches to that job on a rerun."""
+SageMaker backend sends its real CreateTrainingJob request to moto_server (extended with AWS's uncompressed model
+output and MaxRuntime stops: tests.integration.moto_training), attaches to that job on a rerun, and a new run after
+a Stopped job points at the checkpoints it left."""
 
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,11 +20,36 @@ from tasks.common.storage import fsspec_options, plain_uri, storage_path
 from tasks.curation.curate import CurationOptions, curate_uri
 from tasks.model.taxonomy import load_taxonomy
 from tasks.training.sagemaker import PRODUCTION_BASE_MODEL
-from tests.integration.conftest import AirflowRunner, Moto
+from tests.integration.conftest import AirflowRunner, Moto, sagemaker_runner, start_moto
+from tests.integration.moto_training import STOP_FILE_ENV
 
 pytestmark = pytest.mark.slow
 SHORT_TRAINING = {"max_steps": 3, "save_steps": 2, "logging_steps": 1}
 LOGICAL_DATE = "2026-11-01T00:00:00+00:00"
+
+
+@pytest.fixture(scope="module")
+def stop_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fake-aws") / "training-stop.txt"
+
+
+@pytest.fixture(scope="module")
+def training_moto(tmp_path_factory: pytest.TempPathFactory, stop_file: Path) -> Iterator[Moto]:
+    program = [sys.executable, "-m", "tests.integration.moto_training"]
+    yield from start_moto(tmp_path_factory, program, **{STOP_FILE_ENV: str(stop_file)})
+
+
+@pytest.fixture
+def moto(training_moto: Moto, monkeypatch: pytest.MonkeyPatch) -> Moto:
+    training_moto.reset()
+    training_moto.boto3_client("s3").create_bucket(Bucket=training_moto.bucket)
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", training_moto.conn_json)
+    return training_moto
+
+
+@pytest.fixture(scope="module")
+def sagemaker_airflow(tmp_path_factory: pytest.TempPathFactory, training_moto: Moto) -> AirflowRunner:
+    return sagemaker_runner(tmp_path_factory, training_moto)
 
 
 def test_local_backend_trains_evaluates_and_promotes(local_airflow: AirflowRunner) -> None:
@@ -54,7 +83,8 @@ def curate_on_s3(storage_uri: str) -> str:
 
 
 def write_job_outputs(output_data_uri: str, dataset_uri: str) -> None:
-    """What the training container would have uploaded to output/data/: a correct answer for every test image."""
+    """What the training container would have uploaded with the model (/opt/ml/model/evaluation/): a correct answer
+    for every test image."""
     dataset = storage_path(dataset_uri, "aws_default")
     test = load_from_disk(plain_uri(dataset), storage_options=fsspec_options(dataset))["test"]
     answers = [{"index": i, "label": label, "answer": f"this is a photo of {label}."} for i, label in
@@ -88,20 +118,26 @@ def test_sagemaker_backend_sends_the_training_request_and_a_rerun_attaches(
     (channel,) = request["InputDataConfig"]
     assert channel["ChannelName"] == "train"
     assert channel["DataSource"]["S3DataSource"]["S3Uri"] == f"s3://{moto.bucket}/pipeline/datasets/digits-s3/"
-    assert request["CheckpointConfig"] == {"S3Uri": f"{output_path}/checkpoints", "LocalPath": "/opt/ml/checkpoints"}
+    checkpoints = request["CheckpointConfig"]["S3Uri"]
+    assert checkpoints.startswith(f"{models}/checkpoints/digits-")  # per training key, not per version
+    assert request["CheckpointConfig"]["LocalPath"] == "/opt/ml/checkpoints"
+    assert hp["output_data_dir"] == "/opt/ml/model/evaluation"
     assert request["EnableManagedSpotTraining"] is True
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 8 * 3600, "MaxWaitTimeInSeconds": 16 * 3600}
     assert request["ResourceConfig"] == {"InstanceType": "ml.g5.48xlarge", "InstanceCount": 1, "VolumeSizeInGB": 300}
     assert request["RoleArn"] == sagemaker_airflow.env["PIPELINE_SAGEMAKER_ROLE_ARN"]
     assert storage_path(hp["sagemaker_submit_directory"], "aws_default").stat().st_size > 0  # uploaded first
     # moto completes jobs instantly and writes nothing: training succeeds, evaluation says clearly what is missing.
-    predictions = f"{output_path}/{name}/output/data/eval_predictions.jsonl"
+    # The model and evaluation prefix come from DescribeTrainingJob's ModelArtifacts.
+    assert request["ModelArtifacts"]["S3ModelArtifacts"] == f"{output_path}/{name}/output/model/"
+    predictions = f"{output_path}/{name}/output/model/evaluation/eval_predictions.jsonl"
+    assert "Training plan: " in first.output and "checkpoints of 106 GB" in first.output  # sized and logged
     assert f"Creating SageMaker training job {name}" in first.output  # train (and its wait) succeeded:
     assert f"Training job {name} completed" in first.output
     assert f"no eval_predictions.jsonl at {predictions}" in first.output, first.output[-6000:]
     assert not first.succeeded
 
-    write_job_outputs(f"{output_path}/{name}/output/data", dataset_uri)
+    write_job_outputs(f"{output_path}/{name}/output/model/evaluation", dataset_uri)
     second = sagemaker_airflow.dags_test("finetune_llava", conf, logical_date=LOGICAL_DATE)  # the same run again
     assert second.succeeded, second.output[-6000:]
     assert f"Attaching to training job {name}" in second.output
@@ -115,3 +151,35 @@ def test_sagemaker_backend_sends_the_training_request_and_a_rerun_attaches(
     assert (metrics["accuracy"], metrics["invalid_rate"], metrics["train_seconds"]) == (1.0, 0.0, 1234.5)
     ledger = storage_path(f"s3://{moto.bucket}/pipeline/costs/ledger/kind=training/{name}.parquet", "aws_default")
     assert ledger.exists()
+
+
+def test_a_job_stopped_at_max_runtime_fails_with_its_checkpoints_and_a_new_run_resumes_them(
+    sagemaker_airflow: AirflowRunner, moto: Moto, stop_file: Path
+) -> None:
+    storage = sagemaker_airflow.env["PIPELINE_STORAGE_URI"]
+    conf = {"dataset_uri": curate_on_s3(storage), "hyperparameters": {"num_train_epochs": 3}}
+    sagemaker = moto.boto3_client("sagemaker")
+    stop_file.write_text("Training job reached the maximum runtime of 28800 seconds.")
+    try:
+        first = sagemaker_airflow.dags_test("finetune_llava", conf, logical_date=LOGICAL_DATE)
+    finally:
+        stop_file.unlink()
+    assert not first.succeeded
+    (job,) = sagemaker.list_training_jobs()["TrainingJobSummaries"]
+    stopped = sagemaker.describe_training_job(TrainingJobName=job["TrainingJobName"])
+    checkpoints = stopped["CheckpointConfig"]["S3Uri"]
+    assert f"{job['TrainingJobName']} ended Stopped: Training job reached the maximum runtime" in first.output
+    assert f"the checkpoints are kept at {checkpoints} and a new run" in first.output, first.output[-6000:]
+    # what the stopped container had synced from /opt/ml/checkpoints: train.py resumes the newest complete one
+    storage_path(f"{checkpoints}/checkpoint-300/trainer_state.json", "aws_default").write_text("{}")
+
+    longer = conf | {"max_run_seconds": 16 * 3600, "max_wait_seconds": 32 * 3600}
+    second = sagemaker_airflow.dags_test("finetune_llava", longer, logical_date="2026-11-02T00:00:00+00:00")
+    jobs = {j["TrainingJobName"] for j in sagemaker.list_training_jobs()["TrainingJobSummaries"]}
+    (new,) = jobs - {job["TrainingJobName"]}  # a new job (new run, new version) ...
+    request = sagemaker.describe_training_job(TrainingJobName=new)
+    assert request["CheckpointConfig"]["S3Uri"] == checkpoints  # ... on the Stopped job's checkpoints
+    assert request["StoppingCondition"]["MaxRuntimeInSeconds"] == 16 * 3600
+    assert (
+        f"Creating SageMaker training job {new}" in second.output and f"Training job {new} completed" in second.output
+    )
