@@ -210,11 +210,37 @@ def _iam_policies(args: argparse.Namespace) -> None:
         print(f"{principal} role: {out / name}")
 
 
+def _plan_training(args: argparse.Namespace) -> None:
+    """The SageMaker training plan for N curated images (curation's default split fractions), sized as
+    finetune_llava's plan task sizes it; one that cannot finish in MaxRuntime is refused with what fits (exit 1)."""
+    from tasks.curation.curate import CurationOptions
+    from tasks.training.sagemaker import SAGEMAKER_HYPERPARAMETERS
+    from tasks.training.sizing import size_training
+
+    options = CurationOptions()
+    test, validation = round(args.images * options.test_fraction), round(args.images * options.val_fraction)
+    train = args.images - test - validation
+    print(f"{args.images:,} images: train {train:,}, validation {validation:,}, test {test:,} (curation's defaults)")
+    hyperparameters = dict(SAGEMAKER_HYPERPARAMETERS)
+    if args.epochs:
+        hyperparameters["num_train_epochs"] = args.epochs
+    size = size_training(
+        hyperparameters,
+        instance_type=args.instance_type,
+        instance_count=args.instance_count,
+        train_examples=train,
+        test_examples=test,
+        max_run_seconds=args.max_run_seconds,
+    )
+    print(size.describe())
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     prog = "llava-pipelines" if os.path.basename(sys.argv[0]) == "llava-pipelines" else "python -m tasks.cli"
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     sub = parser.add_subparsers(required=True)
+    from tasks.training.sizing import DEFAULT_INSTANCE_TYPE, DEFAULT_MAX_RUN_SECONDS
 
     p = sub.add_parser("write-digits", help="write scikit-learn digits as <dest>/<label>/*.png")
     p.add_argument("dest", help="destination URI (file:// or s3://)")
@@ -278,6 +304,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--account-id", required=True)
     p.add_argument("--out", default="iam-policies", help="directory to write the two policy documents into")
     p.set_defaults(func=_iam_policies)
+
+    p = sub.add_parser("plan-training", help="size a SageMaker fine-tuning: steps, hours, checkpoints; or refuse it")
+    p.add_argument("--images", type=int, required=True, help="curated images (split as curation splits them)")
+    p.add_argument("--epochs", type=float, default=None, help="default: the SageMaker default hyperparameters'")
+    p.add_argument("--instance-type", default=DEFAULT_INSTANCE_TYPE)
+    p.add_argument("--instance-count", type=int, default=1)
+    p.add_argument("--max-run-seconds", type=int, default=DEFAULT_MAX_RUN_SECONDS)
+    p.set_defaults(func=_plan_training)
 
     args = parser.parse_args(argv)
     try:

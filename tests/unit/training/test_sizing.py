@@ -138,3 +138,13 @@ def test_the_local_backend_is_not_sized(tmp_path):
     )
     assert plan.sizing is None and "save_steps" not in PARAMS["hyperparameters"]
     assert plan.checkpoint_uri == f"{plan.model_root}/checkpoints"  # per version, as before
+
+
+def test_the_cli_prints_the_plan_or_the_refusal(capsys):
+    from tasks.cli import main
+
+    main(["plan-training", "--images", "10000"])
+    out = capsys.readouterr().out
+    assert "train 7,000, validation 1,000, test 2,000" in out and out.splitlines()[1].startswith("2,625 steps")
+    with pytest.raises(SystemExit, match=r"plan-training: error: training plan refused .* num_train_epochs <= 4"):
+        main(["plan-training", "--images", "10000", "--epochs", "20"])
