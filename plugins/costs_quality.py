@@ -13,6 +13,7 @@ built on its first request, and the report (DuckDB), chart (matplotlib) and temp
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -44,16 +45,46 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitab
 
 
 class BuiltOnFirstRequest:
-    """An ASGI app that builds the real one when the first request arrives (one event loop: built once)."""
+    """An ASGI app that builds the real one when the first request arrives (one event loop: built once), and puts
+    SECURITY_HEADERS on every response it sends — errors included: FastAPI's 500 comes from Starlette's outermost
+    error middleware, past any middleware of the app's own, and a failed build has no app at all."""
 
     def __init__(self, build: Callable[[], ASGIApp]) -> None:
         self._build = build
         self._app: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self._built()(scope, receive, send)
+            return
+        started = False
+
+        async def send_secured(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                kept = [(k, v) for k, v in message.get("headers", []) if k.decode("latin-1").lower() not in _SECURED]
+                message = {**message, "headers": kept + _ENCODED_HEADERS}
+            await send(message)
+
+        try:
+            await self._built()(scope, receive, send_secured)
+        except Exception:
+            if started:  # the app already answered (its own 500): let the server log the error
+                raise
+            logging.getLogger(__name__).exception("costs & quality: unhandled error")
+            await send_secured({"type": "http.response.start", "status": 500,
+                                "headers": [(b"content-type", b"text/plain; charset=utf-8")]})  # fmt: skip
+            await send_secured({"type": "http.response.body", "body": b"Internal error: see the API server's log."})
+
+    def _built(self) -> ASGIApp:
         if self._app is None:
             self._app = self._build()
-        await self._app(scope, receive, send)
+        return self._app
+
+
+_SECURED = {name.lower() for name in SECURITY_HEADERS}
+_ENCODED_HEADERS = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in SECURITY_HEADERS.items()]
 
 
 def build_app() -> ASGIApp:
@@ -72,12 +103,6 @@ def build_app() -> ASGIApp:
         redoc_url=None,
         openapi_url=None,
     )
-
-    @app.middleware("http")
-    async def security_headers(request, call_next):  # on every response, the 401/403 ones included
-        response = await call_next(request)
-        response.headers.update(SECURITY_HEADERS)
-        return response
 
     def storage_root() -> ObjectStoragePath:
         from tasks.common.settings import load_settings

@@ -22,6 +22,7 @@ from tasks.training import registry
 from tasks.training.evaluation import CONFUSION_MATRIX_FILE, METRICS_FILE
 
 MAX_PARTITIONS = 90  # a quarter of nights: enough for a trend, small enough for one page
+MAX_GAP_DAYS = 366
 NIGHTLY_DAG = "classify_images"
 
 
@@ -179,9 +180,20 @@ def build_report(root: ObjectStoragePath, version: str | None = None) -> CostsQu
     )
 
 
+def is_day(text: str) -> bool:
+    """A ledger key that names a day (YYYY-MM-DD): only such a key becomes a partition path or a calendar day."""
+    try:
+        return len(text) == 10 and date.fromisoformat(text).isoformat() == text
+    except (TypeError, ValueError):
+        return False
+
+
 def with_verdict(row: PartitionRow, predictions_root: ObjectStoragePath) -> PartitionRow:
     """The partition's quality-gate verdict from its committed `_SUCCESS` manifest (the ledger row is written
-    beside the commit, so a partition can be priced but not committed: the gate failed and nothing was published)."""
+    beside the commit, so a partition can be priced but not committed: the gate failed and nothing was published).
+    A row whose dt is not a day is shown as a bad record; its key never becomes a path."""
+    if not is_day(row.dt):
+        return replace(row, quality="bad record", quality_detail="its dt is not a YYYY-MM-DD day; not looked up")
     manifest = predictions.read_success(predictions.partition_dir(predictions_root, row.dt))
     if manifest is None:
         return replace(row, quality="not committed")
@@ -193,19 +205,23 @@ def with_verdict(row: PartitionRow, predictions_root: ObjectStoragePath) -> Part
 
 def with_gaps(partitions: list[PartitionRow], predictions_root: ObjectStoragePath) -> list[PartitionRow | Gap]:
     """Partitions newest first, with a Gap for each day between the oldest and the newest that has no committed
-    partition (a day committed without a ledger row — no endpoint, zero images — is no gap)."""
-    if not partitions:
-        return []
-    by_day = {p.dt: p for p in partitions}
+    partition (a day committed without a ledger row — no endpoint, zero images — is no gap), looked for in the
+    last MAX_GAP_DAYS only (one far-off date must not cost a storage lookup per day in between). Bad records (a dt
+    that is not a day) come last, as they are."""
+    bad = [p for p in partitions if not is_day(p.dt)]
+    by_day = {p.dt: p for p in partitions if is_day(p.dt)}
+    if not by_day:
+        return list(bad)
     first, last = date.fromisoformat(min(by_day)), date.fromisoformat(max(by_day))
+    window = min((last - first).days + 1, MAX_GAP_DAYS)
     days: list[PartitionRow | Gap] = []
-    for n in range((last - first).days + 1):
+    for n in range(window):
         day = (last - timedelta(days=n)).isoformat()
         if day in by_day:
-            days.append(by_day[day])
+            days.append(by_day.pop(day))
         elif predictions.read_success(predictions.partition_dir(predictions_root, day)) is None:
             days.append(Gap(day))
-    return days
+    return days + sorted(by_day.values(), key=lambda p: p.dt, reverse=True) + bad
 
 
 def model_rows(models_root: ObjectStoragePath) -> list[ModelRow]:

@@ -62,7 +62,7 @@ def test_airflow_loads_the_plugin_without_importing_anything_heavy() -> None:
 def test_anonymous_and_forged_requests_are_refused(plugin: ModuleType) -> None:
     from fastapi.testclient import TestClient
 
-    client = TestClient(plugin.build_app())
+    client = TestClient(plugin.BuiltOnFirstRequest(plugin.build_app))  # as the plugin mounts it
     refused = client.get("/")
     assert refused.status_code == 401
     assert refused.headers["X-Content-Type-Options"] == "nosniff"  # security headers on every response
@@ -125,5 +125,52 @@ def test_hostile_labels_versions_and_storage_contents_are_escaped(plugin: Module
 def test_the_confusion_matrix_route_is_behind_the_same_auth(plugin: ModuleType) -> None:
     from fastapi.testclient import TestClient
 
-    client = TestClient(plugin.build_app())
+    client = TestClient(plugin.BuiltOnFirstRequest(plugin.build_app))
     assert client.get("/models/v2/confusion_matrix.png").status_code == 401
+
+
+def assert_secured(response) -> None:
+    for name, value in SECURITY_HEADERS_OF(response).items():
+        assert response.headers.get(name) == value, name
+
+
+def SECURITY_HEADERS_OF(response) -> dict:
+    return sys.modules["costs_quality_under_test"].SECURITY_HEADERS
+
+
+@pytest.mark.parametrize("where", ["route", "build"])
+def test_an_error_still_carries_the_security_headers(plugin: ModuleType, where: str) -> None:
+    """Issue 18 item 6: the 500 came from Starlette's outermost error middleware, past the app's own middleware."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    def build():
+        if where == "build":
+            raise RuntimeError("storage unreachable")
+        app = FastAPI()
+
+        @app.get("/")
+        def broken() -> None:
+            raise ValueError("a bad record")
+
+        return app
+
+    response = TestClient(plugin.BuiltOnFirstRequest(build), raise_server_exceptions=False).get("/")
+    assert response.status_code == 500 and "a bad record" not in response.text
+    assert {name: response.headers.get(name) for name in plugin.SECURITY_HEADERS} == plugin.SECURITY_HEADERS
+
+
+def test_a_hostile_ledger_dt_is_a_bad_row_and_the_rest_of_the_page_renders(plugin: ModuleType, storage_root) -> None:  # noqa: F811
+    """Issue 18 item 6: one ledger key that is not a date (`date.fromisoformat` in with_gaps) made the view a 500."""
+    from tasks.costs.ledger import LedgerEntry, record
+
+    for key in ("2031-02-02<script>alert(1)</script>", "../../models", "9999-12-31"):
+        record(storage_root / "costs", LedgerEntry(
+            kind="classification", key=key, backend="local", region="local", instance_type="local",
+            instance_count=1, billable_seconds=1, price_per_hour_usd=0.1, model_version="v2", images=1,
+            images_ok=1))  # fmt: skip
+    html = plugin.render_page(storage_root)
+    assert "<script>alert" not in html and "2031-02-02&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert html.count("bad record") == 2  # the two keys that are not days, shown as such
+    for text in ("2026-11-02", "2026-11-01", "9999-12-31", "$0.2636", "97.2%"):  # the rest renders
+        assert text in html, text
