@@ -9,11 +9,10 @@ from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, Trigg
 from tasks.common.assets import PREDICTIONS
 from tasks.common.dag_defaults import SETTINGS, TAGS, default_args, nightly_deadline
 from tasks.common.settings import BACKENDS
-from tasks.nightly.partitions import NightlySchedule, say_when_nothing_ran
+from tasks.nightly.partitions import POKE_INTERVAL, WAIT_TIMEOUT, NightlySchedule, say_when_nothing_ran
 from tasks.nightly.quality import QualityThresholds
 
 SCHEDULE = NightlySchedule.from_env()
-POKE_INTERVAL_S = 300
 
 DOC = f"""
 ### Classify images (nightly, `{SCHEDULE.cron}` UTC, from {SCHEDULE.start_date})
@@ -131,11 +130,13 @@ retried. Symlinks, FIFOs and unsafe file names are never read: they get `rejecte
 )
 def classify_images():
     @task.sensor(
-        poke_interval=POKE_INTERVAL_S,
-        timeout=timedelta(hours=24).total_seconds(),
+        poke_interval=POKE_INTERVAL.total_seconds(),
+        timeout=WAIT_TIMEOUT.total_seconds(),
         mode="reschedule",
         doc_md="Waits for the first image of dt, at most until `late_data_wait_minutes` after the day; never fails "
-        "for a missing partition (that is a day with zero images).",
+        "for a missing partition (that is a day with zero images). Each look logs the dt, where it looks and until "
+        "when. **Runbook** — *the wait for late data would last until …*: the dt has not happened yet (a manual run "
+        "or `dags test` of a future day); run it once the day is over.",
     )
     def wait_for_partition(params=None, logical_date=None, data_interval_start=None) -> PokeReturnValue:
         from tasks.nightly.steps import look_for_partition

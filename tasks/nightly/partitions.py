@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,10 @@ class NightlySchedule:
             cron=env.get("PIPELINE_CLASSIFY_CRON", DEFAULT_CRON),
             start_date=date.fromisoformat(env.get("PIPELINE_CLASSIFY_START_DATE", DEFAULT_START_DATE.isoformat())),
         )
+
+
+WAIT_TIMEOUT = timedelta(hours=24)  # wait_for_partition: how long it may wait for a dt's first image
+POKE_INTERVAL = timedelta(minutes=5)
 
 
 def partition_dt(logical_date: datetime | None, data_interval_start: datetime) -> str:

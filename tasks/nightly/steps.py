@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import ObjectStoragePath
+from airflow.sdk.exceptions import AirflowFailException
 
 from tasks.common import leases, storage
 from tasks.common.settings import Settings
@@ -29,21 +30,41 @@ def incoming_path(settings: Settings, incoming_uri: str) -> ObjectStoragePath:
     return storage.contained(incoming_uri, settings, param="incoming_uri")
 
 
-def has_images(settings: Settings, incoming_uri: str) -> bool:
-    """At least one file that is not hidden/OS bookkeeping (stops at the first)."""
-    return any(partitions.image_keys(incoming_path(settings, incoming_uri)))
-
-
 def look_for_partition(
-    settings: Settings, params: dict[str, Any], logical_date: datetime | None, data_interval_start: datetime
+    settings: Settings,
+    params: dict[str, Any],
+    logical_date: datetime | None,
+    data_interval_start: datetime,
+    now: datetime | None = None,
 ) -> tuple[bool, dict[str, Any]]:
     """(done waiting, {dt, present}): done once dt has an image, or `late_data_wait_minutes` after the day ended
-    (an empty partition is a day with zero images, not a failure)."""
+    (an empty partition is a day with zero images, not a failure). Each look logs the dt, where and until when.
+
+    A dt whose wait would end after the sensor's timeout (partitions.WAIT_TIMEOUT) — a manual run or `dags test` of
+    a day that has not happened yet — fails at once, saying so: it could only time out, after a day of waiting."""
     dt = partitions.partition_dt(logical_date, data_interval_start)
-    present = has_images(settings, params["incoming_uri"].format(dt=dt))
+    incoming = incoming_path(settings, params["incoming_uri"].format(dt=dt))
+    present = any(partitions.image_keys(incoming))
     day_end = datetime.fromisoformat(dt).replace(tzinfo=UTC) + timedelta(days=1)
     deadline = day_end + timedelta(minutes=params["late_data_wait_minutes"])
-    return present or datetime.now(UTC) >= deadline, {"dt": dt, "present": present}
+    now = now or datetime.now(UTC)
+    where = storage.plain_uri(incoming)
+    if present:
+        log.info("dt=%s: images found under %s", dt, where)
+    elif now >= deadline:
+        log.info("dt=%s: no image under %s by %s (late_data_wait_minutes=%d after the day): a day with zero images",
+                 dt, where, deadline.isoformat(), params["late_data_wait_minutes"])  # fmt: skip
+    elif deadline - now > partitions.WAIT_TIMEOUT:
+        raise AirflowFailException(
+            f"dt={dt}: nothing under {where}, and the day ends at {day_end.isoformat()} — the wait for late data would "
+            f"last until {deadline.isoformat()}, {(deadline - now).days} day(s) from now, beyond this sensor's "
+            f"{partitions.WAIT_TIMEOUT} timeout. Nothing to wait for: run this dt once the day is over."
+        )
+    else:
+        log.info("dt=%s: no image yet under %s; waiting until %s (late_data_wait_minutes=%d after the day), next "
+                 "look in %s", dt, where, deadline.isoformat(), params["late_data_wait_minutes"],
+                 partitions.POKE_INTERVAL)  # fmt: skip
+    return present or now >= deadline, {"dt": dt, "present": present}
 
 
 def plan(
