@@ -30,6 +30,8 @@ range is large enough that an endpoint would run for days (see the README for th
 serving the nightly traffic meanwhile.
 
 **Runbook**
+- *plan_backlog: param incoming_uri … outside*: a day's `incoming_uri` is outside the storage root and
+  `PIPELINE_INPUT_ROOTS`; refused before anything was listed, read or asked. Fix the param.
 - *plan_backlog: BudgetExceeded / misses the deadline*: nothing was spent; the log has the estimate (images,
   instance-hours, wall time, $, the instance count the deadline needs). Raise `budget_usd`, `instance_count` or
   `deadline_hours`. Before triggering: `python -m tasks.cli estimate-backlog --from-date A --to-date B ...`.
@@ -50,6 +52,9 @@ serving the nightly traffic meanwhile.
   cannot be parsed among good ones are counted and named in the failed rows' reason.
 - *transform still InProgress after the wait*: the job keeps running; clear the task to attach and wait again.
 - *commit_day: quality gate failed*: that day is not published (the previous version stays); its cost is recorded.
+- *commit_day: … being published by run …*: another run holds the day's publish lease (a nightly run of the
+  same dt); exactly as in classify_images' runbook: a killed holder is taken over at once
+  when Airflow no longer runs it, else at its expiry (≤ 2 min); clear the day's commit_day after that.
 - A retry or rerun of the same run attaches to the jobs it made; nothing is billed twice.
 """
 

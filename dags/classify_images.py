@@ -39,20 +39,30 @@ retried. Symlinks, FIFOs and unsafe file names are never read: they get `rejecte
   endpoint (params `endpoint_name`/`endpoint_backend`); clear them or redeploy.
 - *check_budget: estimated $… above the budget*: nothing was spent. Raise `budget_usd` for this run if expected.
   Before a long backfill: `llava-pipelines estimate-cost --from-date A --to-date B --budget-usd X`.
-- *classify_shard failed*: the endpoint is down or the task timed out; retries resume (a shard rewrites only its
-  own file). Throttling and bad answers do not fail a shard: they become `failed`/`invalid` rows. *circuit
+- *classify_shard failed or killed*: the endpoint is down or the task timed out; retries resume: a shard flushes
+  its answers every 25 answers or 5 s (`run=<token>/shard-N.answers/`), and its retry sends only the images
+  without one; a new run of the dt (or a clear from `plan_partition`) carries the final answers of runs that never
+  committed. Throttling and bad answers do not fail a shard: they become `failed`/`invalid` rows. *circuit
   breaker*: `max_consecutive_failures` requests in a row failed (a hung or dead endpoint); fix it and clear.
-- *plan_partition: … is being processed by DagRun …*: another run of the same dt is active (one run per dt);
-  wait for it. *param incoming_uri … outside*: the param names something outside the storage root and
+- *plan_partition: … is being processed by DagRun …*: another run of the same dt is queued or running (one run
+  per dt: `predictions/dt=D/_CLAIM`, taken over as soon as that run has ended); wait for it.
+  *param incoming_uri … outside*: the param names something outside the storage root and
   `PIPELINE_INPUT_ROOTS`; nothing was read.
-- *publish_partition: … being published by run … / listed file(s) missing*: a concurrent run of the dt won;
-  the partition is consistent (it holds that run's rows).
+- *publish_partition: … is being published by run … (task …); its lease expires at …*: another run holds
+  `predictions/dt=D/_LEASE` (120 s, renewed every 30 s while its holder works). A killed publisher is no obstacle:
+  its retry, a clear, or a new run takes the lease over at once when Airflow no longer runs the task instance
+  named there, else when it expires (at most 2 min after the kill); clear this task after that time. Only if you
+  know the holder is dead and cannot wait: delete that `_LEASE` file, then clear. If the holder is alive, it is
+  publishing this dt: nothing to do. *listed file(s) missing*: a concurrent run of the dt published first and
+  replaced this run's files; the partition is consistent (it holds that run's rows).
 - *collect_shards: accounting is off*: a bug, never data: open an issue with the log. Nothing was published.
 - *quality_gate failed*: invalid/failed rate or label shift over its threshold (values in the log); the new rows
   are NOT published, the previous version of dt stays. Fix the endpoint/model and clear the run, or rerun with
   `quality.on_violation = warn` to publish anyway.
-- Late data: an empty partition is waited for until `late_data_wait_minutes` after the day ends, then committed
-  as zero images. Images that arrive later: clear the run (only the new images are classified).
+- Late data: an empty partition is waited for until `late_data_wait_minutes` after the day ends (each look logs
+  the dt, where and until when), then committed as zero images. Images that arrive later: clear the run (only
+  the new images are classified). *wait_for_partition: … beyond this sensor's 1 day timeout*: the dt has not
+  happened yet (a manual run or `dags test` of a future day): run it once the day is over.
 - Query: `llava-pipelines predictions-summary --from-date A --to-date B`; costs:
   `llava-pipelines cost-report`. Read predictions only through `_SUCCESS`
   (tasks.nightly.predictions.read_partition).
@@ -215,9 +225,10 @@ trigger the day again with `quality.on_violation = warn` (publishes, records the
 
     @task(
         outlets=[PREDICTIONS],
-        doc_md="Writes `_SUCCESS` (the commit), deletes replaced runs, emits the asset. The run's outcome (dt, rows "
-        "per status, quality verdict, model) is this task's return value and the asset event's extra, both on the run "
-        "in the UI.",
+        doc_md="Under the partition's lease, writes `_SUCCESS` (the commit), deletes replaced runs, emits the asset. "
+        "The run's outcome (dt, rows per status, quality verdict, model) is this task's return value and the asset "
+        "event's extra, both on the run in the UI. **Runbook** — *being published by run …*: see the DAG's runbook: "
+        "a killed holder's lease is taken over as soon as Airflow no longer runs it, or at its expiry (≤ 2 min).",
     )
     def publish_partition(planned: dict, staged: dict, verdict: dict, outlet_events=None, ti=None) -> dict:
         from tasks.nightly.steps import publish
