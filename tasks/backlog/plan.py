@@ -231,8 +231,8 @@ class Throughput:
 
 @dataclass(frozen=True)
 class Estimate:
-    """What a backlog costs and takes before anything is spent. Jobs run one after another; every job pays the
-    model's start-up on each of its instances."""
+    """What a backlog costs and takes before anything is spent. Jobs run one after another, after the canary; every
+    job pays the model's start-up on each of its instances, the canary on one."""
 
     images: int
     jobs: int
@@ -256,7 +256,8 @@ class Estimate:
             f"images to classify: {self.images:,} in {self.jobs} transform job(s)",
             f"throughput: {t.images_per_second:.3f} images/s per instance ({t.source})",
             f"instance-hours: {self.instance_hours:,.2f} ({self.instance_count} x {self.instance_type}, "
-            f"incl. {self.startup_s / 60:.0f} min model start-up per job and instance)",
+            f"incl. {self.startup_s / 60:.0f} min model start-up per job and instance, and one canary job on one "
+            "instance; a follow-up job per job that ends Failed is not included)",
             f"wall time: {self.wall_hours:,.2f} h with {self.instance_count} instance(s)",
             f"cost: ${self.usd:,.2f} at ${self.price_per_hour_usd}/instance-hour (batch transform is billed at the "
             "instance type's inference price)",
@@ -283,11 +284,12 @@ def estimate(
     count = pricing.instance_count
     compute_s = images / throughput.images_per_second if images else 0.0  # instance-seconds of inference
     startup_total = startup_s * jobs if images else 0.0
-    instance_s = compute_s + startup_total * count
-    wall_s = startup_total + compute_s / count
+    canary_s = startup_s if images else 0.0  # the canary job (tasks.backlog.canary): one instance's start-up
+    instance_s = compute_s + startup_total * count + canary_s
+    wall_s = canary_s + startup_total + compute_s / count
     needed = None
     if deadline_hours is not None and images:
-        left = deadline_hours * 3600 - startup_total
+        left = deadline_hours * 3600 - startup_total - canary_s
         n = math.ceil(compute_s / left) if left > 0 else MAX_INSTANCES + 1
         needed = n if n <= MAX_INSTANCES else None
     return Estimate(

@@ -95,8 +95,10 @@ def sagemaker_record(storage_uri: str) -> dict:
     return record
 
 
-def prepare_outputs(moto: Moto, request: dict) -> int:
-    """What Batch Transform would write for a job: `<file>.out`, one joined line per record, in input order."""
+def prepare_outputs(
+    moto: Moto, request: dict, shape=lambda key, answer: {"key": key, "SageMakerOutput": answer}
+) -> int:
+    """What Batch Transform would write for a job: `<file>.out`, one line per record (`shape`), in input order."""
     s3 = moto.boto3_client("s3")
     source = request["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"].removeprefix(f"s3://{moto.bucket}/")
     output = request["TransformOutput"]["S3OutputPath"].removeprefix(f"s3://{moto.bucket}/")
@@ -105,7 +107,7 @@ def prepare_outputs(moto: Moto, request: dict) -> int:
         records = s3.get_object(Bucket=moto.bucket, Key=obj["Key"])["Body"].read().splitlines()
         answer = {"choices": [{"message": {"role": "assistant", "content": HOTEL_ANSWER}, "finish_reason": "stop"}],
                   "usage": {"prompt_tokens": 40, "completion_tokens": 6}}  # fmt: skip
-        body = "".join(json.dumps({"key": json.loads(r)["key"], "SageMakerOutput": answer}) + "\n" for r in records)
+        body = "".join(json.dumps(shape(json.loads(r)["key"], answer)) + "\n" for r in records)
         name = obj["Key"].rsplit("/", 1)[1]
         s3.put_object(Bucket=moto.bucket, Key=f"{output.rstrip('/')}/{name}.out", Body=body.encode())
         lines += len(records)
@@ -131,6 +133,12 @@ def test_sagemaker_backlog_creates_one_job_per_chunk_once_and_joins_prepared_out
     assert canary_request["ModelName"] == requests[0]["ModelName"]
     assert canary_request["TransformResources"] == {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1}
     assert {k: canary_request[k] for k in SAME} == {k: requests[0][k] for k in SAME}
+    # The canary's `.out` joined into another shape (arrays): the same loud failure, still no large job.
+    prepare_outputs(moto, canary_request, shape=lambda key, answer: [key, answer])
+    shaped = sagemaker_airflow.dags_test("classify_backlog", CONF, logical_date=LOGICAL_DATE)
+    assert not shaped.succeeded, shaped.output[-6000:]
+    assert "none of its 2 line(s) has the joined shape" in shaped.output and "line 1: a JSON list" in shaped.output
+    assert len(sm.list_transform_jobs()["TransformJobSummaries"]) == 1
     assert prepare_outputs(moto, canary_request) == 2  # the first file holds 2 images
 
     first = sagemaker_airflow.dags_test("classify_backlog", CONF, logical_date=LOGICAL_DATE)

@@ -103,10 +103,10 @@ def test_the_estimate_counts_startup_per_job_and_instance_and_sizes_a_deadline()
     speed = Throughput(1000 / 674, "assumed")
     result = plan.estimate(1_000_000, 2, pricing, speed, startup_s=600, deadline_hours=24)
     compute_h = 1_000_000 * 0.674 / 3600  # 187.2 instance-hours of inference
-    assert result.instance_hours == pytest.approx(compute_h + 2 * 600 * 4 / 3600)
-    assert result.wall_hours == pytest.approx(2 * 600 / 3600 + compute_h / 4)
+    assert result.instance_hours == pytest.approx(compute_h + 2 * 600 * 4 / 3600 + 600 / 3600)  # + the canary
+    assert result.wall_hours == pytest.approx(600 / 3600 + 2 * 600 / 3600 + compute_h / 4)
     assert result.usd == pytest.approx(result.instance_hours * 1.408)
-    assert result.instances_for_deadline == 8  # 187.2 h of work in 24 h minus 20 min of start-up: 7.9
+    assert result.instances_for_deadline == 8  # 187.2 h of work in 24 h minus 30 min of start-ups: 7.97
     assert plan.estimate(1_000_000, 1, pricing, speed, startup_s=600, deadline_hours=0.1).instances_for_deadline is None
     assert plan.estimate(0, 0, pricing, speed, startup_s=600).usd == 0.0
     assert any("ASSUMED" in line or "assumed" in line for line in result.lines())
@@ -481,3 +481,19 @@ def test_one_rejected_record_costs_one_image_not_its_whole_file(day, rejecting_s
     completed = {**config, "TransformJobName": "other"}
     assert records.record_requests([completed], "aws_default", lambda r: {"TransformJobStatus": "Completed"}) == []
     assert records.record_requests([completed], "aws_default", lambda r: None) == []  # never created
+
+
+def test_a_job_that_answered_no_file_gets_no_follow_up_for_more_than_a_few_records(day, monkeypatch) -> None:
+    """Nothing answered at all is the job's failure (capacity, an internal error), not a record's: re-sending a large
+    job one record per file would write a file per image for a follow-up that fails the same way."""
+    from tasks.backlog import records
+
+    _, transform_job, _, _ = _written(day)
+    config = _local_request(transform_job)
+    failed = {"TransformJobStatus": "Failed", "FailureReason": "CapacityError: insufficient capacity"}
+    monkeypatch.setattr(records, "MAX_BLIND_RECORDS", 2)  # the file holds 3 records
+    assert records.record_requests([config], "aws_default", lambda r: failed) == []
+    assert not storage_path(plan.records_job(transform_job).input_uri).exists()
+    monkeypatch.setattr(records, "MAX_BLIND_RECORDS", 3)
+    [follow_up] = records.record_requests([config], "aws_default", lambda r: failed)
+    assert follow_up["TransformJobName"] == plan.records_job(transform_job).name
