@@ -103,7 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--label_column", default="label", help="copied into predictions when the test split has it")
     p.add_argument("--score_splits", default="train,validation", help="splits whose every label is scored, for "
                    "mislabel flags (comma-separated; empty: none)")  # fmt: skip
-    p.add_argument("--score_batch_size", type=int, default=4, help="images per scoring forward (x labels sequences)")
+    p.add_argument("--score_batch_size", type=int, default=8, help="label-scoring batch (images) per process")
     args = p.parse_args(argv)
 
     if not args.dataset_path or not args.model_dir:
@@ -287,47 +287,70 @@ def label_answers(split, label_column: str) -> dict[str, str]:
     return dict(sorted(answers.items()))
 
 
+def answer_suffixes(processor: Any, row: dict, texts: list[str]) -> list[list[int]]:
+    """The token ids each answer adds after the prompt, as the chat template renders it: the same after every row's
+    prompt (the prompt ends with the same text whatever the image), so they are tokenised once."""
+    prompt = [m for m in row["messages"] if m["role"] != "assistant"]
+
+    def ids(messages: list[dict], **kwargs: Any) -> torch.Tensor:
+        conversation = [prepare_multimodal_messages(messages, images=row["images"])]
+        inputs = processor.apply_chat_template(conversation, tokenize=True, return_dict=True, return_tensors="pt",
+                                               processor_kwargs={"add_special_tokens": False}, **kwargs)  # fmt: skip
+        return inputs["input_ids"][0]
+
+    start = len(ids(prompt, add_generation_prompt=True))
+    return [ids([*prompt, {"role": "assistant", "content": [{"type": "text", "text": t}]}])[start:].tolist()
+            for t in texts]  # fmt: skip
+
+
 def score_labels(trainer: SFTTrainer, processor: Any, split, answers: dict[str, str], args: argparse.Namespace) -> list:
     """Per row, the probability of every label: the teacher-forced log-likelihood of each label's answer after the
-    row's prompt and image, softmaxed over the labels. One forward per batch of images x labels; only the answer
-    positions' logits are kept. Rows are split across processes as in generate_answers (ZeRO-3 needs every forward
-    on every process)."""
+    row's prompt and image, softmaxed over the labels. The prompt (with its image) runs once per row; its cache is
+    repeated for the labels' few answer tokens. Rows are split across processes as in generate_answers (ZeRO-3
+    needs every forward on every process)."""
     accelerator = trainer.accelerator
     model = trainer.model
     model.eval()
     labels, texts = list(answers), list(answers.values())
-    kwargs = {"tokenize": True, "return_dict": True, "return_tensors": "pt",
-              "processor_kwargs": {"padding": True, "padding_side": "left", "add_special_tokens": False}}  # fmt: skip
+    suffixes = answer_suffixes(processor, split[0], texts)
+    width = max(len(suffix) for suffix in suffixes)
+    tokens = torch.tensor([suffix + [0] * (width - len(suffix)) for suffix in suffixes], device=accelerator.device)
+    in_answer = torch.tensor([[1] * len(suffix) + [0] * (width - len(suffix)) for suffix in suffixes],
+                             device=accelerator.device)  # fmt: skip
     rows: list[dict] = []
     with accelerator.split_between_processes(list(range(len(split))), apply_padding=True) as my_indices:
         for start in range(0, len(my_indices), args.score_batch_size):
             indices = my_indices[start : start + args.score_batch_size]
             batch = split.select(indices)
-            prompts = [[m for m in messages if m["role"] != "assistant"] for messages in batch["messages"]]
-            prompt_inputs = processor.apply_chat_template(
-                [prepare_multimodal_messages(p, images=i) for p, i in zip(prompts, batch["images"], strict=True)],
-                add_generation_prompt=True,
-                **kwargs,
-            )
-            prompt_lengths = prompt_inputs["attention_mask"].sum(1).repeat_interleave(len(texts))
-            conversations = [
-                prepare_multimodal_messages(
-                    [*prompt, {"role": "assistant", "content": [{"type": "text", "text": text}]}], images=images
-                )
-                for prompt, images in zip(prompts, batch["images"], strict=True)
-                for text in texts
+            prompts = [
+                prepare_multimodal_messages([m for m in messages if m["role"] != "assistant"], images=images)
+                for messages, images in zip(batch["messages"], batch["images"], strict=True)
             ]
-            inputs = processor.apply_chat_template(conversations, **kwargs).to(accelerator.device)
-            answer_lengths = (inputs["attention_mask"].sum(1).cpu() - prompt_lengths).to(accelerator.device)
-            keep = int(answer_lengths.max()) + 1  # left padding: every answer ends the sequence
+            inputs = processor.apply_chat_template(
+                prompts,
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+                return_tensors="pt",
+                processor_kwargs={"padding": True, "padding_side": "left", "add_special_tokens": False},
+            ).to(accelerator.device)
+            n = len(indices) * len(texts)
             with torch.no_grad():
-                logits = model(**inputs, logits_to_keep=keep).logits.float()
-            targets = inputs["input_ids"][:, 1 - keep :]
-            token_logprobs = logits[:, :-1].log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            in_answer = torch.arange(keep - 1, device=targets.device) >= (keep - 1) - answer_lengths[:, None]
-            likelihood = (token_logprobs * in_answer).sum(-1).view(len(indices), len(texts))
-            for index, probabilities, row in zip(indices, likelihood.softmax(-1).tolist(), batch, strict=True):
-                rows.append(score_row(index, dict(zip(labels, probabilities, strict=True)), row, args.label_column))
+                prompt_out = model(**inputs, use_cache=True, logits_to_keep=1)
+                cache = prompt_out.cache
+                cache.batch_repeat_interleave(len(texts))  # row-major: row i, label k at i * labels + k
+                mask = torch.cat([inputs["attention_mask"].repeat_interleave(len(texts), 0), in_answer.repeat(
+                    len(indices), 1)], 1)  # fmt: skip
+                answer_out = model(input_ids=tokens.repeat(len(indices), 1), attention_mask=mask, cache=cache)
+            first = prompt_out.logits[:, -1].float().log_softmax(-1).repeat_interleave(len(texts), 0)
+            likelihood = first.gather(-1, tokens[:, :1].repeat(len(indices), 1)).squeeze(-1)
+            rest = answer_out.logits[:, :-1].float().log_softmax(-1)
+            rest = rest.gather(-1, tokens[:, 1:].repeat(len(indices), 1).unsqueeze(-1)).squeeze(-1)
+            likelihood = likelihood + (rest * in_answer[:, 1:].repeat(len(indices), 1)).sum(-1)
+            probabilities = likelihood.view(n // len(texts), len(texts)).softmax(-1).tolist()
+            for index, row_probabilities, row in zip(indices, probabilities, batch, strict=True):
+                row_scores = dict(zip(labels, row_probabilities, strict=True))
+                rows.append(score_row(index, row_scores, row, args.label_column))
     by_index = {row["index"]: row for row in gather_object(rows)}
     return [by_index[index] for index in sorted(by_index)]
 
