@@ -10,7 +10,7 @@ from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
 from tasks.training import steps
 from tasks.training.approval import PromotionApproval
 from tasks.training.plan import MAX_RUN_SECONDS
-from tasks.training.sizing import DEFAULT_INSTANCE_TYPE, DEFAULT_MAX_RUN_SECONDS
+from tasks.training.sizing import DEFAULT_INSTANCE_TYPE, DEFAULT_MAX_RUN_SECONDS, DEFAULT_MAX_WAIT_SECONDS
 
 TRAINING = steps.training_backend(SETTINGS)
 
@@ -85,7 +85,7 @@ versions; `production` is what gets deployed.
             section="SageMaker",
         ),
         "max_wait_seconds": Param(
-            16 * 3600, type="integer", minimum=60, description="Spot: wait + run.", section="SageMaker"
+            DEFAULT_MAX_WAIT_SECONDS, type="integer", minimum=60, description="Spot: wait + run.", section="SageMaker"
         ),
         "local_processes": Param(
             1, type="integer", minimum=1, description="Local: >= 2 runs ZeRO-3 on CPU (measured 2x slower per step)."

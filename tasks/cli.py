@@ -214,6 +214,7 @@ def _plan_training(args: argparse.Namespace) -> None:
     """The SageMaker training plan for N curated images (curation's default split fractions), sized as
     finetune_llava's plan task sizes it; one that cannot finish in MaxRuntime is refused with what fits (exit 1)."""
     from tasks.curation.curate import CurationOptions
+    from tasks.model.taxonomy import load_taxonomy
     from tasks.training.sagemaker import SAGEMAKER_HYPERPARAMETERS
     from tasks.training.sizing import size_training
 
@@ -231,6 +232,8 @@ def _plan_training(args: argparse.Namespace) -> None:
         train_examples=train,
         test_examples=test,
         max_run_seconds=args.max_run_seconds,
+        splits={"train": train, "validation": validation, "test": test},
+        labels=len(load_taxonomy(args.taxonomy).labels),
     )
     print(size.describe())
 
@@ -311,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--instance-type", default=DEFAULT_INSTANCE_TYPE)
     p.add_argument("--instance-count", type=int, default=1)
     p.add_argument("--max-run-seconds", type=int, default=DEFAULT_MAX_RUN_SECONDS)
+    p.add_argument("--taxonomy", default="hotel", help="its label count sizes train.py's label-scoring pass")
     p.set_defaults(func=_plan_training)
 
     args = parser.parse_args(argv)

@@ -65,7 +65,7 @@ class LocalTraining:
         return Resources(LOCAL, 1, False, 0, LOCAL)
 
     def size(
-        self, hyperparameters: dict[str, Any], resources: Resources, splits: dict[str, int], params: dict[str, Any]
+        self, hyperparameters: dict[str, Any], resources: Resources, dataset: dict[str, Any], params: dict[str, Any]
     ) -> tuple[dict[str, Any], None]:
         """Not sized: the tiny model trains in minutes and has no MaxRuntime to fit."""
         return hyperparameters, None

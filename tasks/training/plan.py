@@ -151,7 +151,7 @@ def plan_training(
     hyperparameters = {**backend.hyperparameters, **params["hyperparameters"]}
     sizing = None
     if "splits" in dataset:  # every curated dataset (find_dataset); preflight's example plan has none
-        hyperparameters, sizing = backend.size(hyperparameters, resources, dataset["splits"], params)
+        hyperparameters, sizing = backend.size(hyperparameters, resources, dataset, params)
     if backend.shared_checkpoints:
         key = training_key(dataset, base_model, hyperparameters, resources)
         checkpoint_uri = f"{settings.storage_uri}/{storage.MODELS}/{CHECKPOINTS}/{key}"

@@ -40,11 +40,12 @@ SAGEMAKER_MODEL_DIR = "/opt/ml/model"
 VOLUME_SIZE_GB = 300  # the 7B base model, the trained copy and two ZeRO-3 checkpoints with optimizer state
 # The seed's production recipe for a 7B model on GPUs (lr 2e-5, batch 1, warmup 0.03, bf16, gradient checkpointing)
 # with 3 epochs instead of the seed's 20: 20 epochs of 10,000 curated images (7,000 train) are 17,500 steps, ~32 h
-# at the declared 6 s/step of ml.g5.48xlarge, far beyond the 8 h MaxRuntime, and a 7B model fitting one label per
-# image overfits long before (LLaVA's own instruction tuning ran 1 epoch). 3 epochs of 10,000 images: 2,625 steps,
-# ~5.3 h with loading, checkpoints, final save and test generation (`llava-pipelines plan-training --images
-# 10000`); even 10,000 *train* examples (~7.3 h) fit 8 h. save_steps is not set here: tasks.training.sizing derives
-# it from wall time (~30 min of steps) unless the run's hyperparameters set it.
+# at the declared 6 s/step of ml.g5.48xlarge, far beyond the seed's 8 h MaxRuntime, and a 7B model fitting one
+# label per image overfits long before (LLaVA's own instruction tuning ran 1 epoch). 3 epochs of 10,000 images:
+# 2,625 steps, ~5.3 h with loading, checkpoints, final save and test generation, ~9.1 h with train.py's label
+# scoring of the 8,000 train/validation rows x 26 hotel labels, inside the 12 h default MaxRuntime
+# (`llava-pipelines plan-training --images 10000`). save_steps is not set here: tasks.training.sizing derives it
+# from wall time (~30 min of steps) unless the run's hyperparameters set it.
 SAGEMAKER_HYPERPARAMETERS: dict[str, Any] = {
     "learning_rate": 2e-5,
     "num_train_epochs": 3,
@@ -85,10 +86,14 @@ class SageMakerTraining:
         self.settings = settings
 
     def size(
-        self, hyperparameters: dict[str, Any], resources: Resources, splits: dict[str, int], params: dict[str, Any]
+        self, hyperparameters: dict[str, Any], resources: Resources, dataset: dict[str, Any], params: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Size the plan from the dataset (tasks.training.sizing; refuses one that cannot finish in MaxRuntime) and
-        set the derived checkpoint interval unless the hyperparameters set one."""
+        """Size the plan from the dataset's split counts and its taxonomy's labels (tasks.training.sizing; refuses
+        one that cannot finish in MaxRuntime) and set the derived checkpoint interval unless the hyperparameters set
+        one."""
+        from tasks.model.taxonomy import load_taxonomy
+
+        splits = dataset["splits"]
         size = size_training(
             hyperparameters,
             instance_type=resources.instance_type,
@@ -96,6 +101,8 @@ class SageMakerTraining:
             train_examples=int(splits.get("train", 0)),
             test_examples=int(splits.get("test", 0)),
             max_run_seconds=int(params["max_run_seconds"]),
+            splits=splits,
+            labels=len(load_taxonomy(dataset["taxonomy"]).labels),
         )
         return {**hyperparameters, "save_steps": size.save_steps}, size.to_dict()
 

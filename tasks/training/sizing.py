@@ -13,6 +13,10 @@ train log prints each logging step's time; replace the table's value with it):
   scale the same arithmetic with NVLink. Time per step is taken as linear in samples per GPU (batch x accumulation).
 - `forward_seconds`: one forward pass of test-split generation; under ZeRO-3 each new token gathers every layer
   again, so it is communication-bound (15 GB all-gathered per pass).
+- `score_seconds`: one (image, label) sequence of train.py's label scoring (mislabel flags: every label's answer
+  teacher-forced after every train/validation row's image, `--score_splits`), per GPU: forward only, 2 FLOPs/param/
+  token x ~1.3k tokens = 2e13 FLOPs, ~0.45 s at ~45 TFLOPS on an A10G: 0.5 s. Each scoring batch also pays one
+  ZeRO-3 gather (`forward_seconds`). With 26 labels this pass can cost as much as training itself.
 - `write_gb_per_s`: writing a checkpoint to the instance's local NVMe (all ranks together), which blocks training;
   SageMaker then uploads /opt/ml/checkpoints to S3 in the background.
 - Fixed costs: container start, pip install of requirements.txt, ~15 GB hub download and the sharded load
@@ -41,7 +45,10 @@ LOAD_SECONDS = 1200
 GATHER_SECONDS = 120
 CHECKPOINT_EVERY_SECONDS = 1800  # of training: a Stopped or interrupted job loses at most ~30 min of steps
 DEFAULT_INSTANCE_TYPE = "ml.g5.48xlarge"
-DEFAULT_MAX_RUN_SECONDS = 8 * 3600
+# 12 h: 10,000 curated images of the 26-label hotel taxonomy need ~9.1 h with the label-scoring pass (~5.3 h
+# without it; `llava-pipelines plan-training --images 10000`), so the seed's 8 h would refuse the default plan.
+DEFAULT_MAX_RUN_SECONDS = 12 * 3600
+DEFAULT_MAX_WAIT_SECONDS = 24 * 3600  # managed spot: waiting for capacity + running; at least MaxRuntime
 # train.py's defaults, used when the hyperparameters do not set them
 SCRIPT_DEFAULTS = {
     "per_device_train_batch_size": 1,
@@ -50,6 +57,8 @@ SCRIPT_DEFAULTS = {
     "num_train_epochs": 20,
     "eval_batch_size": 8,
     "max_new_tokens": 16,
+    "score_splits": "train,validation",
+    "score_batch_size": 8,
 }
 
 
@@ -59,14 +68,15 @@ class InstanceSpeed:
     gpu_memory_gib: float
     step_seconds: float
     forward_seconds: float
+    score_seconds: float
     write_gb_per_s: float
 
 
 INSTANCE_SPEEDS: dict[str, InstanceSpeed] = {
-    "ml.g5.48xlarge": InstanceSpeed(8, 24, 6.0, 2.0, 1.0),
-    "ml.p4d.24xlarge": InstanceSpeed(8, 40, 1.5, 0.3, 2.0),
-    "ml.p4de.24xlarge": InstanceSpeed(8, 80, 1.5, 0.3, 2.0),
-    "ml.p5.48xlarge": InstanceSpeed(8, 80, 0.8, 0.2, 4.0),
+    "ml.g5.48xlarge": InstanceSpeed(8, 24, 6.0, 2.0, 0.5, 1.0),
+    "ml.p4d.24xlarge": InstanceSpeed(8, 40, 1.5, 0.3, 0.15, 2.0),
+    "ml.p4de.24xlarge": InstanceSpeed(8, 80, 1.5, 0.3, 0.15, 2.0),
+    "ml.p5.48xlarge": InstanceSpeed(8, 80, 0.8, 0.2, 0.08, 4.0),
 }
 
 
@@ -122,9 +132,12 @@ def size_training(
     train_examples: int,
     test_examples: int,
     max_run_seconds: int,
+    splits: dict[str, int] | None = None,
+    labels: int = 0,
 ) -> TrainingSize:
     """Steps, time, checkpoint size and interval of a training; AirflowFailException (one line: what would fit) when
-    it cannot finish inside `max_run_seconds` or the instance type has no declared speed."""
+    it cannot finish inside `max_run_seconds` or the instance type has no declared speed. `splits` (example count
+    per split) and `labels` (the taxonomy's) size train.py's label-scoring pass over `score_splits`."""
     speed = INSTANCE_SPEEDS.get(instance_type)
     if speed is None:
         raise AirflowFailException(
@@ -157,6 +170,12 @@ def size_training(
         "final save": round(GATHER_SECONDS + final_gb / speed.write_gb_per_s),
         "test generation": round(batches * (_int(hyperparameters, "max_new_tokens") + 1) * speed.forward_seconds),
     }
+    scored_splits = str(hyperparameters.get("score_splits", SCRIPT_DEFAULTS["score_splits"])).split(",")
+    scored = sum((splits or {}).get(name.strip(), 0) for name in scored_splits)
+    if scored and labels:
+        per_gpu = math.ceil(scored / gpus)
+        gathers = math.ceil(per_gpu / _int(hyperparameters, "score_batch_size")) * speed.forward_seconds
+        parts["label scoring"] = round(per_gpu * labels * speed.score_seconds + gathers)
     size = TrainingSize(
         instance_type=instance_type,
         instance_count=instance_count,
@@ -183,7 +202,7 @@ def refusal(size: TrainingSize, steps_per_epoch: int, checkpoint_seconds_per_ste
     """One line: why the plan cannot finish, and what would (the most epochs or steps, or the max_run_seconds)."""
     from tasks.training.plan import MAX_RUN_SECONDS
 
-    fixed = size.parts["load"] + size.parts["final save"] + size.parts["test generation"]
+    fixed = sum(seconds for name, seconds in size.parts.items() if name not in ("train", "checkpoints"))
     fitting_steps = max(
         0, math.floor((size.max_run_seconds - fixed) / (size.step_seconds + checkpoint_seconds_per_step))
     )
@@ -192,6 +211,9 @@ def refusal(size: TrainingSize, steps_per_epoch: int, checkpoint_seconds_per_ste
     needed = math.ceil(size.estimated_seconds / 60) * 60
     if needed <= MAX_RUN_SECONDS:
         fits.append(f"max_run_seconds >= {needed}")
+    scoring = size.parts.get("label scoring", 0)
+    if scoring:
+        fits.append(f"fewer --score_splits rows (label scoring is ~{scoring / 3600:.1f} h of it)")
     return (
         f"training plan refused before any job was created: {size.steps:,} steps on {size.instance_count} x "
         f"{size.instance_type} at {size.step_seconds:g} s/step need ~{size.estimated_hours:.1f} h, more than "

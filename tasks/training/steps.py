@@ -45,7 +45,7 @@ class TrainingBackend(Protocol):
 
     def resources(self, params: dict[str, Any]) -> Resources: ...
     def size(
-        self, hyperparameters: dict[str, Any], resources: Resources, splits: dict[str, int], params: dict[str, Any]
+        self, hyperparameters: dict[str, Any], resources: Resources, dataset: dict[str, Any], params: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any] | None]: ...  # (hyperparameters, TrainingSize dict); may refuse
     def artifact_uris(self, model_root: str, job_name: str) -> tuple[str, str]: ...  # (model, other outputs)
     def train(self, plan: XComArg, pool: str) -> XComArg: ...

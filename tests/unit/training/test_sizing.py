@@ -16,14 +16,19 @@ from tests.unit.training.test_plan import DATASET, PARAMS, RUN_AFTER, SAGEMAKER_
 TEN_THOUSAND = {"train": 7000, "validation": 1000, "test": 2000}
 
 
-def default_size(splits=TEN_THOUSAND, **hyperparameters):
+HOTEL_LABELS = 26
+
+
+def default_size(splits=TEN_THOUSAND, max_run_seconds=DEFAULT_MAX_RUN_SECONDS, labels=HOTEL_LABELS, **hyperparameters):
     return size_training(
         {**SAGEMAKER_HYPERPARAMETERS, **hyperparameters},
         instance_type=DEFAULT_INSTANCE_TYPE,
         instance_count=1,
         train_examples=splits["train"],
         test_examples=splits["test"],
-        max_run_seconds=DEFAULT_MAX_RUN_SECONDS,
+        max_run_seconds=max_run_seconds,
+        splits=splits,
+        labels=labels,
     )
 
 
@@ -33,10 +38,14 @@ def test_the_defaults_finish_on_ten_thousand_images_inside_the_default_max_runti
     assert size.save_steps == 300 and size.checkpoints == 9  # ~30 min of 6 s steps; the last step saves too
     assert size.checkpoint_gb == 106.0  # 14 B/param: optimizer state + bf16 partition, no gathered copy
     assert size.final_model_gb == 15.1
-    assert size.estimated_seconds < DEFAULT_MAX_RUN_SECONDS and 5 < size.estimated_hours < 6
-    assert set(size.parts) == {"load", "train", "checkpoints", "final save", "test generation"}
-    # even when all 10,000 are training examples
-    assert default_size({"train": 10_000, "test": 2000}).estimated_seconds < DEFAULT_MAX_RUN_SECONDS
+    assert size.estimated_seconds < DEFAULT_MAX_RUN_SECONDS and 8.5 < size.estimated_hours < 9.5
+    assert set(size.parts) == {"load", "train", "checkpoints", "final save", "test generation", "label scoring"}
+    # 8,000 train/validation rows x 26 labels / 8 GPUs at 0.5 s, plus one gather per batch of 8 rows per GPU
+    assert size.parts["label scoring"] == 1000 * 26 * 0.5 + 125 * 2.0
+    without_scoring = default_size(score_splits="")
+    assert "label scoring" not in without_scoring.parts and 5 < without_scoring.estimated_hours < 6
+    with pytest.raises(AirflowFailException, match="fewer --score_splits rows"):  # why 12 h, not the seed's 8 h
+        default_size(max_run_seconds=8 * 3600)
 
 
 def test_steps_follow_epochs_examples_batch_gpus_instances_and_accumulation():
@@ -74,24 +83,16 @@ def test_a_plan_that_cannot_finish_is_refused_with_what_fits():
     assert "\n" not in message
     assert message.startswith("training plan refused before any job was created: 17,500 steps on 1 x ml.g5.48xlarge")
     assert "num_train_epochs <= 4" in message and "max_run_seconds >= " in message
-    needed = int(message.rsplit("max_run_seconds >= ", 1)[1])
+    needed = int(message.split("max_run_seconds >= ", 1)[1].split(" ", 1)[0])
     assert default_size(num_train_epochs=4).estimated_seconds <= DEFAULT_MAX_RUN_SECONDS  # what it says fits, fits
     with pytest.raises(AirflowFailException):
         default_size(num_train_epochs=5)
-    fits = size_training(
-        {**SAGEMAKER_HYPERPARAMETERS, "num_train_epochs": 20},
-        instance_type=DEFAULT_INSTANCE_TYPE,
-        instance_count=1,
-        train_examples=7000,
-        test_examples=2000,
-        max_run_seconds=needed,
-    )
-    assert fits.steps == 17_500
+    assert default_size(num_train_epochs=20, max_run_seconds=needed).steps == 17_500
 
 
 def test_when_no_whole_epoch_fits_the_refusal_names_max_steps():
     with pytest.raises(AirflowFailException, match=r"what fits: max_steps <= \d+ or max_run_seconds >= \d+$"):
-        default_size({"train": 1_000_000, "test": 10})
+        default_size({"train": 1_000_000, "test": 10}, score_splits="")
 
 
 def test_an_instance_type_without_a_declared_speed_is_refused():
