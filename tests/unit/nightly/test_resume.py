@@ -165,6 +165,7 @@ def test_a_shard_retried_after_a_kill_sends_only_the_images_without_an_answer(tm
 
     result = classify_shard(job, plan.shards[0])  # the task's retry: same run, same shard
 
+    print(f"retry after a kill at {KILL_AFTER} of {IMAGES} answers: {server.requests} requests")
     assert server.requests == IMAGES - KILL_AFTER == 60
     publish(job, plan, collect_shards(plan, [result]), quality={})
     rows = stable(predictions.read_partition(storage_path(folder(out))).sort_by("key").to_pylist())
@@ -181,6 +182,7 @@ def test_a_new_run_after_a_kill_carries_the_answers_already_paid_for(tmp_path, i
     job = job_for(incoming, out, plan, server.url)
     publish(job, plan, collect_shards(plan, [classify_shard(job, plan.shards[0])]), quality={})
 
+    print(f"new run after a kill at {KILL_AFTER} of {IMAGES} answers: {server.requests} requests")
     assert server.requests == 60
     rows = stable(predictions.read_partition(storage_path(folder(out))).sort_by("key").to_pylist())
     assert rows == clean_rows(tmp_path, incoming, server.url)
@@ -233,6 +235,7 @@ def test_a_publisher_killed_holding_the_lease_is_taken_over_at_once_by_its_retry
     summary = steps.publish(planned, staged, {"passed": True}, FakeTI(try_number=2))  # the task's retry
     took = time.monotonic() - started
 
+    print(f"rerun after kill -9 during publish: committed in {took:.2f} s")
     assert took < 10 and summary["rows"] == IMAGES  # not LEASE_TTL_S (120 s), nor the old 900 s
     rows = stable(predictions.read_partition(storage_path(folder(out))).sort_by("key").to_pylist())
     assert rows == clean_rows(tmp_path, incoming, server.url)
