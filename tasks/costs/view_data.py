@@ -158,10 +158,14 @@ def build_report(root: ObjectStoragePath, version: str | None = None) -> CostsQu
     `models/` registry). `version`: whose per-class metrics and confusion matrix to show (default: production,
     else the newest); an unknown one shows none."""
     costs_root = root / storage.COSTS
-    partitions = [
-        with_verdict(PartitionRow(**row), root / storage.PREDICTIONS)
-        for row in ledger.query(costs_root, _PARTITIONS_SQL)
-    ]
+    partitions = sorted(
+        (
+            with_verdict(PartitionRow(**row), root / storage.PREDICTIONS)
+            for row in ledger.query(costs_root, _PARTITIONS_SQL)
+        ),
+        key=lambda p: (is_day(p.dt), p.dt),
+        reverse=True,
+    )  # newest day first, bad records last: a hostile key is never "the latest partition"
     training = [_training_row(row) for row in ledger.query(costs_root, _TRAINING_SQL)]
     spend = {row["kind"]: float(row["usd"]) for row in ledger.query(costs_root, _SPEND_SQL)}
     models = model_rows(root / storage.MODELS)
