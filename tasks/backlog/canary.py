@@ -44,7 +44,8 @@ CreateTransformJob request; skipped when there is nothing to transform."""
 
 def canary_name(first_job: str, records: int = CANARY_RECORDS) -> str:
     digest = hashlib.sha256(f"canary/{first_job}/{records}".encode()).hexdigest()
-    return sagemaker_name(slug(f"canary-{first_job}"), digest)
+    # `backlog-` first: the Airflow role may create transform jobs named `backlog-*` only (airflow-role-policy.json)
+    return sagemaker_name(slug(f"backlog-canary-{first_job.removeprefix('backlog-')}"), digest)
 
 
 def _sibling(uri: str, leaf: str) -> str:

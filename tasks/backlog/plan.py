@@ -165,7 +165,9 @@ def records_job(job: TransformJob) -> TransformJob:
 
 
 def records_job_name(job_name: str) -> str:
-    return sagemaker_name(slug(f"records-{job_name}"), hashlib.sha256(f"records/{job_name}".encode()).hexdigest())
+    """`backlog-records-...`: `backlog-` first, the only transform job names the Airflow role may create."""
+    digest = hashlib.sha256(f"records/{job_name}".encode()).hexdigest()
+    return sagemaker_name(slug(f"backlog-records-{job_name.removeprefix('backlog-')}"), digest)
 
 
 def record_file_name(request_name: str, number: int) -> str:

@@ -312,6 +312,15 @@ def test_lines_that_cannot_be_parsed_are_counted_and_named_in_the_failed_rows_re
     assert "has no line for this image" not in reason
 
 
+def assert_the_airflow_role_may_create(name: str) -> None:
+    """The Airflow role creates transform jobs under one name prefix only (the policy's Resource, `...:transform-job/
+    backlog-*`): a canary or follow-up named otherwise would be AccessDenied in a real account."""
+    policy = json.loads((Path(__file__).parents[3] / "include/aws/airflow-role-policy.json").read_text())
+    [resource] = [s["Resource"] for s in policy["Statement"] if "sagemaker:CreateTransformJob" in s["Action"]]
+    prefix = resource.split(":transform-job/", 1)[1]
+    assert prefix.endswith("*") and "*" not in prefix[:-1] and name.startswith(prefix[:-1]), (name, resource)
+
+
 def _local_request(transform_job: TransformJob) -> dict:
     return plan.transform_request(transform_job, Resources("local", 2, 4), model_name="m", max_record_bytes=1000)
 
@@ -324,6 +333,7 @@ def test_the_canary_is_the_first_records_of_the_first_file_under_the_first_jobs_
     config = canary.canary_request([first, {"unused": True}], "aws_default", records=2)
     assert config["TransformJobName"] == canary.canary_name(first["TransformJobName"], 2)
     check_sagemaker_name(config["TransformJobName"], "job")
+    assert_the_airflow_role_may_create(config["TransformJobName"])
     assert canary.canary_request([first], "aws_default", records=2) == config  # a retry: the same job, same input
     assert config["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] == f"{transform_job.prefix}/canary/input/"
     assert config["TransformOutput"]["S3OutputPath"] == f"{transform_job.prefix}/canary/output/"
@@ -459,6 +469,7 @@ def test_one_rejected_record_costs_one_image_not_its_whole_file(day, rejecting_s
     assert records.record_requests([config], "aws_default", describe) == [follow_up]  # a retry: the same job
     assert follow_up["TransformJobName"] == plan.records_job(transform_job).name
     check_sagemaker_name(follow_up["TransformJobName"], "job")
+    assert_the_airflow_role_may_create(follow_up["TransformJobName"])
     assert {
         k: v for k, v in follow_up.items() if k not in ("TransformJobName", "TransformInput", "TransformOutput")
     } == {k: v for k, v in config.items() if k not in ("TransformJobName", "TransformInput", "TransformOutput")}
