@@ -103,12 +103,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--label_column", default="label", help="copied into predictions when the test split has it")
     p.add_argument("--score_splits", default="train,validation", help="splits whose every label is scored, for "
                    "mislabel flags (comma-separated; empty: none)")  # fmt: skip
-    p.add_argument("--score_batch_size", type=int, default=8, help="label-scoring batch (images) per process")
+    p.add_argument("--score_batch_size", type=int, default=None, help="label-scoring batch (images) per process; "
+                   "default --eval_batch_size")  # fmt: skip
     args = p.parse_args(argv)
 
     if not args.dataset_path or not args.model_dir:
         p.error("--dataset_path and --model_dir are required outside SageMaker")
     in_model_dir = Path(args.model_dir) / EVALUATION_DIR if "SM_MODEL_DIR" in env else args.model_dir
+    args.score_batch_size = args.score_batch_size or args.eval_batch_size
     args.output_data_dir = args.output_data_dir or str(in_model_dir)
     if args.model_id == BASE_MODEL_ID:
         args.model_revision = args.model_revision or BASE_MODEL_REVISION
@@ -305,14 +307,19 @@ def answer_suffixes(processor: Any, row: dict, texts: list[str]) -> list[list[in
 
 def score_labels(trainer: SFTTrainer, processor: Any, split, answers: dict[str, str], args: argparse.Namespace) -> list:
     """Per row, the probability of every label: the teacher-forced log-likelihood of each label's answer after the
-    row's prompt and image, softmaxed over the labels. The prompt (with its image) runs once per row; its cache is
-    repeated for the labels' few answer tokens. Rows are split across processes as in generate_answers (ZeRO-3
-    needs every forward on every process)."""
+    row's prompt and image, softmaxed over the labels. The prompt (with its image) and the answers' common start
+    ("this is a photo of") run once per row, whose likelihood is the same for every label and cancels in the softmax;
+    the cache is repeated for the labels' own few tokens. Rows are split across processes as in generate_answers
+    (ZeRO-3 needs every forward on every process)."""
     accelerator = trainer.accelerator
     model = trainer.model
     model.eval()
     labels, texts = list(answers), list(answers.values())
     suffixes = answer_suffixes(processor, split[0], texts)
+    columns = enumerate(zip(*suffixes, strict=False))  # up to the shortest answer, which keeps one own token
+    shared = next((i for i, column in columns if len(set(column)) > 1), min(map(len, suffixes)) - 1)
+    common = torch.tensor([suffixes[0][:shared]], dtype=torch.long, device=accelerator.device)
+    suffixes = [suffix[shared:] for suffix in suffixes]
     width = max(len(suffix) for suffix in suffixes)
     tokens = torch.tensor([suffix + [0] * (width - len(suffix)) for suffix in suffixes], device=accelerator.device)
     in_answer = torch.tensor([[1] * len(suffix) + [0] * (width - len(suffix)) for suffix in suffixes],
@@ -334,6 +341,9 @@ def score_labels(trainer: SFTTrainer, processor: Any, split, answers: dict[str, 
                 return_tensors="pt",
                 processor_kwargs={"padding": True, "padding_side": "left", "add_special_tokens": False},
             ).to(accelerator.device)
+            inputs["input_ids"] = torch.cat([inputs["input_ids"], common.expand(len(indices), -1)], 1)
+            inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(common).expand(
+                len(indices), -1)], 1)  # fmt: skip
             n = len(indices) * len(texts)
             with torch.no_grad():
                 prompt_out = model(**inputs, use_cache=True, logits_to_keep=1)
