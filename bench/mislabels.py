@@ -5,7 +5,8 @@ flag likely mislabels from its label scores and print precision and recall again
 Usage: python -m bench.mislabels [WORK_DIR] [--flip-fraction 0.03] [--seed 0]
 Takes ~2-4 min on 2 idle cores (training dominates); far longer on a loaded machine.
 
-Measured 2 December 2026 (1,259 train rows, 38 flipped; 15 epochs, 96.9% held-out accuracy): 11 flagged, all
+Measured 2 December 2026 on a loaded machine, from this bench's trained model (its step-600 checkpoint, scored by
+train.py; 1,259 train rows, 38 flipped; 15 epochs, 96.9% held-out accuracy): 11 flagged, all
 flipped (precision 1.00, recall 0.29, each suggestion the true digit); 1 of 179 validation rows (none flipped)
 flagged. The low recall is memorisation: the train rows are scored by the model that trained on their flipped
 labels (median given-label probability of a flipped row 0.32). Out-of-fold scores (the rule's textbook input) give
