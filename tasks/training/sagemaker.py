@@ -42,10 +42,10 @@ VOLUME_SIZE_GB = 300  # the 7B base model, the trained copy and two ZeRO-3 check
 # with 3 epochs instead of the seed's 20: 20 epochs of 10,000 curated images (7,000 train) are 17,500 steps, ~32 h
 # at the declared 6 s/step of ml.g5.48xlarge, far beyond the seed's 8 h MaxRuntime, and a 7B model fitting one
 # label per image overfits long before (LLaVA's own instruction tuning ran 1 epoch). 3 epochs of 10,000 images:
-# 2,625 steps, ~5.3 h with loading, checkpoints, final save and test generation, ~9.1 h with train.py's label
-# scoring of the 8,000 train/validation rows x 26 hotel labels, inside the 12 h default MaxRuntime
-# (`llava-pipelines plan-training --images 10000`). save_steps is not set here: tasks.training.sizing derives it
-# from wall time (~30 min of steps) unless the run's hyperparameters set it.
+# 2,625 steps, ~5.6 h with loading, checkpoints, final save, test generation and train.py's label scoring of the
+# 8,000 train/validation rows, inside the 8 h default MaxRuntime (`llava-pipelines plan-training --images 10000`).
+# save_steps is not set here: tasks.training.sizing derives it from wall time (~30 min of steps) unless the run's
+# hyperparameters set it.
 SAGEMAKER_HYPERPARAMETERS: dict[str, Any] = {
     "learning_rate": 2e-5,
     "num_train_epochs": 3,

@@ -13,10 +13,10 @@ train log prints each logging step's time; replace the table's value with it):
   scale the same arithmetic with NVLink. Time per step is taken as linear in samples per GPU (batch x accumulation).
 - `forward_seconds`: one forward pass of test-split generation; under ZeRO-3 each new token gathers every layer
   again, so it is communication-bound (15 GB all-gathered per pass).
-- `score_seconds`: one (image, label) sequence of train.py's label scoring (mislabel flags: every label's answer
-  teacher-forced after every train/validation row's image, `--score_splits`), per GPU: forward only, 2 FLOPs/param/
-  token x ~1.3k tokens = 2e13 FLOPs, ~0.45 s at ~45 TFLOPS on an A10G: 0.5 s. Each scoring batch also pays one
-  ZeRO-3 gather (`forward_seconds`). With 26 labels this pass can cost as much as training itself.
+- `score_seconds`: one row of train.py's label scoring (mislabel flags over `--score_splits`, train and validation
+  by default), per GPU: its prompt + image run once, forward only, 2 FLOPs/param/token x ~1.3k tokens = 2e13
+  FLOPs, ~0.45 s at ~45 TFLOPS on an A10G: 0.5 s; each label's own answer tokens (~`LABEL_TOKENS`) then run on
+  the repeated cache. Each scoring batch pays two forwards' ZeRO-3 gathers (`forward_seconds`).
 - `write_gb_per_s`: writing a checkpoint to the instance's local NVMe (all ranks together), which blocks training;
   SageMaker then uploads /opt/ml/checkpoints to S3 in the background.
 - Fixed costs: container start, pip install of requirements.txt, ~15 GB hub download and the sharded load
@@ -45,10 +45,11 @@ LOAD_SECONDS = 1200
 GATHER_SECONDS = 120
 CHECKPOINT_EVERY_SECONDS = 1800  # of training: a Stopped or interrupted job loses at most ~30 min of steps
 DEFAULT_INSTANCE_TYPE = "ml.g5.48xlarge"
-# 12 h: 10,000 curated images of the 26-label hotel taxonomy need ~9.1 h with the label-scoring pass (~5.3 h
-# without it; `llava-pipelines plan-training --images 10000`), so the seed's 8 h would refuse the default plan.
-DEFAULT_MAX_RUN_SECONDS = 12 * 3600
-DEFAULT_MAX_WAIT_SECONDS = 24 * 3600  # managed spot: waiting for capacity + running; at least MaxRuntime
+# The seed's 8 h: 10,000 curated images of the 26-label hotel taxonomy need ~5.6 h with the default 3 epochs
+# (`llava-pipelines plan-training --images 10000`), headroom for a declared speed that proves optimistic.
+DEFAULT_MAX_RUN_SECONDS = 8 * 3600
+DEFAULT_MAX_WAIT_SECONDS = 16 * 3600  # managed spot: waiting for capacity + running; at least MaxRuntime
+PROMPT_TOKENS, LABEL_TOKENS = 1300, 4  # per scored row: its prompt + image, and each label's own answer tokens
 # train.py's defaults, used when the hyperparameters do not set them
 SCRIPT_DEFAULTS = {
     "per_device_train_batch_size": 1,
@@ -174,8 +175,9 @@ def size_training(
     scored = sum((splits or {}).get(name.strip(), 0) for name in scored_splits)
     if scored and labels:
         per_gpu = math.ceil(scored / gpus)
-        gathers = math.ceil(per_gpu / _int(hyperparameters, "score_batch_size")) * speed.forward_seconds
-        parts["label scoring"] = round(per_gpu * labels * speed.score_seconds + gathers)
+        gathers = math.ceil(per_gpu / _int(hyperparameters, "score_batch_size")) * 2 * speed.forward_seconds
+        per_row = speed.score_seconds * (1 + labels * LABEL_TOKENS / PROMPT_TOKENS)
+        parts["label scoring"] = round(per_gpu * per_row + gathers)
     size = TrainingSize(
         instance_type=instance_type,
         instance_count=instance_count,
@@ -212,7 +214,7 @@ def refusal(size: TrainingSize, steps_per_epoch: int, checkpoint_seconds_per_ste
     if needed <= MAX_RUN_SECONDS:
         fits.append(f"max_run_seconds >= {needed}")
     scoring = size.parts.get("label scoring", 0)
-    if scoring:
+    if scoring >= size.estimated_seconds - size.max_run_seconds:  # without the scoring pass it would fit
         fits.append(f"fewer --score_splits rows (label scoring is ~{scoring / 3600:.1f} h of it)")
     return (
         f"training plan refused before any job was created: {size.steps:,} steps on {size.instance_count} x "

@@ -123,7 +123,7 @@ def test_sagemaker_backend_sends_the_training_request_and_a_rerun_attaches(
     assert request["CheckpointConfig"]["LocalPath"] == "/opt/ml/checkpoints"
     assert hp["output_data_dir"] == "/opt/ml/model/evaluation"
     assert request["EnableManagedSpotTraining"] is True
-    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 12 * 3600, "MaxWaitTimeInSeconds": 24 * 3600}
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 8 * 3600, "MaxWaitTimeInSeconds": 16 * 3600}
     assert request["ResourceConfig"] == {"InstanceType": "ml.g5.48xlarge", "InstanceCount": 1, "VolumeSizeInGB": 300}
     assert request["RoleArn"] == sagemaker_airflow.env["PIPELINE_SAGEMAKER_ROLE_ARN"]
     assert storage_path(hp["sagemaker_submit_directory"], "aws_default").stat().st_size > 0  # uploaded first
@@ -173,13 +173,13 @@ def test_a_job_stopped_at_max_runtime_fails_with_its_checkpoints_and_a_new_run_r
     # what the stopped container had synced from /opt/ml/checkpoints: train.py resumes the newest complete one
     storage_path(f"{checkpoints}/checkpoint-300/trainer_state.json", "aws_default").write_text("{}")
 
-    longer = conf | {"max_run_seconds": 20 * 3600, "max_wait_seconds": 40 * 3600}
+    longer = conf | {"max_run_seconds": 16 * 3600, "max_wait_seconds": 32 * 3600}
     second = sagemaker_airflow.dags_test("finetune_llava", longer, logical_date="2026-11-02T00:00:00+00:00")
     jobs = {j["TrainingJobName"] for j in sagemaker.list_training_jobs()["TrainingJobSummaries"]}
     (new,) = jobs - {job["TrainingJobName"]}  # a new job (new run, new version) ...
     request = sagemaker.describe_training_job(TrainingJobName=new)
     assert request["CheckpointConfig"]["S3Uri"] == checkpoints  # ... on the Stopped job's checkpoints
-    assert request["StoppingCondition"]["MaxRuntimeInSeconds"] == 20 * 3600
+    assert request["StoppingCondition"]["MaxRuntimeInSeconds"] == 16 * 3600
     assert (
         f"Creating SageMaker training job {new}" in second.output and f"Training job {new} completed" in second.output
     )
