@@ -351,17 +351,19 @@ def _report(
 
 def summary(report: dict[str, Any]) -> str:
     """The readable version of the report for the task log."""
-    c, near = report["counts"], report["near_duplicates"]
+    c = report["counts"]
     lines = [
         f"Curated {report['total']} files with taxonomy {report['taxonomy']!r}: "
         f"{c['kept']} kept, {c['rejected']} rejected, {c['ignored']} ignored.",
         "Splits: " + ", ".join(f"{k}={v}" for k, v in report["splits"].items()),
         f"Fingerprint: {report['fingerprint']}",
-        f"Near-duplicates (pHash within {near['policy']['max_distance']} bits): groups by size {near['group_sizes']}, "
-        f"{len(near['cut_by_size_cap'])} cut by the size cap, {near['groups_across_splits']} groups across splits, "
-        f"{near['pairs_across_splits']} close pairs across splits.",
         "Per label (train/validation/test):",
     ]
+    if near := report.get("near_duplicates"):  # reports written before near-duplicate grouping have none
+        lines.insert(3, f"Near-duplicates (pHash within {near['policy']['max_distance']} bits): groups by size "
+                        f"{near['group_sizes']}, {len(near['cut_by_size_cap'])} cut by the size cap, "
+                        f"{near['groups_across_splits']} groups across splits, {near['pairs_across_splits']} close "
+                        "pairs across splits.")  # fmt: skip
     for label, counts in report["per_label"].items():
         lines.append(f"  {label:<40} " + "/".join(str(counts.get(s, 0)) for s in SPLITS))
     if report["rejection_reasons"]:
