@@ -53,6 +53,18 @@ def _sibling(uri: str, leaf: str) -> str:
     return f"{uri.rstrip('/').rsplit('/', 1)[0]}/{CANARY_DIR}/{leaf}/"
 
 
+def canary_config(first: dict[str, Any], records: int = CANARY_RECORDS) -> dict[str, Any]:
+    """The canary's CreateTransformJob request: the first job's, renamed, on `<prefix>/canary/{input,output}/`, on one
+    instance (its single file goes to one instance; more would bill idle start-ups)."""
+    config = copy.deepcopy(first)
+    config["TransformJobName"] = canary_name(first["TransformJobName"], records)
+    input_uri = _sibling(first["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"], "input")
+    config["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] = input_uri
+    config["TransformOutput"]["S3OutputPath"] = _sibling(first["TransformOutput"]["S3OutputPath"], "output")
+    config["TransformResources"]["InstanceCount"] = 1
+    return config
+
+
 def canary_request(requests: list[dict[str, Any]], conn_id: str, records: int = CANARY_RECORDS) -> dict[str, Any]:
     """Write the canary's request file and return its CreateTransformJob request (a copy of the first job's).
 
@@ -72,12 +84,8 @@ def canary_request(requests: list[dict[str, Any]], conn_id: str, records: int = 
                 lines.append(raw if raw.endswith(b"\n") else raw + b"\n")
             if len(lines) == records:
                 break
-    config = copy.deepcopy(first)
-    config["TransformJobName"] = canary_name(first["TransformJobName"], records)
-    input_uri = _sibling(first["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"], "input")
-    config["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] = input_uri
-    config["TransformOutput"]["S3OutputPath"] = _sibling(first["TransformOutput"]["S3OutputPath"], "output")
-    config["TransformResources"]["InstanceCount"] = 1
+    config = canary_config(first, records)
+    input_uri = config["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
     storage.write_bytes_atomic(storage.storage_path(input_uri, conn_id) / files[0].name, b"".join(lines))
     log.info(
         "canary %s: %d record(s) of %s (job %s)",

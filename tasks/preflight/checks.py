@@ -197,8 +197,8 @@ def _quotas(requests: Requests, quotas: Any) -> Iterator[Check]:
         ),
         "endpoint": (requests.serving["instance_type"], requests.serving["autoscaling"]["max_instances"]),
         "transform": (
-            requests.transform["TransformResources"]["InstanceType"],
-            requests.transform["TransformResources"]["InstanceCount"],
+            requests.transforms[0]["TransformResources"]["InstanceType"],
+            requests.transforms[0]["TransformResources"]["InstanceCount"],
         ),
     }
     values = {

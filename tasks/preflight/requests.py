@@ -35,12 +35,14 @@ DAY = "2026-11-30"
 class Requests:
     training: dict[str, Any]  # CreateTrainingJob
     serving: dict[str, Any]  # the deploy plan: CreateModel, CreateEndpointConfig, CreateEndpoint, serving.properties
-    transform: dict[str, Any]  # CreateTransformJob
+    transforms: list[dict[str, Any]]  # CreateTransformJob: a backlog job, its canary, its follow-up
 
 
 def build_requests(settings: Settings) -> Requests:
-    """One training job, one deployment of its model, one Batch Transform job on that model."""
-    from tasks.backlog.plan import RequestFile, Resources, chunk_jobs, run_prefix, transform_request
+    """One training job, one deployment of its model, and on that model a Batch Transform job with its canary and
+    its follow-up for failed records."""
+    from tasks.backlog.canary import canary_config
+    from tasks.backlog.plan import RequestFile, Resources, chunk_jobs, records_job, run_prefix, transform_request
     from tasks.model.taxonomy import load_taxonomy
     from tasks.nightly.partitions import Shard
     from tasks.serving import sagemaker as serving
@@ -109,14 +111,18 @@ def build_requests(settings: Settings) -> Requests:
     [job] = chunk_jobs(
         [RequestFile(DAY, shard, "0" * 64)], prefix=prefix, run_key="preflight", identity={}, images_per_job=1000
     )
-    transform = transform_request(
-        job,
-        Resources(DEFAULT_INSTANCE_TYPE, 1, 64),
-        model_name=deployment["config_name"],
-        max_record_bytes=200_000,
-        uri=_plain,
-    )
-    return Requests(training=training, serving=deployment, transform=transform)
+    transforms = [
+        transform_request(
+            j,
+            Resources(DEFAULT_INSTANCE_TYPE, 1, 64),
+            model_name=deployment["config_name"],
+            max_record_bytes=200_000,
+            uri=_plain,
+        )
+        for j in (job, records_job(job))
+    ]
+    transforms.insert(1, canary_config(transforms[0]))
+    return Requests(training=training, serving=deployment, transforms=transforms)
 
 
 def _plain(uri: str) -> str:
@@ -130,7 +136,7 @@ def required_accesses(settings: Settings, account_id: str) -> list[iam.Access]:
     accesses = [
         *iam.training_accesses(requests.training, account_id, region),
         *iam.serving_accesses(requests.serving, account_id, region),
-        *iam.transform_accesses(requests.transform, account_id, region),
+        *(access for request in requests.transforms for access in iam.transform_accesses(request, account_id, region)),
         *iam.storage_accesses(settings, STORAGE_PREFIXES),
         *iam.alert_and_key_accesses(settings),
     ]

@@ -82,7 +82,7 @@ def needed_quotas() -> dict[str, float]:
     return {
         f"{requests.training['ResourceConfig']['InstanceType']} for training job usage": 1.0,
         f"{requests.serving['instance_type']} for endpoint usage": 2.0,
-        f"{requests.transform['TransformResources']['InstanceType']} for transform job usage": 1.0,
+        f"{requests.transforms[0]['TransformResources']['InstanceType']} for transform job usage": 1.0,
     }
 
 
