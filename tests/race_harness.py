@@ -28,7 +28,9 @@ import threading
 import time
 import traceback
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 ACTIVE = "running"
@@ -49,11 +51,18 @@ def rows_table(keys: list[str]):
     return pa.Table.from_pylist(rows, schema=predictions.row_schema())
 
 
-def quiet() -> None:
+@contextmanager
+def quiet() -> Iterator[None]:
     """Takeovers of the seeded stale lease are logged as warnings: one per round is noise here."""
     import logging
 
-    logging.getLogger("tasks").setLevel(logging.ERROR)
+    tasks_log = logging.getLogger("tasks")
+    level = tasks_log.level
+    tasks_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        tasks_log.setLevel(level)
 
 
 def token_of(round_: int, who: int) -> str:
@@ -126,10 +135,10 @@ def check(kind: str, partition_uri: str, conn_id: str | None) -> str | None:
 
 def _worker(args: tuple, barrier: Any, results: Any, who: int) -> None:
     kind, uri, conn_id, rounds = args
-    quiet()
-    for round_ in range(rounds):
-        barrier.wait()
-        results.put((round_, who, contend(kind, uri, conn_id, round_, who)))
+    with quiet():
+        for round_ in range(rounds):
+            barrier.wait()
+            results.put((round_, who, contend(kind, uri, conn_id, round_, who)))
 
 
 def race(
@@ -137,7 +146,11 @@ def race(
     conn_id: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Run `rounds` rounds; counts of double winners, rounds without a winner, raw exceptions and bad partitions."""
-    quiet()
+    with quiet():
+        return _race(kind, uri, rounds=rounds, contenders=contenders, mode=mode, stale=stale, conn_id=conn_id)
+
+
+def _race(kind: str, uri: str, *, rounds: int, contenders: int, mode: str, stale: bool, conn_id: str | None) -> dict:
     tally: Counter[str] = Counter()
     examples: list[str] = []
 

@@ -33,7 +33,9 @@ def test_each_look_logs_the_dt_where_and_until_when(tmp_path: Path, caplog: pyte
 
     (tmp_path / "incoming" / "dt=2026-11-02").mkdir(parents=True)
     (tmp_path / "incoming" / "dt=2026-11-02" / "a.png").write_bytes(b"x")
-    assert look(tmp_path, "2026-11-02", "2026-11-03T01:00:00+00:00") == (True, {"dt": "2026-11-02", "present": True})
+    with caplog.at_level(logging.INFO, logger="tasks.nightly.steps"):
+        assert look(tmp_path, "2026-11-02", "2026-11-03T01:00:00+00:00") == (True, {"dt": "2026-11-02",
+                                                                                     "present": True})  # fmt: skip
     assert "dt=2026-11-02: images found under" in caplog.text
 
 
