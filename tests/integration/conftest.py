@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,9 +17,9 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.e2e.processes import free_port
+from tests.moto_documented import FAILURE_TOGGLES
 
 BIN_AIRFLOW = REPO_ROOT / "bin" / "airflow"
-MOTO_SERVER = REPO_ROOT / ".venv" / "bin" / "moto_server"
 
 
 @dataclass
@@ -113,15 +114,27 @@ def start_moto(tmp_path_factory: pytest.TempPathFactory, program: list[str], **e
 
 
 @pytest.fixture(scope="session")
-def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
-    """A real moto_server on loopback: S3 and SageMaker APIs, no AWS account."""
-    yield from start_moto(tmp_path_factory, [str(MOTO_SERVER)])
+def aws_failures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The files whose presence makes moto_server fail as AWS documents (tests.moto_documented), by variable."""
+    folder = tmp_path_factory.mktemp("aws-failures")
+    return {env: folder / f"{env.lower()}.txt" for env in FAILURE_TOGGLES}
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory, aws_failures: dict[str, Path]) -> Iterator[Moto]:
+    """A real moto_server on loopback (S3 and SageMaker APIs, no AWS account), plus the SageMaker behaviour AWS
+    documents and moto does not model (tests.moto_documented)."""
+    toggles = {env: str(path) for env, path in aws_failures.items()}
+    yield from start_moto(tmp_path_factory, [sys.executable, "-m", "tests.moto_documented"], **toggles)
 
 
 @pytest.fixture
-def moto(moto_server: Moto, monkeypatch: pytest.MonkeyPatch) -> Moto:
-    """A clean moto with the bucket created, and this process's aws_default connection pointed at it."""
+def moto(moto_server: Moto, aws_failures: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Moto:
+    """A clean moto with the bucket created, no failure switched on, and this process's aws_default connection
+    pointed at it."""
     moto_server.reset()
+    for path in aws_failures.values():
+        path.unlink(missing_ok=True)
     moto_server.boto3_client("s3").create_bucket(Bucket=moto_server.bucket)
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", moto_server.conn_json)
     return moto_server
@@ -130,10 +143,6 @@ def moto(moto_server: Moto, monkeypatch: pytest.MonkeyPatch) -> Moto:
 @pytest.fixture(scope="session")
 def sagemaker_airflow(tmp_path_factory: pytest.TempPathFactory, moto_server: Moto) -> AirflowRunner:
     """SageMaker backend, s3:// storage, both served by moto_server."""
-    return sagemaker_runner(tmp_path_factory, moto_server)
-
-
-def sagemaker_runner(tmp_path_factory: pytest.TempPathFactory, moto_server: Moto) -> AirflowRunner:
     root = tmp_path_factory.mktemp("sagemaker-airflow")
     return _runner(
         root / "airflow",

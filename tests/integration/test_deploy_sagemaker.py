@@ -1,8 +1,9 @@
 """deploy_endpoint and teardown_endpoint on the SageMaker backend against moto_server, through `bin/airflow dags
 test` with the real provider operators (the endpoint wait deferred to the in-process triggerer).
 
-moto cannot update an endpoint or fail one, and rejects ml.g5 instance types: those paths are covered with botocore
-Stubbers in tests/unit/test_sagemaker_endpoint.py. moto's invoke_endpoint answers from a queue of canned bodies,
+moto rejects ml.g5 instance types, and cannot update or fail an endpoint by itself: tests.moto_documented adds
+UpdateEndpoint as AWS documents it (test_deploy_sagemaker_update.py), and botocore Stubbers cover the rest
+(tests/unit/serving/test_sagemaker.py). moto's invoke_endpoint answers from a queue of canned bodies,
 cached per request body, so each test that needs a new answer sends a different smoke image.
 """
 

@@ -5,8 +5,6 @@ config; a failed one returns InService on the old config with a FailureReason, w
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from tasks.common.storage import MODELS, SERVING, storage_path
 from tasks.model.vision_tokens import PRODUCTION_GEOMETRY
 from tasks.serving.deployment import current_endpoint
 from tasks.training import registry
-from tests.integration.conftest import AirflowRunner, Moto, sagemaker_runner, start_moto
+from tests.integration.conftest import AirflowRunner, Moto
 from tests.integration.test_deploy_sagemaker import CONF, HOTEL, promote, queue_answer
 from tests.moto_documented import FAILURE_FILE_ENV
 
@@ -23,42 +21,23 @@ pytestmark = pytest.mark.slow
 REASON = "The primary container for production variant AllTraffic did not pass the ping health check."
 
 
-@pytest.fixture(scope="module")
-def failure_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("fake-aws") / "update-failure.txt"
-
-
-@pytest.fixture(scope="module")
-def documented_moto(tmp_path_factory: pytest.TempPathFactory, failure_file: Path) -> Iterator[Moto]:
-    program = [sys.executable, "-m", "tests.moto_documented"]
-    yield from start_moto(tmp_path_factory, program, **{FAILURE_FILE_ENV: str(failure_file)})
-
-
-@pytest.fixture
-def aws(documented_moto: Moto, monkeypatch: pytest.MonkeyPatch) -> Moto:
-    documented_moto.reset()
-    documented_moto.boto3_client("s3").create_bucket(Bucket=documented_moto.bucket)
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", documented_moto.conn_json)
-    return documented_moto
-
-
-@pytest.fixture(scope="module")
-def airflow(tmp_path_factory: pytest.TempPathFactory, documented_moto: Moto) -> AirflowRunner:
-    return sagemaker_runner(tmp_path_factory, documented_moto)
-
-
 def promote_v2(storage_uri: str) -> None:
     models = storage_path(storage_uri, "aws_default") / MODELS
-    entry = {"model_uri": "s3://pipeline-bucket/pipeline/models/v2/model/", "taxonomy": "hotel",
-             "prompt": HOTEL.prompt(), "metrics": {"accuracy": 0.95}, "vision_geometry": PRODUCTION_GEOMETRY.to_dict()}
+    entry = {
+        "model_uri": "s3://pipeline-bucket/pipeline/models/v2/model/",
+        "taxonomy": "hotel",
+        "prompt": HOTEL.prompt(),
+        "metrics": {"accuracy": 0.95},
+        "vision_geometry": PRODUCTION_GEOMETRY.to_dict(),
+    }
     registry.register_version(models, "v2", entry)
     assert registry.promote_if_better(models, "v2", min_accuracy=0.0, tolerance=1.0).promoted
 
 
-def deploy_v1_then_promote_v2(airflow: AirflowRunner, aws: Moto) -> tuple[str, str]:
+def deploy_v1_then_promote_v2(airflow: AirflowRunner, moto: Moto) -> tuple[str, str]:
     storage = airflow.env["PIPELINE_STORAGE_URI"]
     promote(storage)
-    queue_answer(aws, "this is a photo of Lobby.")
+    queue_answer(moto, "this is a photo of Lobby.")
     first = airflow.dags_test("deploy_endpoint", CONF)
     assert first.succeeded, first.output[-6000:]
     v1_config = current_endpoint(storage_path(storage, "aws_default") / SERVING)["config_name"]
@@ -67,12 +46,13 @@ def deploy_v1_then_promote_v2(airflow: AirflowRunner, aws: Moto) -> tuple[str, s
 
 
 def test_a_failed_update_fails_the_run_and_keeps_the_version_that_serves(
-    airflow: AirflowRunner, aws: Moto, failure_file: Path
+    sagemaker_airflow: AirflowRunner, moto: Moto, aws_failures: dict[str, Path]
 ):
-    storage, v1_config = deploy_v1_then_promote_v2(airflow, aws)
+    storage, v1_config = deploy_v1_then_promote_v2(sagemaker_airflow, moto)
+    failure_file = aws_failures[FAILURE_FILE_ENV]
     failure_file.write_text(REASON)
     try:
-        failed = airflow.dags_test("deploy_endpoint", CONF)
+        failed = sagemaker_airflow.dags_test("deploy_endpoint", CONF)
     finally:
         failure_file.unlink()
     out = failed.output
@@ -84,21 +64,21 @@ def test_a_failed_update_fails_the_run_and_keeps_the_version_that_serves(
 
     record = current_endpoint(storage_path(storage, "aws_default") / SERVING)
     assert (record["model_version"], record["config_name"]) == ("v1", v1_config)  # not the version that failed
-    sm = aws.boto3_client("sagemaker")
+    sm = moto.boto3_client("sagemaker")
     assert sm.describe_endpoint(EndpointName="llava-classifier")["EndpointConfigName"] == v1_config
     # cleanup removed the failed v2 config and model (nothing orphaned) and kept what serves
     assert [c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]] == [v1_config]
     assert [m["ModelName"] for m in sm.list_models()["Models"]] == [v1_config]
 
 
-def test_a_good_update_swaps_the_config_and_cleans_up_the_old_one(airflow: AirflowRunner, aws: Moto):
-    storage, v1_config = deploy_v1_then_promote_v2(airflow, aws)
-    queue_answer(aws, "this is a photo of Pool.")
-    updated = airflow.dags_test("deploy_endpoint", CONF)
+def test_a_good_update_swaps_the_config_and_cleans_up_the_old_one(sagemaker_airflow: AirflowRunner, moto: Moto):
+    storage, v1_config = deploy_v1_then_promote_v2(sagemaker_airflow, moto)
+    queue_answer(moto, "this is a photo of Pool.")
+    updated = sagemaker_airflow.dags_test("deploy_endpoint", CONF)
     assert updated.succeeded, updated.output[-6000:]
     record = current_endpoint(storage_path(storage, "aws_default") / SERVING)
     assert record["model_version"] == "v2" and record["config_name"] != v1_config
     assert f"endpoint llava-classifier is InService on {record['config_name']}" in updated.output
-    sm = aws.boto3_client("sagemaker")
+    sm = moto.boto3_client("sagemaker")
     assert [c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]] == [record["config_name"]]
     assert [m["ModelName"] for m in sm.list_models()["Models"]] == [record["config_name"]]

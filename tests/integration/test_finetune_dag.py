@@ -1,13 +1,11 @@
 """finetune_llava end to end through `bin/airflow dags test`: the local backend trains the tiny model for real; the
 SageMaker backend sends its real CreateTrainingJob request to moto_server (extended with AWS's uncompressed model
-output and MaxRuntime stops: tests.integration.moto_training), attaches to that job on a rerun, and a new run after
+output and MaxRuntime stops: tests.moto_documented), attaches to that job on a rerun, and a new run after
 a Stopped job points at the checkpoints it left."""
 
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,36 +18,12 @@ from tasks.common.storage import fsspec_options, plain_uri, storage_path
 from tasks.curation.curate import CurationOptions, curate_uri
 from tasks.model.taxonomy import load_taxonomy
 from tasks.training.sagemaker import PRODUCTION_BASE_MODEL
-from tests.integration.conftest import AirflowRunner, Moto, sagemaker_runner, start_moto
-from tests.integration.moto_training import STOP_FILE_ENV
+from tests.integration.conftest import AirflowRunner, Moto
+from tests.moto_documented import STOP_FILE_ENV
 
 pytestmark = pytest.mark.slow
 SHORT_TRAINING = {"max_steps": 3, "save_steps": 2, "logging_steps": 1}
 LOGICAL_DATE = "2026-11-01T00:00:00+00:00"
-
-
-@pytest.fixture(scope="module")
-def stop_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("fake-aws") / "training-stop.txt"
-
-
-@pytest.fixture(scope="module")
-def training_moto(tmp_path_factory: pytest.TempPathFactory, stop_file: Path) -> Iterator[Moto]:
-    program = [sys.executable, "-m", "tests.integration.moto_training"]
-    yield from start_moto(tmp_path_factory, program, **{STOP_FILE_ENV: str(stop_file)})
-
-
-@pytest.fixture
-def moto(training_moto: Moto, monkeypatch: pytest.MonkeyPatch) -> Moto:
-    training_moto.reset()
-    training_moto.boto3_client("s3").create_bucket(Bucket=training_moto.bucket)
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", training_moto.conn_json)
-    return training_moto
-
-
-@pytest.fixture(scope="module")
-def sagemaker_airflow(tmp_path_factory: pytest.TempPathFactory, training_moto: Moto) -> AirflowRunner:
-    return sagemaker_runner(tmp_path_factory, training_moto)
 
 
 def test_local_backend_trains_evaluates_and_promotes(local_airflow: AirflowRunner) -> None:
@@ -154,11 +128,12 @@ def test_sagemaker_backend_sends_the_training_request_and_a_rerun_attaches(
 
 
 def test_a_job_stopped_at_max_runtime_fails_with_its_checkpoints_and_a_new_run_resumes_them(
-    sagemaker_airflow: AirflowRunner, moto: Moto, stop_file: Path
+    sagemaker_airflow: AirflowRunner, moto: Moto, aws_failures: dict[str, Path]
 ) -> None:
     storage = sagemaker_airflow.env["PIPELINE_STORAGE_URI"]
     conf = {"dataset_uri": curate_on_s3(storage), "hyperparameters": {"num_train_epochs": 3}}
     sagemaker = moto.boto3_client("sagemaker")
+    stop_file = aws_failures[STOP_FILE_ENV]
     stop_file.write_text("Training job reached the maximum runtime of 28800 seconds.")
     try:
         first = sagemaker_airflow.dags_test("finetune_llava", conf, logical_date=LOGICAL_DATE)
