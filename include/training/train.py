@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from accelerate.utils import gather_object
 from datasets import DatasetDict, load_from_disk
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_pt_utils import remove_dummy_checkpoint
-from transformers.utils import SAFE_WEIGHTS_NAME, WEIGHTS_NAME
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_NAME
 from trl import SFTConfig, SFTTrainer
 from trl.data_utils import prepare_multimodal_messages
 
@@ -196,7 +196,8 @@ def load_model(model_id: str, revision: str | None, bf16: bool) -> torch.nn.Modu
 
 
 class ZeroCheckpointTrainer(SFTTrainer):
-    """Intermediate ZeRO-3 checkpoints without the gathered 16-bit copy of the weights, and written once.
+    """Intermediate ZeRO-3 checkpoints without the gathered 16-bit copy of the weights, and written once; and a
+    resume without DeepSpeed that restores the checkpoint's weights (see _load_from_checkpoint).
 
     ds_zero3.json sets stage3_gather_16bit_weights_on_model_save false, so a checkpoint is DeepSpeed's sharded
     state only (fp32 optimizer state + master weights + bf16 partition); save_final_model turns gathering on for
@@ -222,6 +223,35 @@ class ZeroCheckpointTrainer(SFTTrainer):
         output_dir = output_dir or self.args.output_dir
         self._save(output_dir, state_dict={})  # config.json + processor, as transformers' own fallback does
         remove_dummy_checkpoint(self.args.should_save, output_dir, [WEIGHTS_NAME, SAFE_WEIGHTS_NAME])
+        return None
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        """Resume without DeepSpeed (one process, plain DDP) from the checkpoint's weights, not the base model's.
+
+        transformers 5.24's save_pretrained reverts the model's weight conversions (modeling_utils.py:3538-3541), so
+        a LLaVA-NeXT checkpoint holds `language_model.model.*`, `vision_tower.vision_model.*` where the module has
+        `model.language_model.*`, `model.vision_tower.*`. The Trainer's resume (trainer.py:1563-1564) loads that
+        file with a plain `model.load_state_dict(state_dict, False)` (trainer.py:3694-3706; sharded:
+        load_sharded_checkpoint, 3739-3741), applying no conversion: every key is missing or unexpected, only
+        warned about, and training goes on from the base weights. Here the model class's from_pretrained reads the
+        checkpoint (its own conversions) and the weights are copied into the model in place, strictly. DeepSpeed
+        resumes from its engine checkpoint instead (trainer.py:1810-1813, the module's own names); FSDP and adapters
+        keep transformers' path.
+        """
+        model = self.model if model is None else model
+        checkpoint = Path(resume_from_checkpoint)
+        has_weights = any((checkpoint / name).is_file() for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME))
+        if (
+            self.is_deepspeed_enabled
+            or self.is_fsdp_enabled
+            or not isinstance(model, PreTrainedModel)
+            or not has_weights
+        ):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        logger.info("Loading the model weights from %s", checkpoint)
+        saved = type(model).from_pretrained(checkpoint, dtype=model.dtype)
+        model.load_state_dict(saved.state_dict())  # strict: a key that does not match is an error, not a warning
+        del saved
         return None
 
 

@@ -126,6 +126,35 @@ def test_trains_writes_model_and_predictions_then_resumes(inputs, tmp_path):
     assert logged_steps == [1, 2, 3, 4]  # steps 1-2 come from the first run's checkpoint: continued, not restarted
 
 
+def same_weights(first: Path, second: Path) -> bool:
+    """Whether two saved models hold the same tensors under the same names."""
+    import torch
+    from safetensors.torch import load_file
+
+    a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_a_resumed_run_continues_from_the_checkpoint_weights_not_the_base_model(inputs, tmp_path):
+    """One step, checkpointed; then the same job again, resumed at that step: it adds no training (at most one more
+    step at the linear schedule's zero learning rate: the Trainer checks max_steps only after a step), so the model
+    it saves is the checkpoint's. transformers 5.24 saves checkpoints under the Hub's weight names and its resume
+    loaded them without converting back: every key missing or unexpected, and the run went on from the base weights.
+    """
+    model, data = inputs
+    flags = ["--max_steps", "1", "--save_steps", "1", "--warmup_ratio", "0", "--eval_strategy", "no"]
+    flags += ["--score_splits", "", "--max_new_tokens", "1"]  # no label scores, one-token answers: just faster
+    run_training(model, data, tmp_path, *flags)
+    checkpoint = tmp_path / "checkpoints" / "checkpoint-1"
+    assert not same_weights(checkpoint, model)  # the step trained: the checkpoint is not the base model
+
+    log = run_training(model, data, tmp_path, *flags)
+    assert f"Resuming from {checkpoint}" in log
+    assert not same_weights(tmp_path / "model", model), "resumed from the base weights, not the checkpoint's"
+    assert same_weights(tmp_path / "model", checkpoint)
+    assert "missing keys" not in log and "unexpected keys" not in log
+
+
 @pytest.mark.skipif(shutil.which("c++") is None, reason="DeepSpeed JIT-builds a small C++ op on first use")
 def test_launcher_runs_deepspeed_zero3_with_two_processes(inputs, tmp_path):
     """The multi-GPU production path (launch.py -> accelerate -> ZeRO-3), with two CPU processes standing in."""
