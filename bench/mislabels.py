@@ -67,10 +67,21 @@ def main() -> None:
     curated = curated_digits(work / "curated", 1797)
     flipped = flip_labels(curated, work / "flipped", args.flip_fraction, args.seed)
     model = tiny_digits_model(work / "base_model")
-    command = [sys.executable, str(TRAINING_SOURCE_DIR / "train.py"), "--model_id", str(model),
-               "--dataset_path", str(work / "flipped"), "--model_dir", str(work / "model"),
-               "--output_data_dir", str(work / "output"), "--checkpoint_dir", str(work / "checkpoints"),
-               *script_flags(LOCAL_HYPERPARAMETERS)]  # fmt: skip
+    command = [
+        sys.executable,
+        str(TRAINING_SOURCE_DIR / "train.py"),
+        "--model_id",
+        str(model),
+        "--dataset_path",
+        str(work / "flipped"),
+        "--model_dir",
+        str(work / "model"),
+        "--output_data_dir",
+        str(work / "output"),
+        "--checkpoint_dir",
+        str(work / "checkpoints"),
+        *script_flags(LOCAL_HYPERPARAMETERS),
+    ]
     started = time.perf_counter()
     subprocess.run(command, check=True, env=os.environ | {"HF_HUB_OFFLINE": "1"}, cwd=work)
     wall = time.perf_counter() - started
@@ -79,14 +90,20 @@ def main() -> None:
     summary = json.loads((work / "output" / "train_summary.json").read_text())
     train_flags = {flag["sha256"] for flag in flags if flag["split"] == "train"}
     hits = len(train_flags & flipped)
-    print(f"train rows {sum(row['split'] == 'train' for row in scores)}, flipped {len(flipped)} "
-          f"({args.flip_fraction:.0%}), flagged {len(train_flags)}")  # fmt: skip
-    print(f"precision {hits / max(len(train_flags), 1):.3f} ({hits}/{len(train_flags)}), "
-          f"recall {hits / len(flipped):.3f} ({hits}/{len(flipped)})")  # fmt: skip
+    print(
+        f"train rows {sum(row['split'] == 'train' for row in scores)}, flipped {len(flipped)} "
+        f"({args.flip_fraction:.0%}), flagged {len(train_flags)}"
+    )
+    print(
+        f"precision {hits / max(len(train_flags), 1):.3f} ({hits}/{len(train_flags)}), "
+        f"recall {hits / len(flipped):.3f} ({hits}/{len(flipped)})"
+    )
     validation = [flag for flag in flags if flag["split"] == "validation"]
     print(f"validation (no flips): {len(validation)} flagged of {sum(r['split'] == 'validation' for r in scores)}")
-    print(f"train {summary['train_seconds']} s, scoring {summary['scoring_seconds']} s "
-          f"({summary['scored_rows']} rows), whole script {wall:.0f} s; work dir {work}")  # fmt: skip
+    print(
+        f"train {summary['train_seconds']} s, scoring {summary['scoring_seconds']} s "
+        f"({summary['scored_rows']} rows), whole script {wall:.0f} s; work dir {work}"
+    )
 
 
 if __name__ == "__main__":

@@ -73,12 +73,18 @@ def main() -> None:
     found = sum(1 for i, j in zip(*(a.tolist() for a in pairs[:2]), strict=True) if j == i + 1 and j % COPY_EVERY == 0)
     sizes = Counter(len(members) for members in grouping.groups)
     print(f"{n:,} images, {args.workers} workers, threshold {policy.max_distance} bits (taxonomy {args.taxonomy})")
-    print(f"hashing (generate + phash): {hashed - started:.1f} s ({(hashed - started) / n * 1e6:.0f} us/image "
-          f"wall), worker peak RSS {worker_rss:.0f} MB")  # fmt: skip
-    print(f"pairs: {len(pairs[0]):,} within the threshold in {paired - hashed:.1f} s; planted copies found "
-          f"{found:,}/{planted:,}")  # fmt: skip
-    print(f"groups: {len(grouping.groups):,} (sizes {dict(sorted(sizes.items()))}), {len(grouping.cut)} cut, "
-          f"in {grouped - paired:.1f} s")  # fmt: skip
+    print(
+        f"hashing (generate + phash): {hashed - started:.1f} s ({(hashed - started) / n * 1e6:.0f} us/image "
+        f"wall), worker peak RSS {worker_rss:.0f} MB"
+    )
+    print(
+        f"pairs: {len(pairs[0]):,} within the threshold in {paired - hashed:.1f} s; planted copies found "
+        f"{found:,}/{planted:,}"
+    )
+    print(
+        f"groups: {len(grouping.groups):,} (sizes {dict(sorted(sizes.items()))}), {len(grouping.cut)} cut, "
+        f"in {grouped - paired:.1f} s"
+    )
     print(f"hashing + grouping: {grouped - started:.1f} s; parent peak RSS {peak_rss_mb():.0f} MB")
 
 

@@ -73,8 +73,13 @@ class BuiltOnFirstRequest:
             if started:  # the app already answered (its own 500): let the server log the error
                 raise
             logging.getLogger(__name__).exception("costs & quality: unhandled error")
-            await send_secured({"type": "http.response.start", "status": 500,
-                                "headers": [(b"content-type", b"text/plain; charset=utf-8")]})  # fmt: skip
+            await send_secured(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+                }
+            )
             await send_secured({"type": "http.response.body", "body": b"Internal error: see the API server's log."})
 
     def _built(self) -> ASGIApp:

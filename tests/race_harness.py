@@ -142,9 +142,15 @@ def _worker(args: tuple, barrier: Any, results: Any, who: int) -> None:
 
 
 def race(
-    kind: str, uri: str, *, rounds: int, contenders: int = 2, mode: str = "threads", stale: bool = False,
+    kind: str,
+    uri: str,
+    *,
+    rounds: int,
+    contenders: int = 2,
+    mode: str = "threads",
+    stale: bool = False,
     conn_id: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Run `rounds` rounds; counts of double winners, rounds without a winner, raw exceptions and bad partitions."""
     with quiet():
         return _race(kind, uri, rounds=rounds, contenders=contenders, mode=mode, stale=stale, conn_id=conn_id)
@@ -180,8 +186,10 @@ def _race(kind: str, uri: str, *, rounds: int, contenders: int, mode: str, stale
     else:
         ctx = mp.get_context("spawn")
         barrier, results = ctx.Barrier(contenders + 1), ctx.Queue()
-        workers = [ctx.Process(target=_worker, args=((kind, uri, conn_id, rounds), barrier, results, who))
-                   for who in range(contenders)]  # fmt: skip
+        workers = [
+            ctx.Process(target=_worker, args=((kind, uri, conn_id, rounds), barrier, results, who))
+            for who in range(contenders)
+        ]
         for w in workers:
             w.start()
         try:
@@ -195,10 +203,19 @@ def _race(kind: str, uri: str, *, rounds: int, contenders: int, mode: str, stale
                 w.join(timeout=10)
                 if w.is_alive():
                     w.kill()
-    return {"kind": kind, "mode": mode, "stale": stale, "rounds": rounds, "contenders": contenders,
-            "double_winners": tally["double_winners"], "no_winner": tally["no_winner"],
-            "raw_exceptions": tally["raw_exceptions"], "bad_partitions": tally["bad_partitions"],
-            "seconds": round(time.monotonic() - started, 1), "examples": examples}  # fmt: skip
+    return {
+        "kind": kind,
+        "mode": mode,
+        "stale": stale,
+        "rounds": rounds,
+        "contenders": contenders,
+        "double_winners": tally["double_winners"],
+        "no_winner": tally["no_winner"],
+        "raw_exceptions": tally["raw_exceptions"],
+        "bad_partitions": tally["bad_partitions"],
+        "seconds": round(time.monotonic() - started, 1),
+        "examples": examples,
+    }
 
 
 def main() -> None:
@@ -213,8 +230,9 @@ def main() -> None:
     a = parser.parse_args()
     uri = f"{a.storage.rstrip('/')}/predictions/dt=2026-11-02"
     try:
-        result = race(a.kind, uri, rounds=a.rounds, contenders=a.contenders, mode=a.mode, stale=a.stale,
-                      conn_id=a.conn_id)  # fmt: skip
+        result = race(
+            a.kind, uri, rounds=a.rounds, contenders=a.contenders, mode=a.mode, stale=a.stale, conn_id=a.conn_id
+        )
     except Exception:
         traceback.print_exc()
         raise

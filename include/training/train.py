@@ -101,10 +101,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval_batch_size", type=int, default=8, help="test-split generation batch per process")
     p.add_argument("--max_new_tokens", type=int, default=16)
     p.add_argument("--label_column", default="label", help="copied into predictions when the test split has it")
-    p.add_argument("--score_splits", default="train,validation", help="splits whose every label is scored, for "
-                   "mislabel flags (comma-separated; empty: none)")  # fmt: skip
-    p.add_argument("--score_batch_size", type=int, default=None, help="label-scoring batch (images) per process; "
-                   "default --eval_batch_size")  # fmt: skip
+    p.add_argument(
+        "--score_splits",
+        default="train,validation",
+        help="splits whose every label is scored, for mislabel flags (comma-separated; empty: none)",
+    )
+    p.add_argument(
+        "--score_batch_size",
+        type=int,
+        default=None,
+        help="label-scoring batch (images) per process; default --eval_batch_size",
+    )
     args = p.parse_args(argv)
 
     if not args.dataset_path or not args.model_dir:
@@ -326,13 +333,20 @@ def answer_suffixes(processor: Any, row: dict, texts: list[str]) -> list[list[in
 
     def ids(messages: list[dict], **kwargs: Any) -> torch.Tensor:
         conversation = [prepare_multimodal_messages(messages, images=row["images"])]
-        inputs = processor.apply_chat_template(conversation, tokenize=True, return_dict=True, return_tensors="pt",
-                                               processor_kwargs={"add_special_tokens": False}, **kwargs)  # fmt: skip
+        inputs = processor.apply_chat_template(
+            conversation,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            processor_kwargs={"add_special_tokens": False},
+            **kwargs,
+        )
         return inputs["input_ids"][0]
 
     start = len(ids(prompt, add_generation_prompt=True))
-    return [ids([*prompt, {"role": "assistant", "content": [{"type": "text", "text": t}]}])[start:].tolist()
-            for t in texts]  # fmt: skip
+    return [
+        ids([*prompt, {"role": "assistant", "content": [{"type": "text", "text": t}]}])[start:].tolist() for t in texts
+    ]
 
 
 def score_labels(trainer: SFTTrainer, processor: Any, split, answers: dict[str, str], args: argparse.Namespace) -> list:
@@ -352,8 +366,9 @@ def score_labels(trainer: SFTTrainer, processor: Any, split, answers: dict[str, 
     suffixes = [suffix[shared:] for suffix in suffixes]
     width = max(len(suffix) for suffix in suffixes)
     tokens = torch.tensor([suffix + [0] * (width - len(suffix)) for suffix in suffixes], device=accelerator.device)
-    in_answer = torch.tensor([[1] * len(suffix) + [0] * (width - len(suffix)) for suffix in suffixes],
-                             device=accelerator.device)  # fmt: skip
+    in_answer = torch.tensor(
+        [[1] * len(suffix) + [0] * (width - len(suffix)) for suffix in suffixes], device=accelerator.device
+    )
     rows: list[dict] = []
     with accelerator.split_between_processes(list(range(len(split))), apply_padding=True) as my_indices:
         for start in range(0, len(my_indices), args.score_batch_size):
@@ -372,15 +387,17 @@ def score_labels(trainer: SFTTrainer, processor: Any, split, answers: dict[str, 
                 processor_kwargs={"padding": True, "padding_side": "left", "add_special_tokens": False},
             ).to(accelerator.device)
             inputs["input_ids"] = torch.cat([inputs["input_ids"], common.expand(len(indices), -1)], 1)
-            inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(common).expand(
-                len(indices), -1)], 1)  # fmt: skip
+            inputs["attention_mask"] = torch.cat(
+                [inputs["attention_mask"], torch.ones_like(common).expand(len(indices), -1)], 1
+            )
             n = len(indices) * len(texts)
             with torch.no_grad():
                 prompt_out = model(**inputs, use_cache=True, logits_to_keep=1)
                 cache = prompt_out.cache
                 cache.batch_repeat_interleave(len(texts))  # row-major: row i, label k at i * labels + k
-                mask = torch.cat([inputs["attention_mask"].repeat_interleave(len(texts), 0), in_answer.repeat(
-                    len(indices), 1)], 1)  # fmt: skip
+                mask = torch.cat(
+                    [inputs["attention_mask"].repeat_interleave(len(texts), 0), in_answer.repeat(len(indices), 1)], 1
+                )
                 answer_out = model(input_ids=tokens.repeat(len(indices), 1), attention_mask=mask, cache=cache)
             first = prompt_out.logits[:, -1].float().log_softmax(-1).repeat_interleave(len(texts), 0)
             likelihood = first.gather(-1, tokens[:, :1].repeat(len(indices), 1)).squeeze(-1)
@@ -411,8 +428,12 @@ def score_splits(trainer: SFTTrainer, processor: Any, splits: DatasetDict, args:
 
 
 def score_row(index: int, probabilities: dict[str, float], row: dict, label_column: str) -> dict:
-    return {"index": index, "sha256": row.get("sha256"), "label": row[label_column],
-            "probabilities": {label: round(p, 6) for label, p in probabilities.items()}}  # fmt: skip
+    return {
+        "index": index,
+        "sha256": row.get("sha256"),
+        "label": row[label_column],
+        "probabilities": {label: round(p, 6) for label, p in probabilities.items()},
+    }
 
 
 def prediction_row(index: int, answer: str, seconds: float, row: dict, label_column: str) -> dict:

@@ -47,8 +47,12 @@ class Holder:
         """A lease written by anyone: an unreadable one is an expired lease of nobody (it protects nothing)."""
         try:
             doc = json.loads(data)
-            return cls(run=str(doc["run"]), owner=dict(doc.get("owner") or {}), expires_at=doc.get("expires_at"),
-                       token=str(doc.get("token", "")))  # fmt: skip
+            return cls(
+                run=str(doc["run"]),
+                owner=dict(doc.get("owner") or {}),
+                expires_at=doc.get("expires_at"),
+                token=str(doc.get("token", "")),
+            )
         except (ValueError, KeyError, TypeError, AttributeError):
             return cls(run="<unreadable lease>", expires_at=0.0, token="")
 
@@ -98,8 +102,10 @@ class Lease:
             renewed = replace(self.holder, expires_at=time.time() + ttl_s)
             version = storage.replace_if(self.path, renewed.encode(), self.version)
             if version is None:
-                raise self.conflict(f"lost the lease {self.path} (held as {self.holder.describe()}): "
-                                    f"{_now_held(self.path)}; nothing more was written")  # fmt: skip
+                raise self.conflict(
+                    f"lost the lease {self.path} (held as {self.holder.describe()}): "
+                    f"{_now_held(self.path)}; nothing more was written"
+                )
             self.holder, self.version = renewed, version
 
     def release(self) -> bool:
@@ -176,8 +182,13 @@ def _now_held(path: ObjectStoragePath) -> str:
 
 def owner_of(ti: Any) -> dict[str, Any]:
     """The identity of a running Airflow task instance, as a lease records it."""
-    return {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index,
-            "try_number": ti.try_number}  # fmt: skip
+    return {
+        "dag_id": ti.dag_id,
+        "run_id": ti.run_id,
+        "task_id": ti.task_id,
+        "map_index": ti.map_index,
+        "try_number": ti.try_number,
+    }
 
 
 LIVE_TI_STATES = ("running", "queued", "scheduled", "restarting", "up_for_retry", "up_for_reschedule", "deferred")

@@ -360,10 +360,13 @@ def summary(report: dict[str, Any]) -> str:
         "Per label (train/validation/test):",
     ]
     if near := report.get("near_duplicates"):  # reports written before near-duplicate grouping have none
-        lines.insert(3, f"Near-duplicates (pHash within {near['policy']['max_distance']} bits): groups by size "
-                        f"{near['group_sizes']}, {len(near['cut_by_size_cap'])} cut by the size cap, "
-                        f"{near['groups_across_splits']} groups across splits, {near['pairs_across_splits']} close "
-                        "pairs across splits.")  # fmt: skip
+        lines.insert(
+            3,
+            f"Near-duplicates (pHash within {near['policy']['max_distance']} bits): groups by size "
+            f"{near['group_sizes']}, {len(near['cut_by_size_cap'])} cut by the size cap, "
+            f"{near['groups_across_splits']} groups across splits, {near['pairs_across_splits']} close "
+            "pairs across splits.",
+        )
     for label, counts in report["per_label"].items():
         lines.append(f"  {label:<40} " + "/".join(str(counts.get(s, 0)) for s in SPLITS))
     if report["rejection_reasons"]:

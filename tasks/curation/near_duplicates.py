@@ -126,8 +126,11 @@ def star_groups(n: int, first: np.ndarray, second: np.ndarray, distance: np.ndar
         if grouped[centre]:
             continue
         span = slice(starts[centre], starts[centre + 1])
-        free = [(other, d) for other, d in zip(others[span].tolist(), dists[span].tolist(), strict=True)
-                if not grouped[other]]  # fmt: skip
+        free = [
+            (other, d)
+            for other, d in zip(others[span].tolist(), dists[span].tolist(), strict=True)
+            if not grouped[other]
+        ]
         if not free:
             continue
         members = [(centre, 0), *free[: max_size - 1]]
@@ -166,9 +169,10 @@ def leakage_report(near: RowGroups, policy: NearDuplicatePolicy) -> dict:
     first, second, _ = near.pairs
     split_of = [row.get("split") for row in near.rows]
     pairs_across = sum(
-        1 for i, j in zip(first.tolist(), second.tolist(), strict=True)
+        1
+        for i, j in zip(first.tolist(), second.tolist(), strict=True)
         if split_of[i] and split_of[j] and split_of[i] != split_of[j]
-    )  # fmt: skip
+    )
     sizes = Counter(len(members) for members in groups)
     rows = near.rows
     return {

@@ -160,8 +160,12 @@ def classify_shard(job: PartitionJob, shard: Shard) -> ShardResult:
             yield key, data
 
     if kept:
-        log.info("shard %d: %d answers kept from an earlier try; %d images to go", shard.index, len(kept),
-                 len(entries) - len(kept))  # fmt: skip
+        log.info(
+            "shard %d: %d answers kept from an earlier try; %d images to go",
+            shard.index,
+            len(kept),
+            len(entries) - len(kept),
+        )
     progress = Progress(len(entries) - len(kept), f"dt={job.dt} shard {shard.index}", log=log)
     sizes = {key: (size, version) for key, size, version, _ in entries}
     started = time.time()
@@ -174,8 +178,10 @@ def classify_shard(job: PartitionJob, shard: Shard) -> ShardResult:
     progress.finish()
     by_key = {result.key: result for result in results}
     if len(by_key) + len(unreadable) + len(kept) != len(entries):
-        raise RuntimeError(f"shard {shard.index}: {len(by_key)} results + {len(unreadable)} unreadable + "
-                           f"{len(kept)} kept != {len(entries)} images")  # fmt: skip
+        raise RuntimeError(
+            f"shard {shard.index}: {len(by_key)} results + {len(unreadable)} unreadable + "
+            f"{len(kept)} kept != {len(entries)} images"
+        )
     fresh = {key: row_of(by_key.get(key) or _rejected(key, unreadable)) for key in sizes if key not in kept}
     rows = [kept.get(key) or fresh[key] for key, _, _, _ in entries]
     table = pa.Table.from_pylist(rows, schema=predictions.row_schema())
@@ -224,8 +230,11 @@ class AnswerLog:
         kept: dict[str, dict[str, Any]] = {}
         for source in sources:
             for row in predictions.read_table(source).to_pylist():
-                if (row["status"] in RESUMABLE and row["model_version"] == self.job.model_version
-                        and (row["key"], row["source_size"], row["source_version"]) in wanted):  # fmt: skip
+                if (
+                    row["status"] in RESUMABLE
+                    and row["model_version"] == self.job.model_version
+                    and (row["key"], row["source_size"], row["source_version"]) in wanted
+                ):
                     kept[row["key"]] = row
         return kept
 

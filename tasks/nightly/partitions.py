@@ -254,8 +254,11 @@ def _prior_files(partition: ObjectStoragePath, model_version: str, work: Path) -
     never committed — a crashed or killed run's answers are paid for. Rows are still filtered one by one (model
     version, final status, same file) by the merge."""
     manifest = predictions.read_success(partition)
-    sources = [path for path, _ in predictions.committed_files(partition)] if manifest and manifest.get(
-        "model_version") == model_version else []  # fmt: skip
+    sources = (
+        [path for path, _ in predictions.committed_files(partition)]
+        if manifest and manifest.get("model_version") == model_version
+        else []
+    )
     committed = (manifest or {}).get("run")
     for run in _uncommitted_runs(partition, committed):
         for child in run.iterdir():
@@ -349,8 +352,9 @@ def _final_rows(path: Path, model_version: str) -> Iterator[tuple[str, int, str,
     previous = ""
     names = predictions.row_schema().names
     for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=names, use_threads=False):
-        columns = (batch.column(c).to_pylist() for c in ("key", "source_size", "source_version", "status",
-                                                         "model_version"))  # fmt: skip
+        columns = (
+            batch.column(c).to_pylist() for c in ("key", "source_size", "source_version", "status", "model_version")
+        )
         for index, (key, size, version, status, made_by) in enumerate(zip(*columns, strict=True)):
             if key <= previous:  # every row file is written in key order; a merge needs that
                 raise RuntimeError(f"{path.name} is not sorted by key at {key!r}")

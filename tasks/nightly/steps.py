@@ -52,8 +52,13 @@ def look_for_partition(
     if present:
         log.info("dt=%s: images found under %s", dt, where)
     elif now >= deadline:
-        log.info("dt=%s: no image under %s by %s (late_data_wait_minutes=%d after the day): a day with zero images",
-                 dt, where, deadline.isoformat(), params["late_data_wait_minutes"])  # fmt: skip
+        log.info(
+            "dt=%s: no image under %s by %s (late_data_wait_minutes=%d after the day): a day with zero images",
+            dt,
+            where,
+            deadline.isoformat(),
+            params["late_data_wait_minutes"],
+        )
     elif deadline - now > partitions.WAIT_TIMEOUT:
         raise AirflowFailException(
             f"dt={dt}: nothing under {where}, and the day ends at {day_end.isoformat()} — the wait for late data would "
@@ -61,9 +66,14 @@ def look_for_partition(
             f"{partitions.WAIT_TIMEOUT} timeout. Nothing to wait for: run this dt once the day is over."
         )
     else:
-        log.info("dt=%s: no image yet under %s; waiting until %s (late_data_wait_minutes=%d after the day), next "
-                 "look in %s", dt, where, deadline.isoformat(), params["late_data_wait_minutes"],
-                 partitions.POKE_INTERVAL)  # fmt: skip
+        log.info(
+            "dt=%s: no image yet under %s; waiting until %s (late_data_wait_minutes=%d after the day), next look in %s",
+            dt,
+            where,
+            deadline.isoformat(),
+            params["late_data_wait_minutes"],
+            partitions.POKE_INTERVAL,
+        )
     return present or now >= deadline, {"dt": dt, "present": present}
 
 
@@ -187,8 +197,9 @@ def publish(
     lease over at once instead of waiting for its expiry (lease_judge)."""
     job = PartitionJob(**planned["job"])
     owner, stale = lease_judge(ti)
-    manifest = classification.publish(job, PartitionPlan.from_dict(planned["plan"]), StagedPartition(**staged), verdict,
-                                      owner=owner, stale=stale)  # fmt: skip
+    manifest = classification.publish(
+        job, PartitionPlan.from_dict(planned["plan"]), StagedPartition(**staged), verdict, owner=owner, stale=stale
+    )
     log.info("committed %s/%s: %d rows, %s", job.partition_uri, predictions.SUCCESS, manifest["rows"],
              manifest["stats"]["statuses"])  # fmt: skip
     return {
@@ -208,8 +219,13 @@ def lease_judge(ti: Any | None) -> tuple[dict[str, Any], leases.Judge]:
         return {}, leases.expired
 
     def live(owner: Mapping[str, Any]) -> int:
-        return ti.get_ti_count(dag_id=owner["dag_id"], run_ids=[owner["run_id"]], task_ids=[owner["task_id"]],
-                               map_index=owner.get("map_index"), states=list(leases.LIVE_TI_STATES))  # fmt: skip
+        return ti.get_ti_count(
+            dag_id=owner["dag_id"],
+            run_ids=[owner["run_id"]],
+            task_ids=[owner["task_id"]],
+            map_index=owner.get("map_index"),
+            states=list(leases.LIVE_TI_STATES),
+        )
 
     me = leases.owner_of(ti)
     return me, leases.any_of(leases.expired, leases.owner_gone(me, live))

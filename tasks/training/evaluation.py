@@ -163,9 +163,11 @@ def write_flags(plan: TrainingPlan, root: ObjectStoragePath, conn_id: str | None
     report = storage.read_json(storage.storage_path(f"{plan.dataset_uri}/{REPORT_NAME}", conn_id), default={})
     path_of = {row["sha256"]: row["path"] for row in report.get("kept", [])}
     lines = "".join(
-        json.dumps(flag | {"path": path_of.get(flag["sha256"]), "model_version": plan.version,
-                           "dataset_uri": plan.dataset_uri}) + "\n"
+        json.dumps(
+            flag | {"path": path_of.get(flag["sha256"]), "model_version": plan.version, "dataset_uri": plan.dataset_uri}
+        )
+        + "\n"
         for flag in flags
-    )  # fmt: skip
+    )
     storage.write_bytes_atomic(root / FLAGS_FILE, lines.encode("utf-8"))
     return len(flags)

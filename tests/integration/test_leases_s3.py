@@ -56,11 +56,11 @@ def test_the_storage_primitives_compare_and_swap_on_s3(moto: Moto) -> None:
 
 def test_a_lost_lease_is_never_released_by_its_old_holder_on_s3(moto: Moto) -> None:
     path = storage.storage_path(f"s3://{moto.bucket}/{KEY}", "aws_default")
-    mine = leases.acquire(path, leases.Holder(run="A", expires_at=0.0), stale=leases.expired,
-                          conflict=PublishConflict, explain=str)  # fmt: skip
+    mine = leases.acquire(
+        path, leases.Holder(run="A", expires_at=0.0), stale=leases.expired, conflict=PublishConflict, explain=str
+    )
     # A's lease has expired: B takes it over
-    theirs = leases.acquire(path, leases.Holder(run="B"), stale=leases.expired, conflict=PublishConflict,
-                            explain=str)  # fmt: skip
+    theirs = leases.acquire(path, leases.Holder(run="B"), stale=leases.expired, conflict=PublishConflict, explain=str)
     assert not mine.release() and leases.Holder.decode(path.read_bytes()).run == "B"
     with pytest.raises(PublishConflict, match="now held by run B"):
         mine.renew(60)
@@ -70,7 +70,16 @@ def test_a_lost_lease_is_never_released_by_its_old_holder_on_s3(moto: Moto) -> N
 @pytest.mark.parametrize(("kind", "rounds"), [("publish", 40), ("claim", 100)])
 @pytest.mark.parametrize("stale", [False, True], ids=["fresh", "stale"])
 def test_racing_publishers_and_claims_on_s3_have_one_winner(moto: Moto, kind: str, rounds: int, stale: bool):
-    result = race(kind, f"s3://{moto.bucket}/pipeline/predictions/dt=2026-11-02", rounds=rounds, stale=stale,
-                  conn_id="aws_default")  # fmt: skip
+    result = race(
+        kind,
+        f"s3://{moto.bucket}/pipeline/predictions/dt=2026-11-02",
+        rounds=rounds,
+        stale=stale,
+        conn_id="aws_default",
+    )
     assert (result["double_winners"], result["no_winner"], result["raw_exceptions"], result["bad_partitions"]) == (
-        0, 0, 0, 0), result["examples"]  # fmt: skip
+        0,
+        0,
+        0,
+        0,
+    ), result["examples"]

@@ -62,9 +62,14 @@ def unpadded_label_probabilities(model_dir: Path, row: dict, labels: list[str]) 
     prompt = [m for m in row["messages"] if m["role"] != "assistant"]
 
     def ids(messages: list[dict], **kwargs) -> dict:
-        return processor.apply_chat_template([prepare_multimodal_messages(messages, images=row["images"])],
-                                             tokenize=True, return_dict=True, return_tensors="pt",
-                                             processor_kwargs={"add_special_tokens": False}, **kwargs)  # fmt: skip
+        return processor.apply_chat_template(
+            [prepare_multimodal_messages(messages, images=row["images"])],
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            processor_kwargs={"add_special_tokens": False},
+            **kwargs,
+        )
 
     start = ids(prompt, add_generation_prompt=True)["input_ids"].shape[1]
     likelihoods = []

@@ -132,8 +132,12 @@ def test_curation_refuses_a_raw_uri_outside_the_roots_before_listing(root, outsi
 def test_nightly_refuses_an_incoming_uri_outside_the_roots(root: Path) -> None:
     for uri in ("file:///etc/", f"{root.as_uri()}/incoming/../../outside"):
         with pytest.raises(ContainmentError, match="param incoming_uri"):
-            steps.look_for_partition(settings_for(root), {"incoming_uri": uri, "late_data_wait_minutes": 0}, None,
-                                     datetime(2026, 11, 2, tzinfo=UTC))  # fmt: skip
+            steps.look_for_partition(
+                settings_for(root),
+                {"incoming_uri": uri, "late_data_wait_minutes": 0},
+                None,
+                datetime(2026, 11, 2, tzinfo=UTC),
+            )
         with pytest.raises(ContainmentError, match="param incoming_uri"):
             steps.count_images(settings_for(root), uri)
 

@@ -56,8 +56,14 @@ def touched(call: Callable[[], Any]) -> tuple[BaseException | None, list[tuple[s
 @pytest.fixture(scope="module")
 def dag_params() -> dict[str, dict[str, Any]]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
-    out = subprocess.run([sys.executable, "-c", _PARAMS, str(REPO_ROOT / "dags")], capture_output=True, text=True,
-                         cwd=REPO_ROOT, env=env, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", _PARAMS, str(REPO_ROOT / "dags")],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -70,8 +76,13 @@ def nightly_sensor(settings: Settings, params: dict) -> Any:
 def backlog_plan(settings: Settings, params: dict) -> Any:
     from tasks.backlog.steps import plan_backlog
 
-    return plan_backlog(settings, params | {"from_date": "2026-11-02", "to_date": "2026-11-03"}, "manual__x", None,
-                        datetime(2026, 11, 4, tzinfo=UTC))  # fmt: skip
+    return plan_backlog(
+        settings,
+        params | {"from_date": "2026-11-02", "to_date": "2026-11-03"},
+        "manual__x",
+        None,
+        datetime(2026, 11, 4, tzinfo=UTC),
+    )
 
 
 def curate(settings: Settings, params: dict) -> Any:
@@ -145,4 +156,4 @@ def test_a_hostile_uri_param_is_refused_before_anything_outside_is_touched(world
         for event, path in seen
         if path.startswith((str(outside), "/etc")) or os.path.realpath(path).startswith(str(outside))
     ]
-    assert outside_paths == []  # fmt: skip
+    assert outside_paths == []

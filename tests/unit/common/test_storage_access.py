@@ -39,8 +39,9 @@ def param_uris_reaching_storage_unchecked(source: str) -> list[str]:
     for fn in (n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)):
         tainted: set[str] = set()
         for node in sorted(ast.walk(fn), key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0))):
-            if isinstance(node, ast.Assign | ast.For) and _reads_params(node.value if isinstance(node, ast.Assign)
-                                                                          else node.iter, tainted):  # fmt: skip
+            if isinstance(node, ast.Assign | ast.For) and _reads_params(
+                node.value if isinstance(node, ast.Assign) else node.iter, tainted
+            ):
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                 tainted |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
             args = [*node.args, *(k.value for k in node.keywords)] if isinstance(node, ast.Call) else []
@@ -50,8 +51,13 @@ def param_uris_reaching_storage_unchecked(source: str) -> list[str]:
 
 
 def test_only_the_storage_module_constructs_object_storage_paths() -> None:
-    calls = [(p, n) for p in CODE if p.name != "storage.py" for n in ast.walk(ast.parse(p.read_text()))
-             if isinstance(n, ast.Call)]  # fmt: skip
+    calls = [
+        (p, n)
+        for p in CODE
+        if p.name != "storage.py"
+        for n in ast.walk(ast.parse(p.read_text()))
+        if isinstance(n, ast.Call)
+    ]
     makers = [f"{p.relative_to(REPO_ROOT)}:{n.lineno}" for p, n in calls if _name(n) == "ObjectStoragePath"]
     assert makers == []
 

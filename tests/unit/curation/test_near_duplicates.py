@@ -100,8 +100,12 @@ def test_hidden_leak_old_split_leaks_copies_new_split_keeps_groups_whole(tmp_pat
             photo = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
             files |= {f"{label}/{name}-{copy}": data for copy, data in copies(photo).items()}
     write_tree(tmp_path / "raw", files)
-    report = curate(storage_path((tmp_path / "raw").as_uri()), storage_path((tmp_path / "ds").as_uri()),
-                    load_taxonomy("hotel"), CurationOptions(seed=3))  # fmt: skip
+    report = curate(
+        storage_path((tmp_path / "raw").as_uri()),
+        storage_path((tmp_path / "ds").as_uri()),
+        load_taxonomy("hotel"),
+        CurationOptions(seed=3),
+    )
 
     assert report["counts"]["kept"] == len(files) == 75
     photo_of = {row["path"]: row["path"].split("/")[1].rsplit("-", 1)[0] for row in report["kept"]}
@@ -112,8 +116,10 @@ def test_hidden_leak_old_split_leaks_copies_new_split_keeps_groups_whole(tmp_pat
     assert max(m["distance"] for group in near["groups"] for m in group["members"]) <= 6
 
     def splits_per_photo(split_of: dict[str, str]) -> Counter:
-        return Counter(len({split_of[row["sha256"]] for row in report["kept"] if photo_of[row["path"]] == photo})
-                       for photo in set(photo_of.values()))  # fmt: skip
+        return Counter(
+            len({split_of[row["sha256"]] for row in report["kept"] if photo_of[row["path"]] == photo})
+            for photo in set(photo_of.values())
+        )
 
     old = assign_splits([{k: row[k] for k in ("label", "sha256")} for row in report["kept"]], CurationOptions(seed=3))
     assert sum(n for splits, n in splits_per_photo(old).items() if splits > 1) >= 10  # copies on both sides
@@ -125,10 +131,20 @@ def test_hidden_leak_old_split_leaks_copies_new_split_keeps_groups_whole(tmp_pat
 
 def test_a_near_duplicate_group_with_two_labels_is_a_conflict(tmp_path: Path) -> None:
     photo = Image.fromarray(skimage.data.camera()).convert("RGB")
-    write_tree(tmp_path / "raw", {"Room/a.png": encode(photo), "Lobby/b.jpg": _jpeg(photo, 60),
-                                  "Room/other.png": encode(Image.fromarray(skimage.data.coffee()))})  # fmt: skip
-    report = curate(storage_path((tmp_path / "raw").as_uri()), storage_path((tmp_path / "ds").as_uri()),
-                    load_taxonomy("hotel"), CurationOptions(test_fraction=0, val_fraction=0))  # fmt: skip
+    write_tree(
+        tmp_path / "raw",
+        {
+            "Room/a.png": encode(photo),
+            "Lobby/b.jpg": _jpeg(photo, 60),
+            "Room/other.png": encode(Image.fromarray(skimage.data.coffee())),
+        },
+    )
+    report = curate(
+        storage_path((tmp_path / "raw").as_uri()),
+        storage_path((tmp_path / "ds").as_uri()),
+        load_taxonomy("hotel"),
+        CurationOptions(test_fraction=0, val_fraction=0),
+    )
     reasons = {row["path"]: row["reason"] for row in report["rejected"]}
     assert set(reasons) == {"Room/a.png", "Lobby/b.jpg"}
     assert all(r.startswith("label conflict: near-duplicates (pHash within 6 bits)") for r in reasons.values())

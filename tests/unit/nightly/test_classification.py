@@ -199,8 +199,9 @@ def test_collect_ignores_results_of_another_attempt(partition, server):
     old = plan_partition(at(partition.incoming), at(partition.out), dt=DT, model_version="v1", shard_size=100)
     stale = [classify_shard(partition.job(old, record), shard) for shard in old.shards]
     # reclassify: else the new plan carries the old attempt's final rows (test_resume.py)
-    new = plan_partition(at(partition.incoming), at(partition.out), dt=DT, model_version="v1", shard_size=100,
-                         reclassify=True)  # fmt: skip
+    new = plan_partition(
+        at(partition.incoming), at(partition.out), dt=DT, model_version="v1", shard_size=100, reclassify=True
+    )
     fresh = [classify_shard(partition.job(new, record), shard) for shard in new.shards]
     assert collect_shards(new, stale + fresh).files == [{"path": fresh[0].path, "rows": 61}]
 

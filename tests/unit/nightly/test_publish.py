@@ -31,14 +31,22 @@ def stage(partition, token: str) -> list[dict]:
 def test_threads_racing_one_dt_have_one_winner_and_losers_say_who_won(tmp_path: Path, kind: str, stale: bool):
     result = race(kind, f"file://{tmp_path}/predictions/dt=2026-11-02", rounds=ROUNDS, stale=stale)
     assert (result["double_winners"], result["no_winner"], result["raw_exceptions"], result["bad_partitions"]) == (
-        0, 0, 0, 0), result["examples"]  # fmt: skip
+        0,
+        0,
+        0,
+        0,
+    ), result["examples"]
 
 
 @pytest.mark.parametrize("kind", ["publish", "claim"])
 def test_processes_racing_a_stale_lease_have_one_winner(tmp_path: Path, kind: str) -> None:
     result = race(kind, f"file://{tmp_path}/predictions/dt=2026-11-02", rounds=ROUNDS, stale=True, mode="processes")
     assert (result["double_winners"], result["no_winner"], result["raw_exceptions"], result["bad_partitions"]) == (
-        0, 0, 0, 0), result["examples"]  # fmt: skip
+        0,
+        0,
+        0,
+        0,
+    ), result["examples"]
 
 
 def test_the_harness_catches_a_lease_that_is_not_compare_and_swap(tmp_path: Path, monkeypatch) -> None:
@@ -71,8 +79,13 @@ def test_a_held_lease_refuses_naming_the_holder_when_it_expires_and_how_to_clear
 
 def test_release_deletes_only_its_own_lease_and_a_lost_lease_fails_naming_the_new_holder(tmp_path: Path) -> None:
     path = storage_path(f"file://{tmp_path}/dt=2026-11-02/_LEASE")
-    mine = leases.acquire(path, leases.Holder(run="A", expires_at=time.time() + 60), stale=leases.expired,
-                          conflict=PublishConflict, explain=lambda held: held.run)  # fmt: skip
+    mine = leases.acquire(
+        path,
+        leases.Holder(run="A", expires_at=time.time() + 60),
+        stale=leases.expired,
+        conflict=PublishConflict,
+        explain=lambda held: held.run,
+    )
     current = read_versioned(path)
     assert replace_if(path, leases.Holder(run="B", expires_at=time.time() + 60).encode(), current.version)
     assert not mine.release()  # B's lease stays
@@ -83,18 +96,33 @@ def test_release_deletes_only_its_own_lease_and_a_lost_lease_fails_naming_the_ne
 
 def test_a_holder_renews_while_it_works_so_a_slow_publish_is_never_taken_over(tmp_path: Path) -> None:
     path = storage_path(f"file://{tmp_path}/dt=2026-11-02/_LEASE")
-    lease = leases.acquire(path, leases.Holder(run="slow", expires_at=time.time() + 0.3), stale=leases.expired,
-                           conflict=PublishConflict, explain=lambda held: f"held by {held.run}")  # fmt: skip
+    lease = leases.acquire(
+        path,
+        leases.Holder(run="slow", expires_at=time.time() + 0.3),
+        stale=leases.expired,
+        conflict=PublishConflict,
+        explain=lambda held: f"held by {held.run}",
+    )
     with leases.held(lease, ttl_s=0.3, every_s=0.05):
         time.sleep(0.8)  # well past the first expiry
         with pytest.raises(PublishConflict, match="held by slow"):
-            leases.acquire(path, leases.Holder(run="late"), stale=leases.expired, conflict=PublishConflict,
-                           explain=lambda held: f"held by {held.run}")  # fmt: skip
+            leases.acquire(
+                path,
+                leases.Holder(run="late"),
+                stale=leases.expired,
+                conflict=PublishConflict,
+                explain=lambda held: f"held by {held.run}",
+            )
     assert not path.exists()
 
 
-TI = {"dag_id": "classify_images", "run_id": "scheduled__2026-11-02", "task_id": "publish_partition",
-      "map_index": -1, "try_number": 1}  # fmt: skip
+TI = {
+    "dag_id": "classify_images",
+    "run_id": "scheduled__2026-11-02",
+    "task_id": "publish_partition",
+    "map_index": -1,
+    "try_number": 1,
+}
 
 
 @pytest.mark.parametrize(

@@ -98,14 +98,23 @@ def incoming(tmp_path: Path) -> Path:
 
 
 def job_for(incoming: Path, out: Path, plan, url: str) -> PartitionJob:
-    return PartitionJob(dt=DT, incoming_uri=folder(incoming), partition_uri=folder(out), run_token=plan.run_token,
-                        record=endpoint_record(url, max_image_tokens=None), concurrency=4, conn_id="aws_default",
-                        client_options=PATIENT, max_consecutive_failures=1000)  # fmt: skip
+    return PartitionJob(
+        dt=DT,
+        incoming_uri=folder(incoming),
+        partition_uri=folder(out),
+        run_token=plan.run_token,
+        record=endpoint_record(url, max_image_tokens=None),
+        concurrency=4,
+        conn_id="aws_default",
+        client_options=PATIENT,
+        max_consecutive_failures=1000,
+    )
 
 
 def plan_for(incoming: Path, out: Path):
-    return plan_partition(storage_path(folder(incoming)), storage_path(folder(out)), dt=DT, model_version="v1",
-                          shard_size=IMAGES)  # fmt: skip
+    return plan_partition(
+        storage_path(folder(incoming)), storage_path(folder(out)), dt=DT, model_version="v1", shard_size=IMAGES
+    )
 
 
 def child(code: str, *args: str) -> subprocess.Popen:

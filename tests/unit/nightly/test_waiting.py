@@ -23,8 +23,10 @@ def look(root: Path, dt: str, now: str):
 
 def test_each_look_logs_the_dt_where_and_until_when(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="tasks.nightly.steps"):
-        assert look(tmp_path, "2026-11-02", "2026-11-03T01:00:00+00:00") == (False, {"dt": "2026-11-02",
-                                                                                      "present": False})  # fmt: skip
+        assert look(tmp_path, "2026-11-02", "2026-11-03T01:00:00+00:00") == (
+            False,
+            {"dt": "2026-11-02", "present": False},
+        )
     expected = (
         f"dt=2026-11-02: no image yet under file://{tmp_path}/incoming/dt=2026-11-02; waiting until "
         "2026-11-03T02:00:00+00:00 (late_data_wait_minutes=120 after the day), next look in 0:05:00"
@@ -34,8 +36,10 @@ def test_each_look_logs_the_dt_where_and_until_when(tmp_path: Path, caplog: pyte
     (tmp_path / "incoming" / "dt=2026-11-02").mkdir(parents=True)
     (tmp_path / "incoming" / "dt=2026-11-02" / "a.png").write_bytes(b"x")
     with caplog.at_level(logging.INFO, logger="tasks.nightly.steps"):
-        assert look(tmp_path, "2026-11-02", "2026-11-03T01:00:00+00:00") == (True, {"dt": "2026-11-02",
-                                                                                     "present": True})  # fmt: skip
+        assert look(tmp_path, "2026-11-02", "2026-11-03T01:00:00+00:00") == (
+            True,
+            {"dt": "2026-11-02", "present": True},
+        )
     assert "dt=2026-11-02: images found under" in caplog.text
 
 

@@ -165,10 +165,22 @@ def test_a_hostile_ledger_dt_is_a_bad_row_and_the_rest_of_the_page_renders(plugi
     from tasks.costs.ledger import LedgerEntry, record
 
     for key in ("2031-02-02<script>alert(1)</script>", "../../models", "9999-12-31"):
-        record(storage_root / "costs", LedgerEntry(
-            kind="classification", key=key, backend="local", region="local", instance_type="local",
-            instance_count=1, billable_seconds=1, price_per_hour_usd=0.1, model_version="v2", images=1,
-            images_ok=1))  # fmt: skip
+        record(
+            storage_root / "costs",
+            LedgerEntry(
+                kind="classification",
+                key=key,
+                backend="local",
+                region="local",
+                instance_type="local",
+                instance_count=1,
+                billable_seconds=1,
+                price_per_hour_usd=0.1,
+                model_version="v2",
+                images=1,
+                images_ok=1,
+            ),
+        )
     html = plugin.render_page(storage_root)
     assert "<script>alert" not in html and "2031-02-02&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert html.count("bad record") == 2  # the two keys that are not days, shown as such

@@ -24,9 +24,22 @@ def test_a_hostile_ledger_key_renders_as_a_bad_row_in_a_browser(plugin: ModuleTy
     from playwright.sync_api import expect, sync_playwright
 
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run bin/test-setup (Debian package chromium)"
-    record(storage_root / "costs", LedgerEntry(
-        kind="classification", key=HOSTILE, backend="local", region="local", instance_type="local", instance_count=1,
-        billable_seconds=1, price_per_hour_usd=0.1, model_version="v2", images=1, images_ok=1))  # fmt: skip
+    record(
+        storage_root / "costs",
+        LedgerEntry(
+            kind="classification",
+            key=HOSTILE,
+            backend="local",
+            region="local",
+            instance_type="local",
+            instance_count=1,
+            billable_seconds=1,
+            price_per_hour_usd=0.1,
+            model_version="v2",
+            images=1,
+            images_ok=1,
+        ),
+    )
     page_file = tmp_path / "costs_quality.html"
     page_file.write_text(plugin.render_page(storage_root))
     dialogs: list[str] = []

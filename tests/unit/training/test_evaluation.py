@@ -118,19 +118,30 @@ def test_likely_mislabels_go_to_the_model_folder_never_into_the_labels(plan, tmp
     kept = [{"path": f"{label}/img-{i}.png", "sha256": f"s{i}", "label": label} for i, label in enumerate("3381")]
     (dataset / "curation_report.json").write_text(json.dumps({"kept": kept}))
     confident = {"3": {"3": 0.9, "8": 0.1}, "8": {"3": 0.1, "8": 0.9}}
-    rows = [{"split": "train", "index": i, "sha256": f"s{i}", "label": label, "probabilities": confident[label]}
-            for i, label in enumerate("338")]  # fmt: skip
+    rows = [
+        {"split": "train", "index": i, "sha256": f"s{i}", "label": label, "probabilities": confident[label]}
+        for i, label in enumerate("338")
+    ]
     rows[1]["probabilities"] = {"3": 0.05, "8": 0.95}  # given 3, the model is sure it is an 8
     (root / "label_scores.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
 
     assert evaluate_version(plan, OUTCOME)["mislabel_flags"] == 1
     [flag] = [json.loads(line) for line in (root / "label_flags.jsonl").read_text().splitlines()]
     assert flag | {"given_threshold": 0, "suggested_threshold": 0} == {
-        "schema": "label_flag/1", "sha256": "s1", "path": "3/img-1.png", "split": "train", "index": 1,
-        "given_label": "3", "given_probability": 0.05, "given_threshold": 0, "suggested_label": "8",
-        "suggested_probability": 0.95, "suggested_threshold": 0, "model_version": plan.version,
+        "schema": "label_flag/1",
+        "sha256": "s1",
+        "path": "3/img-1.png",
+        "split": "train",
+        "index": 1,
+        "given_label": "3",
+        "given_probability": 0.05,
+        "given_threshold": 0,
+        "suggested_label": "8",
+        "suggested_probability": 0.95,
+        "suggested_threshold": 0,
+        "model_version": plan.version,
         "dataset_uri": plan.dataset_uri,
-    }  # fmt: skip
+    }
     assert json.loads((dataset / "curation_report.json").read_text())["kept"] == kept  # labels untouched
 
 

@@ -14,10 +14,15 @@ from tasks.training.mislabels import class_thresholds, confident_label, flag_mis
 
 def scores(labels: list[str], probabilities: np.ndarray, classes: list[str], split: str = "train") -> list[dict]:
     return [
-        {"split": split, "index": i, "sha256": f"s{i}", "label": label,
-         "probabilities": dict(zip(classes, row.tolist(), strict=True))}
+        {
+            "split": split,
+            "index": i,
+            "sha256": f"s{i}",
+            "label": label,
+            "probabilities": dict(zip(classes, row.tolist(), strict=True)),
+        }
         for i, (label, row) in enumerate(zip(labels, probabilities, strict=True))
-    ]  # fmt: skip
+    ]
 
 
 def test_flags_find_flipped_digits_with_high_precision_and_recall() -> None:
@@ -49,7 +54,8 @@ def test_thresholds_are_per_class_self_confidence_and_splits_are_separate() -> N
     assert flag_mislabels(rows) == []
     other = scores(["b"], np.array([[0.6, 0.4]]), ["a", "b"], split="validation")
     assert flag_mislabels(rows + other) == []  # validation's b threshold is 0.4: its own split only
-    doubtful = scores(["a", "a", "a", "b", "b"], np.array([[0.9, 0.1]] * 2 + [[0.05, 0.95]] + [[0.1, 0.9]] * 2),
-                      ["a", "b"])  # fmt: skip
+    doubtful = scores(
+        ["a", "a", "a", "b", "b"], np.array([[0.9, 0.1]] * 2 + [[0.05, 0.95]] + [[0.1, 0.9]] * 2), ["a", "b"]
+    )
     [flag] = flag_mislabels(doubtful)
     assert (flag["index"], flag["given_label"], flag["suggested_label"]) == (2, "a", "b")
