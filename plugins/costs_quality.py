@@ -1,7 +1,7 @@
 """The "Costs & quality" view — the model and partition dashboard: per-partition volume, $ per 1000 images, invalid
 rate and quality-gate verdict, gaps, the production model and every version's metrics and promotion decision, a
 chosen version's per-class metrics and confusion matrix, links to the DAG runs; read live from the cost ledger, the
-committed partitions and the model registry under PIPELINE_STORAGE_URI (tasks.costs.view_data).
+committed partitions and the model registry under PIPELINE_STORAGE_URI (tasks.dashboard.view_data).
 
 A FastAPI app mounted by the API server at /costs-quality/, behind Airflow's own authentication (the UI's `_token`
 cookie, or an `Authorization: Bearer` JWT from /auth/token); anonymous requests get 401. The UI shows it in its
@@ -23,7 +23,7 @@ from airflow.plugins_manager import AirflowPlugin
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
-    from tasks.costs.view_data import PartitionRow
+    from tasks.dashboard.view_data import PartitionRow
 
 URL_PREFIX = "/costs-quality"
 TEMPLATES = Path(__file__).parent / "templates"
@@ -129,7 +129,7 @@ def build_app() -> ASGIApp:
     @app.get("/models/{version}/confusion_matrix.png")
     def confusion_matrix(version: str) -> Response:
         from tasks.common import storage
-        from tasks.costs.view_data import confusion_matrix_png
+        from tasks.dashboard.view_data import confusion_matrix_png
 
         png = confusion_matrix_png(storage_root() / storage.MODELS, version)
         if png is None:
@@ -142,7 +142,7 @@ def build_app() -> ASGIApp:
 def render_page(storage_root: ObjectStoragePath, version: str | None = None) -> str:
     import jinja2
 
-    from tasks.costs import view_data
+    from tasks.dashboard import view_data
 
     report = view_data.build_report(storage_root, version)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)

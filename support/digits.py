@@ -86,9 +86,9 @@ def curated_digits(dataset: Path, count: int) -> Path:
     finetune_llava trains on. Curated with the local backend's resize policy (the tiny model's vision geometry), as
     curate_dataset does there.
     """
-    from tasks.common.demo_data import write_labelled
     from tasks.common.storage import storage_path
     from tasks.curation.curate import CurationOptions, curate
+    from tasks.model.demo_data import write_labelled
     from tasks.model.vision_tokens import DEFAULT_MAX_IMAGE_TOKENS, TINY_GEOMETRY, ResizePolicy
 
     policy = ResizePolicy(DEFAULT_MAX_IMAGE_TOKENS, TINY_GEOMETRY)

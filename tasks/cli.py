@@ -14,7 +14,7 @@ from tasks.common.storage import read_json, storage_path
 
 
 def _write_digits(args: argparse.Namespace) -> None:
-    from tasks.common.demo_data import write_labelled
+    from tasks.model.demo_data import write_labelled
 
     n = write_labelled(storage_path(args.dest, load_settings().aws_conn_id))
     print(f"wrote {n} digit images under {args.dest}")
@@ -67,8 +67,8 @@ def _write_incoming(args: argparse.Namespace) -> None:
     from datetime import UTC, datetime, timedelta
 
     from tasks.common import storage
-    from tasks.common.demo_data import held_out_indices, write_incoming
     from tasks.curation.curate import REPORT_NAME
+    from tasks.model.demo_data import held_out_indices, write_incoming
 
     settings = load_settings()
     report = read_json(storage_path(args.dataset_uri, settings.aws_conn_id) / REPORT_NAME)
@@ -138,8 +138,8 @@ def _estimate_backlog(args: argparse.Namespace) -> None:
 
 def _predictions_summary(args: argparse.Namespace) -> None:
     from tasks.common import storage
-    from tasks.common.demo_data import score
     from tasks.costs.daily_report import REPORTS_DIR, daily_costs
+    from tasks.model.demo_data import score
     from tasks.nightly import predictions
 
     settings = load_settings()

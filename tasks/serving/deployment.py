@@ -131,7 +131,7 @@ def smoke_image(uri: str | None, settings: Settings) -> tuple[bytes, str | None]
             return storage.read_bytes_capped(path, MAX_FILE_BYTES), None
         except storage.Refused as exc:
             raise storage.ContainmentError(f"param smoke_image_uri={uri!r}: {exc}") from None
-    from tasks.common.demo_data import digits
+    from tasks.model.demo_data import digits
     from tasks.model.images import encode_png
 
     digit = next(digits(range(SMOKE_DIGIT_INDEX, SMOKE_DIGIT_INDEX + 1)))

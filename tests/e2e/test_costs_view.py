@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from tasks.common.storage import storage_path
-from tasks.costs import view_data
 from tasks.costs.ledger import Kind, LedgerEntry, query, record
 from tasks.costs.pricing import hourly_price
+from tasks.dashboard import view_data
 from tasks.model.taxonomy import load_taxonomy
 from tasks.serving.client import ClassificationResult, EndpointClient, EndpointSpec
 from tests.e2e.airflow_stack import ADMIN_USER, LOCAL_SQLITE, AirflowStack, running_stack
@@ -56,9 +56,9 @@ def run_demo(stack: AirflowStack) -> None:
     """
     from datasets import load_from_disk
 
-    from tasks.common.demo_data import digits, write_labelled
     from tasks.common.settings import load_settings
     from tasks.curation.curate import CurationOptions, curate_uri
+    from tasks.model.demo_data import digits, write_labelled
     from tasks.model.images import encode_png
     from tasks.model.tiny_model import build_tiny_llava
     from tasks.model.vision_tokens import TINY_GEOMETRY, ResizePolicy

@@ -26,8 +26,8 @@ RUN_TIMEOUT_S = 240
 
 def write_raw_drop(root: Path) -> None:
     """30 real digits in folder-per-label layout, plus files curation must reject or ignore."""
-    from tasks.common.demo_data import write_labelled
     from tasks.common.storage import storage_path
+    from tasks.model.demo_data import write_labelled
 
     assert write_labelled(storage_path(root.as_uri()), range(GOOD_IMAGES)) == GOOD_IMAGES
     for rel, data in {**BAD_FILES, **IGNORED_FILES}.items():

@@ -12,9 +12,9 @@ import pytest
 from support.digits import tiny_digits_model
 from support.endpoints import committed, deploy_locally, stable
 from tasks.common import storage
-from tasks.common.demo_data import write_incoming
 from tasks.common.settings import load_settings
 from tasks.costs import ledger
+from tasks.model.demo_data import write_incoming
 from tasks.serving.local import state_path
 from tasks.serving.local_server import stop_local_server
 from tests.integration.conftest import AirflowRunner

@@ -6,8 +6,8 @@ import json
 
 from datasets import load_from_disk
 
-from tasks.common.demo_data import write_labelled
 from tasks.common.storage import fsspec_options, plain_uri, storage_path
+from tasks.model.demo_data import write_labelled
 from tests.conftest import EXPECTED_KEPT, hostile_files
 from tests.integration.conftest import AirflowRunner, Moto
 

@@ -16,8 +16,8 @@ import urllib.request
 
 import pytest
 
-from tasks.common.demo_data import digits
 from tasks.common.storage import MODELS, SERVING, storage_path
+from tasks.model.demo_data import digits
 from tasks.model.images import encode_png
 from tasks.model.taxonomy import load_taxonomy
 from tasks.model.vision_tokens import PRODUCTION_GEOMETRY

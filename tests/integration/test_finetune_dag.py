@@ -12,10 +12,10 @@ import pytest
 from datasets import load_from_disk
 
 from support.digits import curated_digits
-from tasks.common.demo_data import write_labelled
 from tasks.common.settings import load_settings
 from tasks.common.storage import fsspec_options, plain_uri, storage_path
 from tasks.curation.curate import CurationOptions, curate_uri
+from tasks.model.demo_data import write_labelled
 from tasks.model.taxonomy import load_taxonomy
 from tasks.training.sagemaker import PRODUCTION_BASE_MODEL
 from tests.integration.conftest import AirflowRunner, Moto

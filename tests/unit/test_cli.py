@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tasks import cli
-from tasks.common.demo_data import write_incoming
 from tasks.common.storage import storage_path
+from tasks.model.demo_data import write_incoming
 
 
 @pytest.fixture

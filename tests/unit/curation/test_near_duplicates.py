@@ -12,10 +12,10 @@ import pytest
 import skimage.data
 from PIL import Image, ImageEnhance
 
-from tasks.common.demo_data import digits
 from tasks.common.storage import storage_path
 from tasks.curation.curate import CurationOptions, assign_splits, curate
 from tasks.curation.near_duplicates import NearDuplicatePolicy, near_pairs, phash, star_groups, taxonomy_policy
+from tasks.model.demo_data import digits
 from tasks.model.taxonomy import load_taxonomy
 from tests.conftest import encode, write_tree
 

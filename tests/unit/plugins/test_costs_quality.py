@@ -14,7 +14,7 @@ from types import ModuleType
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.unit.costs.test_view_data import storage_root  # noqa: F401 — a fixture: two nights and a promoted model
+from tests.unit.dashboard.test_view_data import storage_root  # noqa: F401 — a fixture: two nights and a promoted model
 
 PLUGINS = REPO_ROOT / "plugins"
 
@@ -91,7 +91,7 @@ def test_an_empty_storage_root_renders_empty_states(plugin: ModuleType, tmp_path
 
 def test_a_label_matplotlib_would_parse_as_mathtext_is_drawn_as_text(plugin: ModuleType) -> None:
     """Issue 9: `$\\frac{1}$` made matplotlib raise (invalid mathtext) and broke the whole page."""
-    from tasks.costs.view_data import PartitionRow
+    from tasks.dashboard.view_data import PartitionRow
 
     labels = ("2026-11-02", "$\\frac{1}$", "cost $5 vs $6")
     svg = plugin.chart_svg([PartitionRow(label, 10, 9, 1, 0, 0, 0.01, 1.0, "v1") for label in labels])

@@ -11,7 +11,7 @@ from types import ModuleType
 import pytest
 
 from tasks.costs.ledger import LedgerEntry, record
-from tests.unit.costs.test_view_data import storage_root  # noqa: F401 — a fixture: two nights and a promoted model
+from tests.unit.dashboard.test_view_data import storage_root  # noqa: F401 — a fixture: two nights and a promoted model
 from tests.unit.plugins.test_costs_quality import plugin  # noqa: F401 — the plugin module, loaded as Airflow does
 
 pytestmark = pytest.mark.slow

@@ -8,8 +8,8 @@ import pytest
 from airflow.sdk import ObjectStoragePath
 
 from tasks.common.storage import storage_path
-from tasks.costs import view_data
 from tasks.costs.ledger import LedgerEntry, record
+from tasks.dashboard import view_data
 from tasks.training.registry import promote_if_better, register_version
 
 
