@@ -37,6 +37,19 @@ PREDICTIONS = "predictions"
 COSTS = "costs"
 SERVING = "serving"
 BACKLOG = "backlog"  # classify_backlog's request files and transform outputs, per run
+CURATION_REPORT = "curation_report.json"  # in datasets/<version>/, written last: a dataset is complete once it exists
+ENDPOINT_RECORD = "endpoint.json"  # in serving/: the deployed endpoint (tasks.serving.deployment), removed at teardown
+
+
+def partition_name(dt: str) -> str:
+    """The folder of one day's partition under incoming/ and predictions/: `dt=YYYY-MM-DD`."""
+    return f"dt={dt}"
+
+
+def incoming_template(settings: Settings) -> str:
+    """The default `incoming_uri` of the classification DAGs and the CLI: one day's folder under incoming/, `{dt}`
+    standing for the day."""
+    return f"{settings.storage_uri}/{INCOMING}/{partition_name('{dt}')}/"
 
 
 def storage_path(uri: str, conn_id: str | None = None) -> ObjectStoragePath:

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LABELS_CSV = "labels.csv"
-REPORT_NAME = "curation_report.json"
+REPORT_NAME = storage.CURATION_REPORT
 SPLITS = ("train", "validation", "test")
 
 

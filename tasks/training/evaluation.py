@@ -17,7 +17,7 @@ from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
 
 from tasks.common import storage
-from tasks.curation.curate import REPORT_NAME
+from tasks.common.storage import CURATION_REPORT as REPORT_NAME
 from tasks.model.taxonomy import Taxonomy, load_taxonomy
 from tasks.training.mislabels import FLAGS_FILE, SCORES_FILE, flag_mislabels
 from tasks.training.plan import PREDICTIONS_FILE, TrainingOutcome, TrainingPlan

@@ -212,7 +212,7 @@ def find_dataset(requested_uri: str | None, event_extras: list[dict[str, Any]], 
     per split, which sizes a SageMaker plan). A missing or unusable dataset
     fails without retries: waiting a minute does not make one appear.
     """
-    from tasks.curation.curate import REPORT_NAME
+    from tasks.common.storage import CURATION_REPORT as REPORT_NAME
 
     uri = requested_uri or next((e["dataset_uri"] for e in reversed(event_extras) if e.get("dataset_uri")), "")
     if not uri:
