@@ -151,7 +151,7 @@ def classify_backlog():
         from tasks.backlog.steps import commit_day
 
         require_passed(ti, day["job"]["dt"])  # a failed canary: nothing ran, nothing is committed
-        summary = commit_day(SETTINGS, jobs, run, day, params["quality"], run_id, ti)
+        summary = commit_day(SETTINGS, jobs, run, day, params["quality"], run_id, ti.dag_id, ti)
         outlet_events[PREDICTIONS].extra = summary
         return summary
 

@@ -238,10 +238,10 @@ trigger the day again with `quality.on_violation = warn` (publishes, records the
         return summary
 
     @task(doc_md="Ledger rows for dt: the classification (busy time, images, tokens) and the endpoint's idle time.")
-    def record_costs(planned: dict, staged: dict, run_id=None) -> list[str]:
+    def record_costs(planned: dict, staged: dict, dag_run=None) -> list[str]:
         from tasks.nightly.steps import record_costs
 
-        return record_costs(SETTINGS, planned, staged, run_id)
+        return record_costs(SETTINGS, planned, staged, dag_run.run_id, dag_run.dag_id)
 
     @task(doc_md="Writes `costs/reports/day=<dt>/costs.{csv,md,png}` for the 30 days up to dt.")
     def cost_report(planned: dict, recorded: list[str]) -> dict:

@@ -224,6 +224,7 @@ def commit_day(
     day_doc: dict[str, Any],
     thresholds: dict[str, Any],
     run_id: str,
+    dag_id: str,
     ti: Any | None = None,
 ) -> dict[str, Any]:
     """Join the day's outputs into rows, check that every image is accounted for, record the day's share of the
@@ -250,6 +251,7 @@ def commit_day(
         stats=staged.stats,
         busy_seconds=staged.busy_seconds,
         run_id=run_id,
+        dag_id=dag_id,
     )
     ledger.record(storage.root(settings) / storage.COSTS, entry)  # spent whether or not the gate lets the day in
     log.info("dt=%s: %d rows %s; %.1f s x %d instance(s) billed, $%.6f", day.dt, staged.stats["rows"],

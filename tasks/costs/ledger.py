@@ -45,6 +45,7 @@ class LedgerEntry:
     completion_tokens: int = 0
     spot: bool = False
     run_id: str = ""
+    dag_id: str = ""  # the DAG whose run (run_id) wrote the row; rows written before it was recorded have none
     day: str = ""  # the UTC day the cost belongs to; empty: the day it was recorded
     price_table_as_of: str = field(default_factory=lambda: str(price_table()["as_of"]))
     recorded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
@@ -90,7 +91,11 @@ def read_ledger(costs_root: ObjectStoragePath):
     tables = [pq.read_table(io.BytesIO(p.read_bytes()), use_threads=False) for p in files]  # see predictions.read_table
     if not tables:
         return pa.table({name: pa.array([], pa.string()) for name in LEDGER_COLUMNS})
-    return pa.concat_tables(tables, promote_options="permissive")  # e.g. 3600 (int64) and 3600.5 (double)
+    table = pa.concat_tables(tables, promote_options="permissive")  # e.g. 3600 (int64) and 3600.5 (double)
+    for name in LEDGER_COLUMNS:  # a column added later (dag_id) is null in the rows written before it
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(len(table), pa.string()))
+    return table
 
 
 def query(costs_root: ObjectStoragePath, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -124,9 +129,11 @@ def classification_entry(
     stats: dict[str, Any],
     busy_seconds: float,
     run_id: str,
+    dag_id: str,
 ) -> LedgerEntry:
     """The classification row of partition dt: `busy_seconds` of `pricing`'s instances, whichever path (the
-    endpoint, a batch transform) produced it. `stats` is a RowStats dict (tasks.nightly.predictions)."""
+    endpoint, a batch transform) produced it, in run `run_id` of DAG `dag_id`. `stats` is a RowStats dict
+    (tasks.nightly.predictions)."""
     statuses = stats["statuses"]
     return LedgerEntry(
         kind="classification",
@@ -139,6 +146,7 @@ def classification_entry(
         model_version=model_version,
         endpoint=endpoint,
         run_id=run_id,
+        dag_id=dag_id,
         day=dt,
         billable_seconds=busy_seconds,
         images=stats["rows"],
@@ -167,5 +175,15 @@ def partition_entries(
     return [classification, idle]
 
 
-_ENDPOINT_FIELDS = ("backend", "region", "instance_type", "instance_count", "price_per_hour_usd", "model_version",
-                    "endpoint", "run_id", "day")  # fmt: skip
+_ENDPOINT_FIELDS = (
+    "backend",
+    "region",
+    "instance_type",
+    "instance_count",
+    "price_per_hour_usd",
+    "model_version",
+    "endpoint",
+    "run_id",
+    "dag_id",
+    "day",
+)

@@ -23,7 +23,7 @@ from tasks.training.evaluation import CONFUSION_MATRIX_FILE, METRICS_FILE
 
 MAX_PARTITIONS = 90  # a quarter of nights: enough for a trend, small enough for one page
 MAX_GAP_DAYS = 366
-NIGHTLY_DAG = "classify_images"
+NIGHTLY_DAG = "classify_images"  # wrote every ledger row recorded before rows named their DAG
 
 
 def run_link(dag_id: str, run_id: str) -> str:
@@ -48,13 +48,14 @@ class PartitionRow:
     usd_per_1000_images: float | None
     model_version: str
     run_id: str = ""
+    dag_id: str = ""  # the DAG whose run committed the partition (classify_images or classify_backlog)
     quality: str = "not committed"  # passed | violated (published anyway) | not committed: from _SUCCESS
     quality_detail: str = ""
     gap: bool = False
 
     @property
     def run_link(self) -> str:
-        return run_link(NIGHTLY_DAG, self.run_id)
+        return run_link(self.dag_id or NIGHTLY_DAG, self.run_id)
 
     @property
     def invalid_rate(self) -> float | None:
@@ -142,7 +143,7 @@ class CostsQualityReport:
 
 _PARTITIONS_SQL = f"""
 SELECT key AS dt, images, images_ok, images_invalid, images_rejected, images_failed, cost_usd, usd_per_1000_images,
-       model_version, run_id
+       model_version, run_id, COALESCE(dag_id, '') AS dag_id
 FROM ledger WHERE kind = 'classification' ORDER BY key DESC LIMIT {MAX_PARTITIONS}
 """
 _TRAINING_SQL = """

@@ -231,7 +231,9 @@ def lease_judge(ti: Any | None) -> tuple[dict[str, Any], leases.Judge]:
     return me, leases.any_of(leases.expired, leases.owner_gone(me, live))
 
 
-def record_costs(settings: Settings, planned: dict[str, Any], staged: dict[str, Any], run_id: str) -> list[str]:
+def record_costs(
+    settings: Settings, planned: dict[str, Any], staged: dict[str, Any], run_id: str, dag_id: str
+) -> list[str]:
     job = PartitionJob(**planned["job"])
     if job.record is None:
         log.info("dt=%s: no images and no endpoint deployed: nothing to price", job.dt)
@@ -244,6 +246,7 @@ def record_costs(settings: Settings, planned: dict[str, Any], staged: dict[str, 
         stats=staged["stats"],
         busy_seconds=staged["busy_seconds"],
         run_id=run_id,
+        dag_id=dag_id,
     )
     entries = ledger.partition_entries(classification, deployed_at=job.record["deployed_at"])
     costs_root = storage.root(settings) / storage.COSTS

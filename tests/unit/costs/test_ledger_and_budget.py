@@ -27,8 +27,9 @@ STATS = {
 
 
 def entries(dt: str, busy: float, deployed_at: str = "2026-10-01T00:00:00+00:00", **kwargs) -> list[LedgerEntry]:
-    row = classification_entry(dt, SAGEMAKER, endpoint="llava", model_version="v1", stats=STATS, busy_seconds=busy,
-                               run_id="r")  # fmt: skip
+    row = classification_entry(
+        dt, SAGEMAKER, endpoint="llava", model_version="v1", stats=STATS, busy_seconds=busy, run_id="r", dag_id="d"
+    )
     return partition_entries(row, deployed_at=deployed_at, **kwargs)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,29 @@ def test_only_registered_versions_confusion_matrices_are_served(storage_root) ->
     assert view_data.confusion_matrix_png(models, "v2") == b"\x89PNG fake"
     assert view_data.confusion_matrix_png(models, "..") is None
     assert view_data.confusion_matrix_png(models, "v9") is None
+
+
+def test_each_partition_links_to_the_run_of_the_dag_that_committed_it(tmp_path: Path) -> None:
+    """A day committed by classify_backlog links to that run; a row written before the ledger named its DAG (no
+    dag_id column at all) was classify_images'."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = storage_path(tmp_path.as_uri())
+    nightly = replace(classification("2026-11-01", 10, 0, 6), run_id="scheduled__2026-11-02", dag_id="classify_images")
+    backlog = replace(classification("2026-11-02", 10, 0, 6), run_id="manual__b", dag_id="classify_backlog")
+    for entry in (nightly, backlog):
+        record(root / "costs", entry)
+    old = {k: v for k, v in replace(nightly, key="2026-10-31", run_id="scheduled__old").row().items() if k != "dag_id"}
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([old]), buf)
+    (root / "costs" / "ledger" / "kind=classification" / "2026-10-31.parquet").write_bytes(buf.getvalue())
+
+    links = {p.dt: p.run_link for p in view_data.build_report(root).partitions}
+    assert links == {
+        "2026-11-02": "../dags/classify_backlog/runs/manual__b",
+        "2026-11-01": "../dags/classify_images/runs/scheduled__2026-11-02",
+        "2026-10-31": "../dags/classify_images/runs/scheduled__old",
+    }
