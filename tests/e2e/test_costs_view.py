@@ -1,5 +1,6 @@
 """The "Costs & quality" view on a real Airflow stack, after a real run: anonymous requests are refused, and a user who
-logs in through Airflow's login page in headless Chromium sees the numbers of the cost ledger and the model registry.
+logs in through Airflow's login page in headless Chromium sees the numbers of the cost ledger and the model registry,
+and a day that classify_backlog committed links to that classify_backlog run, which the link opens.
 
 The screenshot lands in test-artifacts/costs_view.png.
 """
@@ -27,6 +28,7 @@ from tests.e2e.airflow_stack import ADMIN_USER, LOCAL_SQLITE, AirflowStack, runn
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
+    from playwright.sync_api import FrameLocator, Page
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -41,6 +43,8 @@ CHROMIUM_ARGS = [
 VIEW = "/costs-quality/"
 MODEL_VERSION = "tiny-untrained"
 PARTITIONS = {"2026-11-01": range(1000, 1006), "2026-11-02": range(1100, 1104)}  # dt -> demo digit indices
+BACKLOG_DAY, BACKLOG_DIGITS = "2026-10-31", range(1200, 1203)  # a day of history, committed by classify_backlog
+BACKLOG_RUN = "manual__e2e-backlog"  # its run: triggered (the DAG stays paused, so it only waits in the queue)
 
 
 # -- the demo run ---------------------------------------------------------------------------------------------------
@@ -91,7 +95,10 @@ def run_demo(stack: AirflowStack) -> None:
         promote_if_better(store / "models", MODEL_VERSION, min_accuracy=0.0, tolerance=1.0)
         for dt, indices in PARTITIONS.items():
             night = classify(client, [(f"dt={dt}/digit-{d.index}.png", encode_png(d.image)) for d in digits(indices)])
-            record_cost(store / "costs", "classification", dt, night.seconds, night.results)
+            record_cost(store / "costs", "classification", dt, night.seconds, night.results, "classify_images")
+        history = [(f"dt={BACKLOG_DAY}/digit-{d.index}.png", encode_png(d.image)) for d in digits(BACKLOG_DIGITS)]
+        day = classify(client, history)
+        record_cost(store / "costs", "classification", BACKLOG_DAY, day.seconds, day.results, *trigger_backlog(stack))
     finally:
         stop_local_server(server_state)
 
@@ -111,10 +118,30 @@ def classify(client: EndpointClient, images: list[tuple[str, bytes]]) -> Classif
     return Classified(results, time.monotonic() - started)
 
 
+def trigger_backlog(stack: AirflowStack) -> tuple[str, str]:
+    """(dag_id, run_id) of a real classify_backlog run, once the DAG is parsed."""
+    with stack.client() as api:
+        deadline = time.monotonic() + 120
+        while api.get("/dags/classify_backlog").status_code != 200:
+            stack.raise_if_down()
+            assert time.monotonic() < deadline, f"classify_backlog not parsed\n{stack.diagnostics()}"
+            time.sleep(1)
+        body = {"dag_run_id": BACKLOG_RUN, "logical_date": None}
+        run = api.post("/dags/classify_backlog/dagRuns", json=body).raise_for_status().json()
+    return run["dag_id"], run["dag_run_id"]
+
+
 def record_cost(
-    costs_root: ObjectStoragePath, kind: Kind, key: str, seconds: float, results: list[ClassificationResult]
+    costs_root: ObjectStoragePath,
+    kind: Kind,
+    key: str,
+    seconds: float,
+    results: list[ClassificationResult],
+    dag_id: str = "finetune_llava",
+    run_id: str = "e2e-demo",
 ) -> None:
-    """A ledger row the way the pipelines write them, priced as the local backend (`local` in the price table)."""
+    """A ledger row the way the pipelines write them (run `run_id` of `dag_id`), priced as the local backend (`local`
+    in the price table)."""
     statuses = [result.status for result in results]
     entry = LedgerEntry(
         kind=kind,
@@ -133,7 +160,8 @@ def record_cost(
         images_failed=statuses.count("failed"),
         prompt_tokens=sum(result.prompt_tokens or 0 for result in results),
         completion_tokens=sum(result.completion_tokens or 0 for result in results),
-        run_id="e2e-demo",
+        run_id=run_id,
+        dag_id=dag_id,
     )
     record(costs_root, entry)
 
@@ -152,7 +180,7 @@ def expected_texts(stack: AirflowStack) -> dict[str, list[str]]:
     """What the page must show, per section, computed from the ledger and the registry directly (not by the view)."""
     store = storage_path(stack.storage_uri)
     rows = query(store / "costs", "SELECT * FROM ledger WHERE kind = 'classification' ORDER BY key DESC")
-    assert [row["key"] for row in rows] == sorted(PARTITIONS, reverse=True)
+    assert [row["key"] for row in rows] == sorted([*PARTITIONS, BACKLOG_DAY], reverse=True)
     registry = json.loads((stack.storage_root / "models/registry.json").read_text())
     model = registry["versions"][registry["production"]]["metrics"]
     partitions = [
@@ -165,7 +193,7 @@ def expected_texts(stack: AirflowStack) -> dict[str, list[str]]:
         ]
         for row in rows
     ]
-    assert all(row["images"] == len(PARTITIONS[row["key"]]) for row in rows)
+    assert all(row["images"] == len({**PARTITIONS, BACKLOG_DAY: BACKLOG_DIGITS}[row["key"]]) for row in rows)
     return {
         "#partitions": [text for row in partitions for text in row],
         "#last-partition": [f"dt={rows[0]['key']}", view_data.usd(rows[0]["usd_per_1000_images"])],
@@ -207,7 +235,27 @@ def test_a_logged_in_user_sees_the_real_numbers_in_the_airflow_ui(stack_after_de
                     expect(view.locator(section)).to_contain_text(text)
             expect(view.locator(".chart svg")).to_be_visible()
             page.screenshot(path=SCREENSHOT, full_page=True)
+            opens_the_backlog_run(page, view, stack)
         finally:
             browser.close()
     png = SCREENSHOT.read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 30_000, f"suspicious screenshot: {len(png)} bytes"
+
+
+def opens_the_backlog_run(page: Page, view: FrameLocator, stack: AirflowStack) -> None:
+    """The backlog day's run link names classify_backlog's run (not classify_images'), and clicking it opens that
+    run's page in the Airflow UI, for a run the API knows."""
+    from playwright.sync_api import expect
+
+    run_path = f"dags/classify_backlog/runs/{BACKLOG_RUN}"
+    link = view.locator("#partitions tr", has_text=BACKLOG_DAY).get_by_role("link", name="run")
+    assert link.get_attribute("href") == f"../{run_path}"
+    nightly = view.locator("#partitions tr", has_text="2026-11-02").get_by_role("link", name="run")
+    assert nightly.get_attribute("href") == "../dags/classify_images/runs/e2e-demo"
+    with stack.client() as api:
+        run = api.get(f"/dags/classify_backlog/dagRuns/{BACKLOG_RUN}").raise_for_status().json()
+    assert (run["dag_id"], run["dag_run_id"]) == ("classify_backlog", BACKLOG_RUN)
+    link.click()
+    page.wait_for_url(f"**/{run_path}")
+    expect(page.get_by_text(BACKLOG_RUN).first).to_be_visible()
+    page.screenshot(path=ARTIFACTS / "costs_view_backlog_run.png", full_page=True)
