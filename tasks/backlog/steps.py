@@ -22,10 +22,10 @@ from tasks.common import storage
 from tasks.common.settings import Settings
 from tasks.costs import budget, ledger
 from tasks.costs.pricing import EndpointPricing
-from tasks.nightly import classification, partitions, predictions
-from tasks.nightly import steps as nightly
+from tasks.nightly import classification, commit, partitions, predictions
 from tasks.nightly.classification import PartitionJob
 from tasks.nightly.partitions import PartitionPlan, Shard
+from tasks.nightly.quality import QualityThresholds
 
 log = logging.getLogger(__name__)
 DAG_ID = "classify_backlog"
@@ -113,8 +113,8 @@ def refuse_if_over(result: Estimate, budget_usd: float, what: str) -> None:
         )
 
 
-def count_images(settings: Settings, incoming_uri: str, days: list[str]) -> dict[str, int]:
-    return {day: nightly.count_images(settings, incoming_uri.format(dt=day)) for day in days}
+def images_per_day(settings: Settings, incoming_uri: str, days: list[str]) -> dict[str, int]:
+    return {day: commit.count_images(settings, incoming_uri.format(dt=day)) for day in days}
 
 
 def estimate_range(
@@ -125,7 +125,7 @@ def estimate_range(
     backend = backlog_backend(settings)
     res = resources(backend, params)
     days = plan.days_between(params["from_date"], params["to_date"])
-    per_day = count_images(settings, params["incoming_uri"], days) if images is None else {}
+    per_day = images_per_day(settings, params["incoming_uri"], days) if images is None else {}
     images = sum(per_day.values()) if images is None else images
     return per_day, estimate(settings, backend, res, images, plan.jobs_needed(images, params["images_per_job"]), params)
 
@@ -138,7 +138,7 @@ def plan_backlog(
     from tasks.training.plan import run_identity
 
     days = plan.days_between(params["from_date"], params["to_date"])
-    incoming = {dt: nightly.incoming_path(settings, params["incoming_uri"].format(dt=dt)) for dt in days}  # first
+    incoming = {dt: commit.incoming_path(settings, params["incoming_uri"].format(dt=dt)) for dt in days}  # first
     backend = backlog_backend(settings)
     record = classification.deployed_endpoint(settings)
     version = params["model_version"] or str(record["model_version"])
@@ -256,10 +256,8 @@ def commit_day(
     ledger.record(storage.root(settings) / storage.COSTS, entry)  # spent whether or not the gate lets the day in
     log.info("dt=%s: %d rows %s; %.1f s x %d instance(s) billed, $%.6f", day.dt, staged.stats["rows"],
              staged.stats["statuses"], staged.busy_seconds, res.instance_count, entry.cost_usd)  # fmt: skip
-    planned = {"job": day_doc["job"], "plan": day_doc["plan"]}
-    verdict = nightly.quality_gate(settings, planned, staged.to_dict(), thresholds)
-    return nightly.publish(planned, staged.to_dict(), verdict, ti)
+    return commit.gate_and_publish(settings, day, day_plan, staged, QualityThresholds.from_params(thresholds), ti)
 
 
 def cost_report(settings: Settings, run: dict[str, Any]) -> dict[str, str]:
-    return nightly.cost_report(settings, {"plan": {"dt": run["to_date"]}})
+    return commit.write_cost_report(settings, run["to_date"])

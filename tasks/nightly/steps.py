@@ -7,27 +7,21 @@ classification, quality, costs) so those never see Airflow's params or XCom shap
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
 
-from tasks.common import leases, storage
+from tasks.common import storage
 from tasks.common.settings import Settings
 from tasks.costs import budget, ledger, pricing
-from tasks.nightly import classification, partitions, predictions, quality
+from tasks.nightly import classification, commit, partitions, predictions, quality
 from tasks.nightly.classification import PartitionJob, ShardResult, StagedPartition
+from tasks.nightly.commit import count_images, incoming_path
 from tasks.nightly.partitions import PartitionPlan, Shard
-from tasks.nightly.predictions import RowStats
 
 log = logging.getLogger(__name__)
-
-
-def incoming_path(settings: Settings, incoming_uri: str) -> ObjectStoragePath:
-    """The `incoming_uri` param's partition, refused unless it lies inside the storage root or an input root."""
-    return storage.contained(incoming_uri, settings, param="incoming_uri")
 
 
 def look_for_partition(
@@ -161,10 +155,6 @@ def estimate_backfill(settings: Settings, days: list[str], params: dict[str, Any
     return {"per_day": per_day, "endpoint": endpoint, **pricing_of, **result}
 
 
-def count_images(settings: Settings, incoming_uri: str) -> int:
-    return sum(1 for _ in partitions.image_keys(incoming_path(settings, incoming_uri)))
-
-
 def classify(job: dict[str, Any], shard: dict[str, Any]) -> dict[str, Any]:
     return classification.classify_shard(PartitionJob(**job), Shard(**shard)).__dict__
 
@@ -179,56 +169,20 @@ def collect(planned: dict[str, Any], results: list[dict[str, Any]]) -> dict[str,
 def quality_gate(
     settings: Settings, planned: dict[str, Any], staged: dict[str, Any], thresholds: dict[str, Any]
 ) -> dict[str, Any]:
-    verdict = quality.gate(
-        RowStats.from_dict(staged["stats"]),
-        storage.root(settings) / storage.PREDICTIONS,
-        planned["plan"]["dt"],
+    return commit.gate(
+        settings,
+        PartitionPlan.from_dict(planned["plan"]),
+        StagedPartition(**staged),
         quality.QualityThresholds.from_params(thresholds),
     )
-    log.log(logging.INFO if verdict["passed"] else logging.WARNING, "quality gate:\n%s", verdict["report"])
-    return verdict
 
 
 def publish(
     planned: dict[str, Any], staged: dict[str, Any], verdict: dict[str, Any], ti: Any | None = None
 ) -> dict[str, Any]:
-    """Commit; returns the asset event's extra: the run's outcome at a glance (in the UI without opening logs).
-    `ti` (the running task instance) owns the partition's lease, so a rerun after this task was killed takes the
-    lease over at once instead of waiting for its expiry (lease_judge)."""
-    job = PartitionJob(**planned["job"])
-    owner, stale = lease_judge(ti)
-    manifest = classification.publish(
-        job, PartitionPlan.from_dict(planned["plan"]), StagedPartition(**staged), verdict, owner=owner, stale=stale
-    )
-    log.info("committed %s/%s: %d rows, %s", job.partition_uri, predictions.SUCCESS, manifest["rows"],
-             manifest["stats"]["statuses"])  # fmt: skip
-    return {
-        "dt": manifest["dt"],
-        "rows": manifest["rows"],
-        "statuses": manifest["stats"]["statuses"],
-        "quality": "passed" if verdict["passed"] else "violated (published: on_violation=warn)",
-        "model_version": manifest["model_version"],
-    }
-
-
-def lease_judge(ti: Any | None) -> tuple[dict[str, Any], leases.Judge]:
-    """(owner, stale): the task instance a lease records, and when another holder's lease may be taken over — once
-    expired, or at once when its task instance is provably gone (Airflow, asked through the Task SDK, has no
-    queued or running instance of it)."""
-    if ti is None:
-        return {}, leases.expired
-
-    def live(owner: Mapping[str, Any]) -> int:
-        return ti.get_ti_count(
-            dag_id=owner["dag_id"],
-            run_ids=[owner["run_id"]],
-            task_ids=[owner["task_id"]],
-            map_index=owner.get("map_index"),
-            states=list(leases.LIVE_TI_STATES),
-        )
-
-    me = leases.owner_of(ti)
-    return me, leases.any_of(leases.expired, leases.owner_gone(me, live))
+    """Commit (tasks.nightly.commit.publish); returns the asset event's extra."""
+    plan_ = PartitionPlan.from_dict(planned["plan"])
+    return commit.publish(PartitionJob(**planned["job"]), plan_, StagedPartition(**staged), verdict, ti)
 
 
 def record_costs(
@@ -257,6 +211,4 @@ def record_costs(
 
 def cost_report(settings: Settings, planned: dict[str, Any]) -> dict[str, str]:
     """`costs/reports/day=<dt>/costs.{csv,md,png}` for the 30 days up to dt."""
-    from tasks.costs.daily_report import write_report
-
-    return write_report(storage.root(settings) / storage.COSTS, planned["plan"]["dt"])
+    return commit.write_cost_report(settings, planned["plan"]["dt"])

@@ -126,6 +126,7 @@ def trigger_backlog(stack: AirflowStack) -> tuple[str, str]:
             stack.raise_if_down()
             assert time.monotonic() < deadline, f"classify_backlog not parsed\n{stack.diagnostics()}"
             time.sleep(1)
+        api.patch("/dags/classify_backlog", json={"is_paused": True}).raise_for_status()  # the run only waits
         body = {"dag_run_id": BACKLOG_RUN, "logical_date": None}
         run = api.post("/dags/classify_backlog/dagRuns", json=body).raise_for_status().json()
     return run["dag_id"], run["dag_run_id"]
