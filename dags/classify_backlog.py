@@ -6,7 +6,9 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, TriggerRule, XComArg, dag, task
 
+from tasks.backlog import plan
 from tasks.backlog.steps import TRANSFORM_POOL, backlog_backend
+from tasks.common import storage
 from tasks.common.assets import PREDICTIONS
 from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
 from tasks.nightly.quality import QualityThresholds
@@ -80,7 +82,9 @@ serving the nightly traffic meanwhile.
         ),
         "model_version": Param(None, type=["null", "string"], description="Empty: the deployed (promoted) model."),
         "instance_type": Param(None, type=["null", "string"], description=f"Empty: {BACKEND.default_instance_type}."),
-        "instance_count": Param(1, type="integer", minimum=1, maximum=100, description="Instances per job."),
+        "instance_count": Param(
+            plan.DEFAULT_INSTANCE_COUNT, type="integer", minimum=1, maximum=100, description="Instances per job."
+        ),
         "concurrency_per_instance": Param(
             None,
             type=["null", "integer"],
@@ -96,13 +100,21 @@ serving the nightly traffic meanwhile.
             exclusiveMinimum=0,
             description="Per instance, used only until the ledger has measured this instance type.",
         ),
-        "images_per_file": Param(500, type="integer", minimum=1, description="Images per request file (shard)."),
-        "images_per_job": Param(1_000_000, type="integer", minimum=1, description="Images per transform job."),
-        "invocation_timeout_s": Param(600, type="integer", minimum=1, maximum=3600, description="Per record."),
-        "invocation_retries": Param(1, type="integer", minimum=0, maximum=3, description="Per record."),
+        "images_per_file": Param(
+            plan.DEFAULT_IMAGES_PER_FILE, type="integer", minimum=1, description="Images per request file (shard)."
+        ),
+        "images_per_job": Param(
+            plan.DEFAULT_IMAGES_PER_JOB, type="integer", minimum=1, description="Images per transform job."
+        ),
+        "invocation_timeout_s": Param(
+            plan.DEFAULT_INVOCATION_TIMEOUT_S, type="integer", minimum=1, maximum=3600, description="Per record."
+        ),
+        "invocation_retries": Param(
+            plan.DEFAULT_INVOCATION_RETRIES, type="integer", minimum=0, maximum=3, description="Per record."
+        ),
         "reclassify": Param(False, type="boolean", description="Ignore rows already classified by this model."),
         "incoming_uri": Param(
-            f"{SETTINGS.storage_uri}/incoming/dt={{dt}}/", type="string", description="{dt} becomes YYYY-MM-DD."
+            storage.incoming_template(SETTINGS), type="string", description="{dt} becomes YYYY-MM-DD."
         ),
         "quality": Param(QualityThresholds().__dict__, type="object", description="As in classify_images."),
     },

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, TriggerRule, dag, task
 
+from tasks.common import storage
 from tasks.common.assets import PREDICTIONS
 from tasks.common.dag_defaults import SETTINGS, TAGS, default_args, nightly_deadline
 from tasks.common.settings import BACKENDS
@@ -83,7 +84,7 @@ retried. Symlinks, FIFOs and unsafe file names are never read: they get `rejecte
     default_args=default_args(execution_timeout=timedelta(minutes=30)),
     params={
         "incoming_uri": Param(
-            f"{SETTINGS.storage_uri}/incoming/dt={{dt}}/",
+            storage.incoming_template(SETTINGS),
             type="string",
             description="The day's images; {dt} becomes YYYY-MM-DD.",
         ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
+from tasks.common import storage
 from tasks.common.assets import CURATED_DATASET
 from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
 from tasks.model.taxonomy import DEFAULT_PROMPT_TEMPLATE, available_taxonomies
@@ -41,7 +42,7 @@ conflict. The report's `near_duplicates` lists the groups and the leakage check 
     default_args=default_args(),
     params={
         "raw_uri": Param(
-            f"{SETTINGS.storage_uri}/raw/{SETTINGS.taxonomy}",
+            f"{SETTINGS.storage_uri}/{storage.RAW}/{SETTINGS.taxonomy}",
             type="string",
             description="Labelled images: a folder per label, or images + labels.csv.",
         ),

@@ -56,16 +56,8 @@ def _model_summary(args: argparse.Namespace) -> None:
         raise SystemExit(f"held-out accuracy {metrics['accuracy']:.4f} is below the expected {args.min_accuracy}")
 
 
-def _dates(first: str, last: str) -> list[str]:
-    from datetime import date, timedelta
-
-    start, end = date.fromisoformat(first), date.fromisoformat(last)
-    return [(start + timedelta(days=n)).isoformat() for n in range((end - start).days + 1)]
-
-
 def _write_incoming(args: argparse.Namespace) -> None:
-    from datetime import UTC, datetime, timedelta
-
+    from tasks.backlog.plan import days_between
     from tasks.common import storage
     from tasks.curation.curate import REPORT_NAME
     from tasks.model.demo_data import held_out_indices, write_incoming
@@ -74,9 +66,7 @@ def _write_incoming(args: argparse.Namespace) -> None:
     report = read_json(storage_path(args.dataset_uri, settings.aws_conn_id) / REPORT_NAME)
     if report is None:
         raise SystemExit(f"no {REPORT_NAME} under {args.dataset_uri}: curate first")
-    yesterday = datetime.now(UTC).date() - timedelta(days=1)
-    days = _dates(args.from_date or (yesterday - timedelta(days=args.days - 1)).isoformat(),
-                  args.to_date or yesterday.isoformat())  # fmt: skip
+    days = days_between(args.from_date, args.to_date, days=args.days)
     counts = write_incoming(storage.root(settings) / storage.INCOMING, days, held_out_indices(report))
     for day, n in counts.items():
         print(f"dt={day}: {n} held-out test digits")
@@ -84,16 +74,18 @@ def _write_incoming(args: argparse.Namespace) -> None:
 
 
 def _estimate_cost(args: argparse.Namespace) -> None:
+    from tasks.backlog.plan import days_between
+    from tasks.common.storage import incoming_template
     from tasks.costs.budget import BudgetExceeded
     from tasks.nightly.steps import estimate_backfill
 
     params = {
-        "incoming_uri": args.incoming_uri or f"{load_settings().storage_uri}/incoming/dt={{dt}}/",
+        "incoming_uri": args.incoming_uri or incoming_template(load_settings()),
         "budget_usd": args.budget_usd,
         "assumed_images_per_second": args.assumed_images_per_second,
     }
     try:
-        result = estimate_backfill(load_settings(), _dates(args.from_date, args.to_date), params)
+        result = estimate_backfill(load_settings(), days_between(args.from_date, args.to_date), params)
     except BudgetExceeded as exc:
         raise SystemExit(f"REFUSED: {exc}") from None
     for day, n in result["per_day"].items():
@@ -110,17 +102,19 @@ def _estimate_cost(args: argparse.Namespace) -> None:
 def _estimate_backlog(args: argparse.Namespace) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
+    from tasks.backlog import plan
     from tasks.backlog.steps import estimate_range, refuse_if_over
+    from tasks.common.storage import incoming_template
 
     params = {
         "from_date": args.from_date,
         "to_date": args.to_date,
-        "incoming_uri": args.incoming_uri or f"{load_settings().storage_uri}/incoming/dt={{dt}}/",
+        "incoming_uri": args.incoming_uri or incoming_template(load_settings()),
         "instance_type": args.instance_type,
         "instance_count": args.instance_count,
         "concurrency_per_instance": args.concurrency_per_instance,
-        "invocation_timeout_s": 600,
-        "invocation_retries": 1,
+        "invocation_timeout_s": plan.DEFAULT_INVOCATION_TIMEOUT_S,
+        "invocation_retries": plan.DEFAULT_INVOCATION_RETRIES,
         "images_per_job": args.images_per_job,
         "deadline_hours": args.deadline_hours,
         "assumed_images_per_second": args.assumed_images_per_second,
@@ -137,6 +131,7 @@ def _estimate_backlog(args: argparse.Namespace) -> None:
 
 
 def _predictions_summary(args: argparse.Namespace) -> None:
+    from tasks.backlog.plan import days_between
     from tasks.common import storage
     from tasks.costs.daily_report import REPORTS_DIR, daily_costs
     from tasks.model.demo_data import score
@@ -144,7 +139,7 @@ def _predictions_summary(args: argparse.Namespace) -> None:
 
     settings = load_settings()
     root = storage.root(settings)
-    days = _dates(args.from_date, args.to_date)
+    days = days_between(args.from_date, args.to_date)
     costs = {row.day: row for row in daily_costs(root / storage.COSTS, args.to_date, window_days=len(days))}
     for day in days:
         partition = predictions.partition_dir(root / storage.PREDICTIONS, day)
@@ -243,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     prog = "llava-pipelines" if os.path.basename(sys.argv[0]) == "llava-pipelines" else "python -m tasks.cli"
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     sub = parser.add_subparsers(required=True)
+    from tasks.backlog import plan as backlog_plan
     from tasks.training.sizing import DEFAULT_INSTANCE_TYPE, DEFAULT_MAX_RUN_SECONDS
 
     p = sub.add_parser("write-digits", help="write scikit-learn digits as <dest>/<label>/*.png")
@@ -279,9 +275,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--to-date", required=True)
     p.add_argument("--budget-usd", type=float, required=True)
     p.add_argument("--instance-type", default=None, help="default: the backend's (ml.g5.xlarge on SageMaker)")
-    p.add_argument("--instance-count", type=int, default=1)
+    p.add_argument("--instance-count", type=int, default=backlog_plan.DEFAULT_INSTANCE_COUNT)
     p.add_argument("--concurrency-per-instance", type=int, default=None)
-    p.add_argument("--images-per-job", type=int, default=1_000_000)
+    p.add_argument("--images-per-job", type=int, default=backlog_plan.DEFAULT_IMAGES_PER_JOB)
     p.add_argument("--deadline-hours", type=float, default=None)
     p.add_argument("--assumed-images-per-second", type=float, default=None, help="per instance, until measured")
     p.add_argument("--images", type=int, default=None, help="price this many images instead of counting the range")

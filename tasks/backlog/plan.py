@@ -32,12 +32,19 @@ OUTPUT_SUFFIX = ".out"  # Batch Transform names the output of <file> <file>.out
 
 
 DEFAULT_DAYS = 7  # without dates: the last week of complete days
+# classify_backlog's defaults, also the CLI's (tasks/cli.py estimate-backlog)
+DEFAULT_INSTANCE_COUNT = 1
+DEFAULT_IMAGES_PER_FILE = 500
+DEFAULT_IMAGES_PER_JOB = 1_000_000
+DEFAULT_INVOCATION_TIMEOUT_S = 600
+DEFAULT_INVOCATION_RETRIES = 1
 
 
-def days_between(first: str | None, last: str | None, today: date | None = None) -> list[str]:
-    """Every dt from `first` to `last`, inclusive; `last` defaults to yesterday (UTC), `first` to a week before it."""
+def days_between(first: str | None, last: str | None, today: date | None = None, days: int = DEFAULT_DAYS) -> list[str]:
+    """Every dt from `first` to `last`, inclusive; `last` defaults to yesterday (UTC), `first` to `days` days ending
+    at `last`."""
     end = date.fromisoformat(last) if last else (today or datetime.now(UTC).date()) - timedelta(days=1)
-    start = date.fromisoformat(first) if first else end - timedelta(days=DEFAULT_DAYS - 1)
+    start = date.fromisoformat(first) if first else end - timedelta(days=days - 1)
     if end < start:
         raise ValueError(f"to_date {last} is before from_date {first}")
     return [(start + timedelta(days=n)).isoformat() for n in range((end - start).days + 1)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tasks.common import storage
 from tasks.common.settings import Settings
 from tasks.curation.curate import CurationOptions, curate_uri
 from tasks.model.taxonomy import load_taxonomy
@@ -15,7 +16,8 @@ def curate(settings: Settings, params: dict[str, Any], run_stamp: str) -> dict[s
     model this deployment trains (the training backend's vision geometry) at the `max_image_tokens` budget."""
     from tasks.training.steps import training_backend
 
-    dataset_uri = params["dataset_uri"] or f"{settings.storage_uri}/datasets/{params['taxonomy']}-{run_stamp}"
+    default_uri = f"{settings.storage_uri}/{storage.DATASETS}/{params['taxonomy']}-{run_stamp}"
+    dataset_uri = params["dataset_uri"] or default_uri
     opts = CurationOptions(
         test_fraction=params["test_fraction"],
         val_fraction=params["val_fraction"],

@@ -85,11 +85,11 @@ def write_incoming(incoming: ObjectStoragePath, days: list[str], indices: list[i
     from tasks.common import storage
 
     for day in days:
-        storage.remove_tree(incoming / f"dt={day}", owner=incoming)
+        storage.remove_tree(incoming / storage.partition_name(day), owner=incoming)
     counts = dict.fromkeys(days, 0)
     for position, digit in enumerate(digits(indices)):
         day = days[position % len(days)]
-        _write(incoming / f"dt={day}" / _file_name(digit.index), digit)
+        _write(incoming / storage.partition_name(day) / _file_name(digit.index), digit)
         counts[day] += 1
     return counts
 
