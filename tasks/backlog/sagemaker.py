@@ -121,7 +121,7 @@ class SageMakerBacklog:
         def record_requests(configs: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
             from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 
-            from tasks.serving.sagemaker import describe
+            from tasks.common.sagemaker_jobs import describe
 
             sm = SageMakerHook(aws_conn_id=conn_id).conn
             return records.record_requests(
@@ -149,7 +149,7 @@ class SageMakerBacklog:
     def outcome(self, job: TransformJob) -> dict[str, Any] | None:
         from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 
-        from tasks.serving.sagemaker import describe
+        from tasks.common.sagemaker_jobs import describe
 
         return job_outcome(
             describe(SageMakerHook(aws_conn_id=self.settings.aws_conn_id).conn, "transform_job", job.name)

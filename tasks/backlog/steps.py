@@ -135,7 +135,7 @@ def plan_backlog(
 ) -> dict[str, Any]:
     """Plan every day as the nightly run would, group the request files into jobs, estimate, refuse or go. Every
     day's `incoming_uri` is checked (storage.contained) before anything is listed, read or asked."""
-    from tasks.training.plan import run_identity
+    from tasks.common.runs import run_identity
 
     days = plan.days_between(params["from_date"], params["to_date"])
     incoming = {dt: commit.incoming_path(settings, params["incoming_uri"].format(dt=dt)) for dt in days}  # first

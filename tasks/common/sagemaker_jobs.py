@@ -18,6 +18,27 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from tasks.common import storage
 
 WAITER_DELAY_S = 60
+# The name each describe_<kind> call takes (describe), and that names a resource in a list or a create request.
+NAME_FIELD = {
+    "model": "ModelName",
+    "endpoint_config": "EndpointConfigName",
+    "endpoint": "EndpointName",
+    "transform_job": "TransformJobName",
+}
+
+
+def describe(sm: Any, kind: str, name: str) -> dict[str, Any] | None:
+    """describe_model / describe_endpoint_config / describe_endpoint / describe_transform_job, or None when it does
+    not exist."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return getattr(sm, f"describe_{kind}")(**{NAME_FIELD[kind]: name})
+    except ClientError as exc:
+        # SageMaker reports a missing resource as a ValidationException "Could not find ..."
+        if exc.response["Error"]["Code"] == "ValidationException" and "Could not find" in str(exc):
+            return None
+        raise
 
 
 def s3_uri(uri: str) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 from airflow.sdk import TriggerRule, XComArg, task, task_group
 
 from tasks.common.aws_names import MAX_NAME, sagemaker_name, slug
+from tasks.common.sagemaker_jobs import NAME_FIELD, describe
 from tasks.common.settings import Settings
 from tasks.common.storage import plain_uri, storage_path, write_bytes_atomic
 from tasks.serving import deployment
@@ -36,8 +37,6 @@ IN_PROGRESS = {"Creating", "Updating", "SystemUpdating", "RollingBack", "Deletin
 # LMI downloads the weights itself (option.model_id) and loads them within model_loading_timeout; SageMaker's
 # health check must wait at least as long, or it kills a container that is still loading.
 STARTUP_MARGIN_S = 300
-NAME_FIELD = {"model": "ModelName", "endpoint_config": "EndpointConfigName", "endpoint": "EndpointName",
-              "transform_job": "TransformJobName"}  # fmt: skip
 _LIST = {
     "model": ("list_models", "Models", "ModelArn"),
     "endpoint_config": ("list_endpoint_configs", "EndpointConfigs", "EndpointConfigArn"),
@@ -122,20 +121,6 @@ def plan(
             "target_invocations_per_instance": params["target_invocations_per_instance"],
         },
     }
-
-
-def describe(sm: Any, kind: str, name: str) -> dict[str, Any] | None:
-    """describe_model / describe_endpoint_config / describe_endpoint / describe_transform_job, or None when it does
-    not exist."""
-    from botocore.exceptions import ClientError
-
-    try:
-        return getattr(sm, f"describe_{kind}")(**{NAME_FIELD[kind]: name})
-    except ClientError as exc:
-        # SageMaker reports a missing resource as a ValidationException "Could not find ..."
-        if exc.response["Error"]["Code"] == "ValidationException" and "Could not find" in str(exc):
-            return None
-        raise
 
 
 def serves(endpoint: dict[str, Any] | None, config_name: str) -> bool:

@@ -15,6 +15,7 @@ from urllib.parse import quote
 from airflow.sdk import XComArg
 
 from tasks.common import storage
+from tasks.common.runs import run_identity
 from tasks.common.settings import Settings
 from tasks.costs import ledger
 from tasks.model.vision_tokens import VisionGeometry
@@ -25,7 +26,6 @@ from tasks.training.plan import (
     find_dataset,
     ledger_entry,
     plan_training,
-    run_identity,
 )
 from tasks.training.sizing import TrainingSize
 

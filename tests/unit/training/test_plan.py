@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
+from tasks.common.runs import run_identity
 from tasks.common.sagemaker_jobs import s3_uri
 from tasks.common.settings import load_settings
 from tasks.common.storage import ContainmentError
@@ -23,7 +24,6 @@ from tasks.training.plan import (
     ledger_entry,
     model_version,
     plan_training,
-    run_identity,
     training_job_name,
 )
 from tasks.training.sagemaker import (
