@@ -101,7 +101,7 @@ class TransformJob:
 
 
 @dataclass(frozen=True)
-class Resources:
+class TransformResources:
     """What each transform job runs on, and how hard each instance is driven."""
 
     instance_type: str
@@ -191,7 +191,7 @@ def payload_mb(max_record_bytes: int) -> int:
 
 
 def transform_request(
-    job: TransformJob, resources: Resources, *, model_name: str, max_record_bytes: int, uri: Any = str
+    job: TransformJob, resources: TransformResources, *, model_name: str, max_record_bytes: int, uri: Any = str
 ) -> dict[str, Any]:
     """The CreateTransformJob request for a job (both backends run it: the local runner honours the same fields).
 
@@ -280,7 +280,7 @@ class Estimate:
         return out
 
 
-def estimate(
+def estimate_transform(
     images: int,
     jobs: int,
     pricing: EndpointPricing,

@@ -17,7 +17,7 @@ from airflow.sdk import XComArg
 from airflow.sdk.exceptions import AirflowFailException
 
 from tasks.backlog import join, plan, requests
-from tasks.backlog.plan import Estimate, Resources, Throughput, TransformJob
+from tasks.backlog.plan import Estimate, Throughput, TransformJob, TransformResources
 from tasks.common import storage
 from tasks.common.settings import Settings
 from tasks.costs import budget, ledger
@@ -63,10 +63,10 @@ def backlog_backend(settings: Settings) -> BacklogBackend:
     return settings.by_backend(local=local, sagemaker=sagemaker)
 
 
-def resources(backend: BacklogBackend, params: dict[str, Any]) -> Resources:
+def resources(backend: BacklogBackend, params: dict[str, Any]) -> TransformResources:
     from tasks.serving.config import ServingConfig
 
-    return Resources(
+    return TransformResources(
         instance_type=params["instance_type"] or backend.default_instance_type,
         instance_count=int(params["instance_count"]),
         # LMI batches up to max_rolling_batch_size requests: keep that many in flight per instance
@@ -90,13 +90,13 @@ def throughput(settings: Settings, backend: BacklogBackend, instance_type: str, 
     return Throughput(speed, f"ASSUMED from {basis}; nothing measured on {instance_type} yet")
 
 
-def estimate(
-    settings: Settings, backend: BacklogBackend, res: Resources, images: int, jobs: int, params: dict[str, Any]
+def estimate_backlog(
+    settings: Settings, backend: BacklogBackend, res: TransformResources, images: int, jobs: int, params: dict[str, Any]
 ) -> Estimate:
     pricing = EndpointPricing(settings.backend, backend.price_region, res.instance_type, res.instance_count)
     assumed = params.get("assumed_images_per_second")
     speed = throughput(settings, backend, res.instance_type, res.instance_count, assumed)
-    return plan.estimate(images, jobs, pricing, speed, startup_s=backend.startup_s,
+    return plan.estimate_transform(images, jobs, pricing, speed, startup_s=backend.startup_s,
                          deadline_hours=params.get("deadline_hours"))  # fmt: skip
 
 
@@ -127,7 +127,9 @@ def estimate_range(
     days = plan.days_between(params["from_date"], params["to_date"])
     per_day = images_per_day(settings, params["incoming_uri"], days) if images is None else {}
     images = sum(per_day.values()) if images is None else images
-    return per_day, estimate(settings, backend, res, images, plan.jobs_needed(images, params["images_per_job"]), params)
+    return per_day, estimate_backlog(
+        settings, backend, res, images, plan.jobs_needed(images, params["images_per_job"]), params
+    )
 
 
 def plan_backlog(
@@ -171,7 +173,7 @@ def plan_backlog(
     identity = {"model": model_name, "version": version, "resources": asdict(res)}
     jobs = plan.chunk_jobs(files, prefix=prefix, run_key=run_key, identity=identity,
                            images_per_job=params["images_per_job"])  # fmt: skip
-    result = estimate(settings, backend, res, sum(f.images for f in files), len(jobs), params)
+    result = estimate_backlog(settings, backend, res, sum(f.images for f in files), len(jobs), params)
     log.info("pre-flight for %s..%s:\n%s", days[0], days[-1], "\n".join(result.lines()))
     refuse_if_over(result, params["budget_usd"], f"backlog {days[0]}..{days[-1]}")
     for job in jobs:
@@ -212,7 +214,7 @@ def transform_requests(
             log.info("job %s: every image was rejected; nothing to transform", job.name)
             continue
         biggest = max(f["max_record_bytes"] for f in mine)
-        out.append(plan.transform_request(job, Resources(**run["resources"]), model_name=run["model_name"],
+        out.append(plan.transform_request(job, TransformResources(**run["resources"]), model_name=run["model_name"],
                                           max_record_bytes=biggest, uri=backend.uri))  # fmt: skip
     return out
 
@@ -242,7 +244,7 @@ def commit_day(
     staged = classification.collect_shards(day_plan, results)
     billed = join.billed_share(day.dt, [*mine, *follow_ups.values()], outcomes)
     staged = replace(staged, busy_seconds=billed + day_plan.carried_busy_seconds)
-    res = Resources(**run["resources"])
+    res = TransformResources(**run["resources"])
     entry = ledger.classification_entry(
         day.dt,
         EndpointPricing(settings.backend, backend.price_region, res.instance_type, res.instance_count),

@@ -122,11 +122,13 @@ def check_budget(settings: Settings, planned: dict[str, Any], params: dict[str, 
     """Raise when the estimate is above the budget; else return the shards to classify (what `expand` maps)."""
     job, plan_ = PartitionJob(**planned["job"]), PartitionPlan.from_dict(planned["plan"])
     if plan_.to_classify:
-        estimate(settings, job.record, plan_.to_classify, params, f"dt={plan_.dt}")
+        estimate_partition(settings, job.record, plan_.to_classify, params, f"dt={plan_.dt}")
     return planned["plan"]["shards"]
 
 
-def estimate(settings: Settings, record: dict[str, Any], images: int, params: dict[str, Any], what: str) -> dict:
+def estimate_partition(
+    settings: Settings, record: dict[str, Any], images: int, params: dict[str, Any], what: str
+) -> dict:
     """The budget guard: cost of `images` at the endpoint's measured throughput (else the assumed one)."""
     endpoint = pricing.EndpointPricing.of_record(record)
     measured = budget.measured_images_per_second(
@@ -150,7 +152,7 @@ def estimate_backfill(settings: Settings, days: list[str], params: dict[str, Any
     record = record or serving_backend(settings).default_pricing()
     per_day = {day: count_images(settings, params["incoming_uri"].format(dt=day)) for day in days}
     what = f"backfill {days[0]}..{days[-1]}" if days else "backfill"
-    result = estimate(settings, record, sum(per_day.values()), params, what)
+    result = estimate_partition(settings, record, sum(per_day.values()), params, what)
     pricing_of = {key: record[key] for key in ("instance_type", "instance_count")}
     return {"per_day": per_day, "endpoint": endpoint, **pricing_of, **result}
 

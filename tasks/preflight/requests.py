@@ -42,7 +42,14 @@ def build_requests(settings: Settings) -> Requests:
     """One training job, one deployment of its model, and on that model a Batch Transform job with its canary and
     its follow-up for failed records."""
     from tasks.backlog.canary import canary_config
-    from tasks.backlog.plan import RequestFile, Resources, chunk_jobs, records_job, run_prefix, transform_request
+    from tasks.backlog.plan import (
+        RequestFile,
+        TransformResources,
+        chunk_jobs,
+        records_job,
+        run_prefix,
+        transform_request,
+    )
     from tasks.model.taxonomy import load_taxonomy
     from tasks.nightly.partitions import Shard
     from tasks.serving import sagemaker as serving
@@ -114,7 +121,7 @@ def build_requests(settings: Settings) -> Requests:
     transforms = [
         transform_request(
             j,
-            Resources(DEFAULT_INSTANCE_TYPE, 1, 64),
+            TransformResources(DEFAULT_INSTANCE_TYPE, 1, 64),
             model_name=deployment["config_name"],
             max_record_bytes=200_000,
             uri=_plain,

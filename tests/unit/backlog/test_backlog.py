@@ -19,7 +19,7 @@ from botocore.stub import Stubber
 
 from support.endpoints import endpoint_record
 from tasks.backlog import join, plan, requests
-from tasks.backlog.plan import RequestFile, Resources, Throughput, TransformJob
+from tasks.backlog.plan import RequestFile, Throughput, TransformJob, TransformResources
 from tasks.common import storage
 from tasks.common.aws_names import check_sagemaker_name
 from tasks.common.storage import storage_path
@@ -83,32 +83,41 @@ def test_a_job_is_named_for_the_images_its_files_hold_not_their_offsets(tmp_path
 
 def test_the_transform_request_keeps_payload_times_concurrency_within_100_mb() -> None:
     job = plan.chunk_jobs(files([2]), prefix="s3://b/p", run_key="k", identity={}, images_per_job=4)[0]
-    request = plan.transform_request(job, Resources("ml.g5.xlarge", 3, 64), model_name="m", max_record_bytes=1000)
+    request = plan.transform_request(
+        job, TransformResources("ml.g5.xlarge", 3, 64), model_name="m", max_record_bytes=1000
+    )
     assert (request["MaxPayloadInMB"], request["MaxConcurrentTransforms"]) == (1, 64)
     assert request["TransformResources"] == {"InstanceType": "ml.g5.xlarge", "InstanceCount": 3}
     assert request["BatchStrategy"] == "SingleRecord" and request["TransformInput"]["SplitType"] == "Line"
-    big = plan.transform_request(job, Resources("ml.g5.xlarge", 1, 64), model_name="m", max_record_bytes=3 * 2**20 + 1)
+    big = plan.transform_request(
+        job, TransformResources("ml.g5.xlarge", 1, 64), model_name="m", max_record_bytes=3 * 2**20 + 1
+    )
     assert (big["MaxPayloadInMB"], big["MaxConcurrentTransforms"]) == (4, 25)  # 4 MB x 25 = 100 MB
     assert len(big["DataProcessing"]["OutputFilter"]) <= 63 and len(big["DataProcessing"]["InputFilter"]) <= 63
     with pytest.raises(ValueError, match="100 MB"):
-        plan.transform_request(job, Resources("ml.g5.xlarge", 1, 8), model_name="m", max_record_bytes=101 * 2**20)
+        plan.transform_request(
+            job, TransformResources("ml.g5.xlarge", 1, 8), model_name="m", max_record_bytes=101 * 2**20
+        )
     for bad in ({"instance_count": 0}, {"instance_count": 101}, {"invocation_timeout_s": 3601},
                 {"invocation_retries": 4}, {"concurrency": 0}):  # fmt: skip
         with pytest.raises(ValueError):
-            Resources(**{"instance_type": "ml.g5.xlarge", "instance_count": 1, "concurrency": 8, **bad})
+            TransformResources(**{"instance_type": "ml.g5.xlarge", "instance_count": 1, "concurrency": 8, **bad})
 
 
 def test_the_estimate_counts_startup_per_job_and_instance_and_sizes_a_deadline() -> None:
     pricing = EndpointPricing("sagemaker", "us-east-1", "ml.g5.xlarge", 4)
     speed = Throughput(1000 / 674, "assumed")
-    result = plan.estimate(1_000_000, 2, pricing, speed, startup_s=600, deadline_hours=24)
+    result = plan.estimate_transform(1_000_000, 2, pricing, speed, startup_s=600, deadline_hours=24)
     compute_h = 1_000_000 * 0.674 / 3600  # 187.2 instance-hours of inference
     assert result.instance_hours == pytest.approx(compute_h + 2 * 600 * 4 / 3600 + 600 / 3600)  # + the canary
     assert result.wall_hours == pytest.approx(600 / 3600 + 2 * 600 / 3600 + compute_h / 4)
     assert result.usd == pytest.approx(result.instance_hours * 1.408)
     assert result.instances_for_deadline == 8  # 187.2 h of work in 24 h minus 30 min of start-ups: 7.97
-    assert plan.estimate(1_000_000, 1, pricing, speed, startup_s=600, deadline_hours=0.1).instances_for_deadline is None
-    assert plan.estimate(0, 0, pricing, speed, startup_s=600).usd == 0.0
+    assert (
+        plan.estimate_transform(1_000_000, 1, pricing, speed, startup_s=600, deadline_hours=0.1).instances_for_deadline
+        is None
+    )
+    assert plan.estimate_transform(0, 0, pricing, speed, startup_s=600).usd == 0.0
     assert any("ASSUMED" in line or "assumed" in line for line in result.lines())
 
 
@@ -214,7 +223,7 @@ def transform(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setattr(SageMakerHook, "check_s3_url", lambda self, url: True)  # the request files "exist"
     job = plan.chunk_jobs(files([2]), prefix="s3://b/backlog/run", run_key="k", identity={}, images_per_job=4)[0]
-    config = plan.transform_request(job, Resources("ml.g5.xlarge", 2, 16), model_name="m", max_record_bytes=10)
+    config = plan.transform_request(job, TransformResources("ml.g5.xlarge", 2, 16), model_name="m", max_record_bytes=10)
     config["TransformJobName"] = JOB
     operator = AttachingTransformOperator(task_id="transform", config=config, aws_conn_id=None, region_name="us-east-1")
     with Stubber(operator.hook.conn) as stubber:
@@ -322,7 +331,9 @@ def assert_the_airflow_role_may_create(name: str) -> None:
 
 
 def _local_request(transform_job: TransformJob) -> dict:
-    return plan.transform_request(transform_job, Resources("local", 2, 4), model_name="m", max_record_bytes=1000)
+    return plan.transform_request(
+        transform_job, TransformResources("local", 2, 4), model_name="m", max_record_bytes=1000
+    )
 
 
 def test_the_canary_is_the_first_records_of_the_first_file_under_the_first_jobs_request(day) -> None:
@@ -452,7 +463,7 @@ def test_one_rejected_record_costs_one_image_not_its_whole_file(day, rejecting_s
     lines[1]["body"]["reject"] = True  # img-1.png: the container rejects it, every time
     source.write_bytes(b"".join(requests.record_line(r["key"], r["body"]) for r in lines))
     config = plan.transform_request(
-        transform_job, Resources("local", 1, 4, invocation_retries=1), model_name="m", max_record_bytes=10_000
+        transform_job, TransformResources("local", 1, 4, invocation_retries=1), model_name="m", max_record_bytes=10_000
     )
     digits = load_taxonomy("digits")
 
