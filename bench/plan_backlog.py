@@ -19,6 +19,7 @@ Goal: >= 300,000 images over 30 days in <= 60 s and <= 400 MB per process, memor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -81,7 +82,7 @@ def child(work: Path, incoming: Path, days: list[str], workers: int) -> None:
     from tasks.nightly.classification import PartitionJob
     from tasks.nightly.partitions import plan_partition
 
-    record = endpoint_record("http://127.0.0.1:9") | {"supports_choice": True}
+    record = dataclasses.replace(endpoint_record("http://127.0.0.1:9"), supports_choice=True)
     baseline = peak_rss_mb()
     started = time.perf_counter()
     day_docs, files = [], []

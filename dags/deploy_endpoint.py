@@ -6,7 +6,6 @@ from airflow.sdk import Param, TriggerRule, chain, dag, task
 
 from tasks.common.assets import PROMOTED_MODEL, SERVING_ENDPOINT
 from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
-from tasks.model.vision_tokens import DEFAULT_MAX_IMAGE_TOKENS
 from tasks.serving import steps
 from tasks.serving.deployment import DEFAULT_ENDPOINT_NAME, DEFAULT_INSTANCE_TYPE
 
@@ -56,7 +55,13 @@ wait) → verify it serves the new config → smoke test → autoscaling. Model 
         "enable_prefix_caching": Param(False, type="boolean"),
         "images_per_prompt": Param(1, type="integer", minimum=1, description="vLLM limit_mm_per_prompt."),
         "extra_options": Param({}, type="object", description="More serving.properties option.* entries."),
-        "max_image_tokens": Param(DEFAULT_MAX_IMAGE_TOKENS, type=["integer", "null"], description="Per image."),
+        "max_image_tokens": Param(
+            None,
+            type=["integer", "null"],
+            minimum=1,
+            description="Image-token budget per image. Empty: the one the model was trained with (its dataset's). "
+            "A value overrides it; the endpoint record and the log say so.",
+        ),
         "smoke_image_uri": Param(None, type=["null", "string"], description="Probe image; none: a fixed digit."),
         "ready_timeout_s": Param(180, type="integer", minimum=10, description="Local server start limit."),
     },

@@ -10,6 +10,8 @@ from tasks.common.settings import Settings
 from tasks.model.taxonomy import load_taxonomy
 from tasks.model.vision_tokens import TINY_GEOMETRY
 from tasks.nightly import predictions
+from tasks.records.endpoint import EndpointRecord
+from tasks.serving import deployment
 from tasks.serving.local import state_path
 from tasks.serving.local_server import start_local_server
 
@@ -19,22 +21,33 @@ STABLE = ["key", "content_sha256", "source_size", "source_version", "status", "l
 
 def endpoint_record(
     url: str, *, model_version: str = "v1", model_uri: str = "file:///unused", max_image_tokens: int | None = 1200
-) -> dict[str, Any]:
-    """A local endpoint record with every field of tasks.serving.deployment.RECORD_FIELDS."""
-    return {
-        "backend": "local", "endpoint_name": "llava-classifier", "transport": "openai_http", "url": url,
-        "model_version": model_version, "model_uri": model_uri, "taxonomy": "digits",
-        "prompt": load_taxonomy("digits").prompt(), "instance_type": "local", "instance_count": 1,
-        "price_region": "local", "supports_choice": False, "max_image_tokens": max_image_tokens,
-        "vision_geometry": TINY_GEOMETRY.to_dict(), "config_name": None, "deployed_at": "2026-11-01T00:00:00+00:00",
-    }  # fmt: skip
+) -> EndpointRecord:
+    """A local endpoint record as deploy_endpoint writes it."""
+    return EndpointRecord(
+        backend="local",
+        endpoint_name="llava-classifier",
+        transport="openai_http",
+        url=url,
+        model_version=model_version,
+        model=model_uri,
+        taxonomy="digits",
+        prompt=load_taxonomy("digits").prompt(),
+        instance_type="local",
+        instance_count=1,
+        price_region="local",
+        supports_choice=False,
+        max_image_tokens=max_image_tokens,
+        vision_geometry=TINY_GEOMETRY,
+        config_name=None,
+        deployed_at="2026-11-01T00:00:00+00:00",
+    )
 
 
-def deploy_locally(settings: Settings, model: Path, model_version: str) -> dict[str, Any]:
+def deploy_locally(settings: Settings, model: Path, model_version: str) -> EndpointRecord:
     """What deploy_endpoint leaves behind on the local backend: a running server and its endpoint record."""
     server = start_local_server(model, state_path(settings))
     record = endpoint_record(server.base_url, model_version=model_version, model_uri=model.as_uri())
-    storage.write_json(storage.root(settings) / storage.SERVING / "endpoint.json", record)
+    deployment.publish_record(deployment.serving_root(settings), record)
     return record
 
 

@@ -32,19 +32,20 @@ def _curation_summary(args: argparse.Namespace) -> None:
 def _model_summary(args: argparse.Namespace) -> None:
     from tasks.common import storage
     from tasks.training.evaluation import CONFUSION_MATRIX_FILE, METRICS_FILE, summary
-    from tasks.training.registry import read_registry
+    from tasks.training.registry import versions as registered
 
     settings = load_settings()
     models = storage.root(settings) / storage.MODELS
-    versions = read_registry(models)["versions"]
+    versions = registered(models)
     if not versions:
         raise SystemExit(f"no model versions registered under {models}: run finetune_llava first")
-    version = args.version or max(versions, key=lambda v: versions[v]["created_at"])
+    version = args.version or max(versions, key=lambda v: versions[v].created_at or "")
     metrics = read_json(models / version / METRICS_FILE)
     if metrics is None:
         raise SystemExit(f"no {METRICS_FILE} for {version} under {models}")
-    entry = versions.get(version, {})
-    print(f"Model {version}: {entry.get('status', 'unregistered')} ({entry.get('decision', 'no decision yet')})")
+    entry = versions.get(version)
+    status, decision = (entry.status, entry.decision) if entry else ("unregistered", None)
+    print(f"Model {version}: {status} ({decision or 'no decision yet'})")
     print(summary(metrics))
     print(f"held-out accuracy: {metrics['accuracy']:.4f}   train_seconds: {metrics['train_seconds']:.1f}")
     print(f"model:            {metrics['model_uri']}")

@@ -145,7 +145,7 @@ def deployed_taxonomy(settings: Any) -> Taxonomy:
     record = deployment.current_endpoint(deployment.serving_root(settings))
     if record is None:
         raise AirflowFailException("no endpoint record: deploy_endpoint first")
-    return load_taxonomy(record["taxonomy"])
+    return load_taxonomy(record.taxonomy)
 
 
 def require_passed(ti: Any, dt: str) -> None:

@@ -26,6 +26,7 @@ from tasks.backlog.plan import INPUT_FILTER, OUTPUT_FILTER, OUTPUT_SUFFIX, REQUE
 from tasks.common import storage
 from tasks.common.progress import Progress
 from tasks.common.settings import Settings
+from tasks.records.endpoint import EndpointRecord
 from tasks.serving.client import EndpointSpec, HttpTransport, RequestError
 
 log = logging.getLogger(__name__)
@@ -145,12 +146,12 @@ def run_job(settings: Settings, config: dict[str, Any]) -> tuple[dict[str, Any],
     from tasks.nightly.classification import deployed_endpoint
 
     record = deployed_endpoint(settings)  # restarts a local server that died
-    if record["endpoint_name"] != config["ModelName"]:
+    if record.endpoint_name != config["ModelName"]:
         raise AirflowFailException(
-            f"the request is for {config['ModelName']!r}, the deployed endpoint is {record['endpoint_name']!r}"
+            f"the request is for {config['ModelName']!r}, the deployed endpoint is {record.endpoint_name!r}"
         )
     started = time.monotonic()
-    description = run_transform(config, record["url"], settings.aws_conn_id)
+    description = run_transform(config, record.url, settings.aws_conn_id)
     status, seconds = description["TransformJobStatus"], time.monotonic() - started
     log.info("transform job %s: %s in %.1f s", config["TransformJobName"], status, seconds)
     return description, record
@@ -168,8 +169,8 @@ class LocalBacklog:
         self.settings = settings
         self.price_region = "local"
 
-    def model_name(self, record: dict[str, Any]) -> str:
-        return str(record["endpoint_name"])
+    def model_name(self, record: EndpointRecord) -> str:
+        return record.endpoint_name
 
     def uri(self, storage_uri: str) -> str:
         return storage_uri
@@ -230,7 +231,7 @@ class LocalBacklog:
 
             description, record = run_job(settings, config)
             outcome = job_outcome(check_ended_well(description))
-            return {**outcome, **canary.check(config, settings.aws_conn_id, load_taxonomy(record["taxonomy"]))}
+            return {**outcome, **canary.check(config, settings.aws_conn_id, load_taxonomy(record.taxonomy))}
 
         return run_canary(canary_request(requests))
 

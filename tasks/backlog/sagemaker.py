@@ -20,6 +20,7 @@ from tasks.backlog.join import job_outcome
 from tasks.backlog.plan import TransformJob
 from tasks.common.sagemaker_jobs import WAITER_DELAY_S, AttachingJobMixin, s3_uri
 from tasks.common.settings import Settings
+from tasks.records.endpoint import EndpointRecord
 
 MAX_WAIT_S = 24 * 3600  # per wait; a job still running then fails the try retryably, and the retry attaches again
 SEED_SECONDS_PER_1000 = 674  # the seed's measurement on one ml.g5.xlarge endpoint at 32 requests in flight
@@ -83,12 +84,12 @@ class SageMakerBacklog:
         self.settings = settings
         self.price_region = settings.region
 
-    def model_name(self, record: dict[str, Any]) -> str:
-        if record.get("backend") != "sagemaker" or not record.get("config_name"):
+    def model_name(self, record: EndpointRecord) -> str:
+        if record.backend != "sagemaker" or not record.config_name:
             raise AirflowFailException(
                 "the deployed endpoint has no SageMaker model (config_name) to run Batch Transform on: deploy_endpoint"
             )
-        return str(record["config_name"])
+        return str(record.config_name)
 
     def uri(self, storage_uri: str) -> str:
         """Plain s3://, keeping a prefix's trailing slash (a bare `.../input` would also match `.../input-2/`)."""

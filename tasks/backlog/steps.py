@@ -26,6 +26,7 @@ from tasks.nightly import classification, commit, partitions, predictions
 from tasks.nightly.classification import PartitionJob
 from tasks.nightly.partitions import PartitionPlan, Shard
 from tasks.nightly.quality import QualityThresholds
+from tasks.records.endpoint import EndpointRecord
 
 log = logging.getLogger(__name__)
 DAG_ID = "classify_backlog"
@@ -43,7 +44,7 @@ class BacklogBackend(Protocol):
     startup_s: float  # model start-up each job pays on each instance
     price_region: str
 
-    def model_name(self, record: dict[str, Any]) -> str: ...
+    def model_name(self, record: EndpointRecord) -> str: ...
     def uri(self, storage_uri: str) -> str: ...
     def transform(self, requests: XComArg, pool: str) -> XComArg: ...
     def outcome(self, job: TransformJob) -> dict[str, Any] | None: ...
@@ -143,9 +144,9 @@ def plan_backlog(
     incoming = {dt: commit.incoming_path(settings, params["incoming_uri"].format(dt=dt)) for dt in days}  # first
     backend = backlog_backend(settings)
     record = classification.deployed_endpoint(settings)
-    version = params["model_version"] or str(record["model_version"])
-    if version != str(record["model_version"]):
-        raise AirflowFailException(f"model version {version!r} is not the deployed one ({record['model_version']!r}): "
+    version = params["model_version"] or record.model_version
+    if version != record.model_version:
+        raise AirflowFailException(f"model version {version!r} is not the deployed one ({record.model_version!r}): "
                                    "deploy it with deploy_endpoint first, or leave model_version empty")  # fmt: skip
     model_name = backend.model_name(record)
     res = resources(backend, params)
@@ -187,7 +188,7 @@ def plan_backlog(
 
 def write_requests(jobs: list[dict[str, Any]], day_doc: dict[str, Any]) -> list[dict[str, Any]]:
     """Write the day's request files (and their indexes) into the jobs that hold them; what each file holds."""
-    day = PartitionJob(**day_doc["job"])
+    day = PartitionJob.from_dict(day_doc["job"])
     written = []
     for job in map(TransformJob.from_dict, jobs):
         for request in (f for f in job.files if f.dt == day.dt):
@@ -234,11 +235,11 @@ def commit_day(
     from tasks.model.taxonomy import load_taxonomy
 
     backend = backlog_backend(settings)
-    day, day_plan = PartitionJob(**day_doc["job"]), PartitionPlan.from_dict(day_doc["plan"])
+    day, day_plan = PartitionJob.from_dict(day_doc["job"]), PartitionPlan.from_dict(day_doc["plan"])
     mine = [job for job in map(TransformJob.from_dict, jobs) if any(f.dt == day.dt for f in job.files)]
     follow_ups = {job.name: plan.records_job(job) for job in mine}  # re-sent records of a Failed job (records.py)
     outcomes = {job.name: backend.outcome(job) for job in [*mine, *follow_ups.values()]}
-    taxonomy = load_taxonomy(day.record["taxonomy"])
+    taxonomy = load_taxonomy(day.record.taxonomy)
     results = [join.join_file(day, job, request, outcomes[job.name], taxonomy, outcomes[follow_ups[job.name].name])
                for job in mine for request in job.files if request.dt == day.dt]  # fmt: skip
     staged = classification.collect_shards(day_plan, results)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 
 from tasks.common.settings import INCLUDE_DIR
+from tasks.records.endpoint import EndpointRecord
 
 PRICE_TABLE = INCLUDE_DIR / "prices" / "sagemaker_prices.yaml"
 Usage = Literal["training", "inference"]
@@ -49,14 +50,9 @@ class EndpointPricing:
     instance_count: int
 
     @classmethod
-    def of_record(cls, record: dict[str, Any]) -> EndpointPricing:
-        """From an endpoint record (tasks.serving.deployment), priced in the region its backend recorded."""
-        return cls(
-            backend=record["backend"],
-            region=record["price_region"],
-            instance_type=record["instance_type"],
-            instance_count=int(record["instance_count"]),
-        )
+    def of_record(cls, record: EndpointRecord) -> EndpointPricing:
+        """From an endpoint record, priced in the region its backend recorded."""
+        return cls(record.backend, record.price_region, record.instance_type, record.instance_count)
 
     @property
     def price_per_hour_usd(self) -> float:

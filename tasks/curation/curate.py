@@ -42,6 +42,7 @@ from tasks.model.images import (
 )
 from tasks.model.taxonomy import DEFAULT_PROMPT_TEMPLATE, Taxonomy
 from tasks.model.vision_tokens import DEFAULT_POLICY, ResizePolicy, prepare_image
+from tasks.records.base import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from datasets import Dataset, Features
@@ -325,7 +326,8 @@ def _report(
     per_label: dict[str, Counter] = defaultdict(Counter)
     for row in kept:
         per_label[row["label"]][row["split"]] += 1
-    report = {
+    report = {  # its top-level facts are the dataset's release (tasks.records.dataset.DatasetRelease)
+        "schema_version": SCHEMA_VERSION,
         "taxonomy": taxonomy.name,
         "prompt": prompt,
         "options": {

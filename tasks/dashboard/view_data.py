@@ -231,20 +231,19 @@ def with_gaps(partitions: list[PartitionRow], predictions_root: ObjectStoragePat
 
 def model_rows(models_root: ObjectStoragePath) -> list[ModelRow]:
     """Every registered version with its held-out metrics and promotion decision, newest first."""
-    versions = registry.read_registry(models_root)["versions"]
     rows = [
         ModelRow(
             version=version,
-            status=str(entry.get("status", "candidate")),
-            accuracy=entry.get("metrics", {}).get("accuracy"),
-            macro_f1=entry.get("metrics", {}).get("macro_f1"),
-            invalid_rate=entry.get("metrics", {}).get("invalid_rate"),
-            decision=str(entry.get("decision", "")),
-            created_at=str(entry.get("created_at", "")),
-            dag_id=str(entry.get("dag_id", "")),
-            run_id=str(entry.get("run_id", "")),
+            status=entry.status,
+            accuracy=entry.metrics.get("accuracy"),
+            macro_f1=entry.metrics.get("macro_f1"),
+            invalid_rate=entry.metrics.get("invalid_rate"),
+            decision=entry.decision or "",
+            created_at=entry.created_at or "",
+            dag_id=entry.dag_id or "",
+            run_id=entry.run_id or "",
         )
-        for version, entry in versions.items()
+        for version, entry in registry.versions(models_root).items()
     ]
     return sorted(rows[::-1], key=lambda row: row.created_at, reverse=True)  # ties: the later registered first
 
@@ -284,10 +283,10 @@ def production_model(models_root: ObjectStoragePath) -> ModelSummary | None:
     if model is None:
         return None
     return ModelSummary(
-        version=model["version"],
-        accuracy=model["accuracy"],
-        invalid_rate=model["metrics"].get("invalid_rate"),
-        macro_f1=model["metrics"].get("macro_f1"),
+        version=model.version,
+        accuracy=model.accuracy,
+        invalid_rate=model.metrics.get("invalid_rate"),
+        macro_f1=model.metrics.get("macro_f1"),
     )
 
 

@@ -25,6 +25,7 @@ from tasks.model.images import MAX_FILE_BYTES
 from tasks.nightly import partitions, predictions
 from tasks.nightly.partitions import PartitionPlan, Shard
 from tasks.nightly.predictions import RowStats
+from tasks.records.endpoint import EndpointRecord
 from tasks.serving.client import DEFAULT_MAX_CONSECUTIVE_FAILURES, ClassificationResult, EndpointClient
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class PartitionJob:
     incoming_uri: str
     partition_uri: str
     run_token: str
-    record: dict[str, Any] | None  # the endpoint record (tasks.serving.deployment); None: nothing to classify
+    record: EndpointRecord | None  # None: no endpoint deployed, nothing to classify
     concurrency: int
     conn_id: str
     client_options: dict[str, Any] = field(default_factory=dict)  # EndpointSpec overrides: timeout_s, max_retries
@@ -50,11 +51,11 @@ class PartitionJob:
 
     @property
     def model_version(self) -> str:
-        return str(self.record["model_version"]) if self.record else ""
+        return self.record.model_version if self.record else ""
 
     @property
     def endpoint_name(self) -> str:
-        return str(self.record["endpoint_name"]) if self.record else ""
+        return self.record.endpoint_name if self.record else ""
 
     def client(self) -> EndpointClient:
         from tasks.model.taxonomy import load_taxonomy
@@ -62,23 +63,28 @@ class PartitionJob:
 
         assert self.record is not None, "a job without an endpoint has no shards"
         spec = replace(deployment.endpoint_spec(self.record, self.conn_id), **self.client_options)
-        taxonomy = load_taxonomy(self.record["taxonomy"])
+        taxonomy = load_taxonomy(self.record.taxonomy)
         policy = deployment.resize_policy(self.record)
         return EndpointClient(
             spec,
             taxonomy,
             policy=policy,
-            prompt=self.record["prompt"],
+            prompt=self.record.prompt,
             max_consecutive_failures=self.max_consecutive_failures,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"record": self.record.to_dict() if self.record else None}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> PartitionJob:
+        record = doc["record"] and EndpointRecord.from_dict(doc["record"], "the job's endpoint record (XCom)")
+        return cls(**doc | {"record": record})
 
 
 def deployed_endpoint(
     settings: Settings, *, name: str | None = None, backend: str | None = None, required: bool = True
-) -> dict | None:
+) -> EndpointRecord | None:
     """The endpoint record to classify with (None when none is deployed and it is not `required`).
 
     `name`/`backend`, when set, pin the run to that endpoint: it refuses to classify through another one (e.g. a
@@ -97,8 +103,10 @@ def deployed_endpoint(
             "run deploy_endpoint first"
         )
     for param, wanted in (("endpoint_name", name), ("backend", backend)):
-        if wanted and record[param] != wanted:
-            raise AirflowFailException(f"the deployed endpoint has {param}={record[param]!r}; this run: {wanted!r}")
+        if wanted and getattr(record, param) != wanted:
+            raise AirflowFailException(
+                f"the deployed endpoint has {param}={getattr(record, param)!r}; this run: {wanted!r}"
+            )
     if required:
         serving_backend(settings).ensure_serving(record)
     return record

@@ -95,7 +95,7 @@ def plan(
         incoming,
         partition,
         dt=dt,
-        model_version=str(record["model_version"]) if record else "",
+        model_version=record.model_version if record else "",
         shard_size=params["shard_size"],
         reclassify=params["reclassify"],
     )
@@ -120,17 +120,18 @@ def plan(
 
 def check_budget(settings: Settings, planned: dict[str, Any], params: dict[str, Any]) -> list[dict[str, Any]]:
     """Raise when the estimate is above the budget; else return the shards to classify (what `expand` maps)."""
-    job, plan_ = PartitionJob(**planned["job"]), PartitionPlan.from_dict(planned["plan"])
+    job, plan_ = PartitionJob.from_dict(planned["job"]), PartitionPlan.from_dict(planned["plan"])
     if plan_.to_classify:
-        estimate_partition(settings, job.record, plan_.to_classify, params, f"dt={plan_.dt}")
+        estimate_partition(
+            settings, pricing.EndpointPricing.of_record(job.record), plan_.to_classify, params, f"dt={plan_.dt}"
+        )
     return planned["plan"]["shards"]
 
 
 def estimate_partition(
-    settings: Settings, record: dict[str, Any], images: int, params: dict[str, Any], what: str
+    settings: Settings, endpoint: pricing.EndpointPricing, images: int, params: dict[str, Any], what: str
 ) -> dict:
     """The budget guard: cost of `images` at the endpoint's measured throughput (else the assumed one)."""
-    endpoint = pricing.EndpointPricing.of_record(record)
     measured = budget.measured_images_per_second(
         storage.root(settings) / storage.COSTS, endpoint.instance_type, endpoint.instance_count
     )
@@ -149,16 +150,16 @@ def estimate_backfill(settings: Settings, days: list[str], params: dict[str, Any
 
     record = classification.deployed_endpoint(settings, name=params.get("endpoint_name"), required=False)
     endpoint = "deployed" if record else "assumed"
-    record = record or serving_backend(settings).default_pricing()
+    priced = pricing.EndpointPricing.of_record(record) if record else serving_backend(settings).default_pricing()
     per_day = {day: count_images(settings, params["incoming_uri"].format(dt=day)) for day in days}
     what = f"backfill {days[0]}..{days[-1]}" if days else "backfill"
-    result = estimate_partition(settings, record, sum(per_day.values()), params, what)
-    pricing_of = {key: record[key] for key in ("instance_type", "instance_count")}
+    result = estimate_partition(settings, priced, sum(per_day.values()), params, what)
+    pricing_of = {"instance_type": priced.instance_type, "instance_count": priced.instance_count}
     return {"per_day": per_day, "endpoint": endpoint, **pricing_of, **result}
 
 
 def classify(job: dict[str, Any], shard: dict[str, Any]) -> dict[str, Any]:
-    return classification.classify_shard(PartitionJob(**job), Shard(**shard)).__dict__
+    return classification.classify_shard(PartitionJob.from_dict(job), Shard(**shard)).__dict__
 
 
 def collect(planned: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -184,13 +185,13 @@ def publish(
 ) -> dict[str, Any]:
     """Commit (tasks.nightly.commit.publish); returns the asset event's extra."""
     plan_ = PartitionPlan.from_dict(planned["plan"])
-    return commit.publish(PartitionJob(**planned["job"]), plan_, StagedPartition(**staged), verdict, ti)
+    return commit.publish(PartitionJob.from_dict(planned["job"]), plan_, StagedPartition(**staged), verdict, ti)
 
 
 def record_costs(
     settings: Settings, planned: dict[str, Any], staged: dict[str, Any], run_id: str, dag_id: str
 ) -> list[str]:
-    job = PartitionJob(**planned["job"])
+    job = PartitionJob.from_dict(planned["job"])
     if job.record is None:
         log.info("dt=%s: no images and no endpoint deployed: nothing to price", job.dt)
         return []
@@ -204,7 +205,7 @@ def record_costs(
         run_id=run_id,
         dag_id=dag_id,
     )
-    entries = ledger.partition_entries(classification, deployed_at=job.record["deployed_at"])
+    entries = ledger.partition_entries(classification, deployed_at=job.record.deployed_at)
     costs_root = storage.root(settings) / storage.COSTS
     for entry in entries:
         log.info("%s %s: %.1f s, $%.6f", entry.kind, entry.key, entry.billable_seconds, entry.cost_usd)

@@ -51,7 +51,9 @@ def build_requests(settings: Settings) -> Requests:
         transform_request,
     )
     from tasks.model.taxonomy import load_taxonomy
+    from tasks.model.vision_tokens import DEFAULT_MAX_IMAGE_TOKENS
     from tasks.nightly.partitions import Shard
+    from tasks.records.dataset import DatasetRelease
     from tasks.serving import sagemaker as serving
     from tasks.serving.deployment import DEFAULT_ENDPOINT_NAME, DEFAULT_INSTANCE_TYPE
     from tasks.training.plan import plan_training
@@ -59,12 +61,15 @@ def build_requests(settings: Settings) -> Requests:
 
     taxonomy = load_taxonomy(settings.taxonomy)
     backend = SageMakerTraining(settings)
-    dataset = {
-        "dataset_uri": f"{settings.storage_uri}/{storage.DATASETS}/{taxonomy.name}-example",
-        "taxonomy": taxonomy.name,
-        "prompt": taxonomy.prompt(),
-        "fingerprint": "0" * 64,
-    }
+    dataset = DatasetRelease(
+        dataset=f"{storage.DATASETS}/{taxonomy.name}-example",
+        taxonomy=taxonomy.name,
+        prompt=taxonomy.prompt(),
+        fingerprint="0" * 64,
+        splits={},  # not sized: the example plan's requests, not a real training
+        max_image_tokens=DEFAULT_MAX_IMAGE_TOKENS,
+        vision_tile_size=backend.geometry.tile_size,
+    )
     training_params = {
         "base_model": None,
         "hyperparameters": {},

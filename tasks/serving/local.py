@@ -15,6 +15,8 @@ from airflow.sdk import TriggerRule, XComArg, task, task_group
 
 from tasks.common.settings import Settings
 from tasks.common.storage import SERVING, local_path
+from tasks.costs.pricing import EndpointPricing
+from tasks.records.endpoint import EndpointRecord
 from tasks.serving import deployment
 from tasks.serving.local_server import local_server_status, start_local_server, stop_local_server
 from tasks.serving.steps import NOTHING_TO_DO, PLAN_DOC, PLAN_TASK, ROLL_BACK_DOC, plan_or_skip
@@ -103,14 +105,14 @@ class LocalServing:
 
         return tear_down()
 
-    def default_pricing(self) -> dict[str, Any]:
-        return {"backend": "local", "price_region": PRICE_REGION, "instance_type": PRICE_REGION, "instance_count": 1}
+    def default_pricing(self) -> EndpointPricing:
+        return EndpointPricing("local", PRICE_REGION, PRICE_REGION, 1)
 
-    def ensure_serving(self, record: dict[str, Any]) -> None:
+    def ensure_serving(self, record: EndpointRecord) -> None:
         """Restart the recorded endpoint's server if it died (a reboot, an OOM kill) on its recorded port, so the
         URL in the record stays true."""
-        port = urlparse(record["url"]).port
-        start_local_server(model_dir(record["model_uri"]), state_path(self.settings), port)
+        port = urlparse(record.url or "").port
+        start_local_server(model_dir(record.model_uri(self.settings.storage_uri)), state_path(self.settings), port)
 
 
 def state_path(settings: Settings) -> Path:

@@ -22,6 +22,8 @@ from tasks.common.aws_names import MAX_NAME, sagemaker_name, slug
 from tasks.common.sagemaker_jobs import NAME_FIELD, describe
 from tasks.common.settings import Settings
 from tasks.common.storage import plain_uri, storage_path, write_bytes_atomic
+from tasks.costs.pricing import EndpointPricing
+from tasks.records.endpoint import EndpointRecord
 from tasks.serving import deployment
 from tasks.serving.config import ServingConfig, package_model_tar, render_serving_properties
 from tasks.serving.runtime import djl_lmi_image_uri
@@ -425,7 +427,7 @@ keep the version that really serves. Fix the cause and trigger again.""",
         def delete_superseded_task() -> dict:
             name = plan_or_skip()["endpoint_name"]
             record = deployment.current_endpoint(deployment.serving_root(self.settings))
-            last_good = record["config_name"] if record and record["endpoint_name"] == name else None
+            last_good = record.config_name if record and record.endpoint_name == name else None
             return delete_superseded(_sagemaker(self.settings.aws_conn_id), name, also_keep=last_good)
 
         return delete_superseded_task().as_teardown()
@@ -443,11 +445,10 @@ keep the version that really serves. Fix the cause and trigger again.""",
 
         return tear_down_task()
 
-    def default_pricing(self) -> dict[str, Any]:
-        return {"backend": "sagemaker", "price_region": self.settings.region,
-                "instance_type": deployment.DEFAULT_INSTANCE_TYPE, "instance_count": 1}  # fmt: skip
+    def default_pricing(self) -> EndpointPricing:
+        return EndpointPricing("sagemaker", self.settings.region, deployment.DEFAULT_INSTANCE_TYPE, 1)
 
-    def ensure_serving(self, record: dict[str, Any]) -> None:
+    def ensure_serving(self, record: EndpointRecord) -> None:
         """Nothing to restart: SageMaker keeps the endpoint's instances healthy, and a broken endpoint shows up as
         failed requests (recorded as `failed` rows, retried by the next run)."""
 

@@ -14,7 +14,9 @@ from typing import Any, Protocol
 from airflow.sdk import XComArg
 
 from tasks.common.settings import Settings
+from tasks.costs.pricing import EndpointPricing
 from tasks.model.taxonomy import load_taxonomy
+from tasks.records.endpoint import EndpointRecord
 from tasks.serving import deployment
 
 PLAN_TASK = "plan_deployment"
@@ -38,12 +40,12 @@ class ServingBackend(Protocol):
     def scale(self, plan: XComArg) -> Any: ...
     def clean_up(self) -> Any: ...
     def tear_down(self) -> Any: ...
-    def ensure_serving(self, record: dict[str, Any]) -> None:
+    def ensure_serving(self, record: EndpointRecord) -> None:
         """Called before classifying through a recorded endpoint: bring it back if it can be (a local server)."""
 
-    def default_pricing(self) -> dict[str, Any]:
-        """The pricing fields of the endpoint deploy_endpoint deploys with its default params (backend, price_region,
-        instance_type, instance_count): what a budget estimate prices before any endpoint is deployed."""
+    def default_pricing(self) -> EndpointPricing:
+        """The pricing of the endpoint deploy_endpoint deploys with its default params: what a budget estimate
+        prices before any endpoint is deployed."""
 
 
 def serving_backend(settings: Settings) -> ServingBackend:
@@ -66,9 +68,9 @@ def smoke_test(settings: Settings, plan: dict[str, Any], url: str | None) -> str
     image, expected = deployment.smoke_image(plan["smoke_image_uri"], settings)
     return deployment.smoke_test(
         deployment.endpoint_spec(record, settings.aws_conn_id),
-        load_taxonomy(plan["taxonomy"]),
+        load_taxonomy(record.taxonomy),
         image,
-        prompt=plan["prompt"],
+        prompt=record.prompt,
         policy=deployment.resize_policy(record),
         expected=expected,
     )
@@ -78,7 +80,7 @@ def publish_endpoint(settings: Settings, plan: dict[str, Any], url: str | None) 
     """Write the endpoint record (what classify_images calls); returns it."""
     record = deployment.endpoint_record(plan, url)
     deployment.publish_record(deployment.serving_root(settings), record)
-    return record
+    return record.to_dict()
 
 
 def forget_endpoint(settings: Settings, endpoint_name: str) -> bool:

@@ -20,6 +20,7 @@ from tasks.common.storage import local_path
 from tasks.costs.pricing import hourly_price
 from tasks.model.taxonomy import load_taxonomy
 from tasks.model.vision_tokens import TINY_GEOMETRY
+from tasks.records.dataset import DatasetRelease
 from tasks.training.plan import ENTRY_POINT, TRAINING_SOURCE_DIR, Resources, TrainingOutcome, TrainingPlan, script_flags
 
 LOCAL = "local"  # region and instance type of the local backend in the price table
@@ -65,7 +66,7 @@ class LocalTraining:
         return Resources(LOCAL, 1, False, 0, LOCAL)
 
     def size(
-        self, hyperparameters: dict[str, Any], resources: Resources, dataset: dict[str, Any], params: dict[str, Any]
+        self, hyperparameters: dict[str, Any], resources: Resources, dataset: DatasetRelease, params: dict[str, Any]
     ) -> tuple[dict[str, Any], None]:
         """Not sized: the tiny model trains in minutes and has no MaxRuntime to fit."""
         return hyperparameters, None

@@ -19,6 +19,8 @@ from tasks.common import storage
 from tasks.common.aws_names import sagemaker_name, slug
 from tasks.common.settings import INCLUDE_DIR, Settings
 from tasks.costs.ledger import LedgerEntry
+from tasks.records.base import RecordError, resolve, storage_ref
+from tasks.records.dataset import DatasetRelease
 
 if TYPE_CHECKING:
     from tasks.training.steps import TrainingBackend
@@ -73,8 +75,10 @@ class TrainingPlan:
     version: str
     job_name: str
     dataset_uri: str
+    dataset_fingerprint: str  # the curation report's: which examples, prompt and preparation, exactly
     taxonomy: str
     prompt: str
+    max_image_tokens: int | None  # the budget the dataset's images were prepared with; serving resizes the same
     base_model: str  # hub id, s3:// prefix or local directory; "" = the backend builds one (local: the tiny model)
     hyperparameters: dict[str, Any]
     instance_type: str
@@ -119,32 +123,37 @@ def plan_training(
     backend: TrainingBackend,
     settings: Settings,
     params: dict[str, Any],
-    dataset: dict[str, Any],
+    dataset: DatasetRelease,
     *,
     dag_id: str,
     run_key: str,
     run_time: datetime,
 ) -> TrainingPlan:
-    """The plan for one DAG run (`run_key`, `run_time`: see run_identity). `dataset` is {dataset_uri, taxonomy, prompt}
-    from the curation report.
+    """The plan for one DAG run (`run_key`, `run_time`: see run_identity) on a curated dataset (find_dataset).
 
     Hyperparameters in `params` override the backend's defaults key by key; where the model and the script's other
     files land is the backend's `artifact_uris`.
     """
     if not 0 < int(params["max_run_seconds"]) <= MAX_RUN_SECONDS:
         raise ValueError(f"max_run_seconds must lie in 1..{MAX_RUN_SECONDS} (28 days, the SageMaker limit)")
-    version = model_version(dataset["taxonomy"], dag_id, run_key, run_time)
+    if dataset.vision_tile_size != backend.geometry.tile_size:
+        raise ValueError(
+            f"{dataset.dataset} was curated for {dataset.vision_tile_size}-px tiles, the {backend.name} model has "
+            f"{backend.geometry.tile_size}-px tiles: curate it again on this backend"
+        )
+    version = model_version(dataset.taxonomy, dag_id, run_key, run_time)
     job_name = training_job_name(dag_id, run_key)
     model_root = f"{settings.storage_uri}/{storage.MODELS}/{version}"
+    dataset_uri = resolve(dataset.dataset, settings.storage_uri)
     model_uri, output_uri = backend.artifact_uris(model_root, job_name)
     resources = backend.resources(params)
     base_model = checked_base_model(params["base_model"], settings) or backend.default_base_model
     hyperparameters = {**backend.hyperparameters, **params["hyperparameters"]}
     sizing = None
-    if "splits" in dataset:  # every curated dataset (find_dataset); preflight's example plan has none
+    if dataset.splits:  # every curated dataset (find_dataset); preflight's example plan has none
         hyperparameters, sizing = backend.size(hyperparameters, resources, dataset, params)
     if backend.shared_checkpoints:
-        key = training_key(dataset, base_model, hyperparameters, resources)
+        key = training_key(dataset_uri, dataset, base_model, hyperparameters, resources)
         checkpoint_uri = f"{settings.storage_uri}/{storage.MODELS}/{CHECKPOINTS}/{key}"
     else:
         checkpoint_uri = f"{model_root}/checkpoints"
@@ -152,9 +161,11 @@ def plan_training(
         backend=backend.name,
         version=version,
         job_name=job_name,
-        dataset_uri=dataset["dataset_uri"],
-        taxonomy=dataset["taxonomy"],
-        prompt=dataset["prompt"],
+        dataset_uri=dataset_uri,
+        dataset_fingerprint=dataset.fingerprint,
+        taxonomy=dataset.taxonomy,
+        prompt=dataset.prompt,
+        max_image_tokens=dataset.max_image_tokens,
         base_model=base_model,
         hyperparameters=hyperparameters,
         instance_type=resources.instance_type,
@@ -168,14 +179,14 @@ def plan_training(
         output_uri=output_uri,
         checkpoint_uri=checkpoint_uri,
         region=resources.price_region,
-        tags={"pipeline": dag_id, "model_version": version, "taxonomy": dataset["taxonomy"]},
+        tags={"pipeline": dag_id, "model_version": version, "taxonomy": dataset.taxonomy},
         vision_geometry=backend.geometry.to_dict(),
         sizing=sizing,
     )
 
 
 def training_key(
-    dataset: dict[str, Any], base_model: str, hyperparameters: dict[str, Any], resources: Resources
+    dataset_uri: str, dataset: DatasetRelease, base_model: str, hyperparameters: dict[str, Any], resources: Resources
 ) -> str:
     """`<taxonomy>-<hash>` of what a training's checkpoints depend on: the dataset (URI and fingerprint), the base
     model, the hyperparameters that shape the run (not NOT_IN_TRAINING_KEY), and the instance type and count
@@ -184,24 +195,22 @@ def training_key(
     """
     shaping = {key: flag_value(value) for key, value in hyperparameters.items() if key not in NOT_IN_TRAINING_KEY}
     identity = {
-        "dataset_uri": dataset["dataset_uri"],
-        "fingerprint": dataset.get("fingerprint"),
+        "dataset_uri": dataset_uri,
+        "fingerprint": dataset.fingerprint,
         "base_model": base_model,
         "hyperparameters": shaping,
         "instance_type": resources.instance_type,
         "instance_count": resources.instance_count,
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    return f"{slug(dataset['taxonomy'])}-{digest}"
+    return f"{slug(dataset.taxonomy)}-{digest}"
 
 
-def find_dataset(requested_uri: str | None, event_extras: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
+def find_dataset(requested_uri: str | None, event_extras: list[dict[str, Any]], settings: Settings) -> DatasetRelease:
     """The dataset to train on: the param, else the newest triggering curated_dataset event's, else the newest
-    complete dataset under `<storage>/datasets/` (one with curation_report.json, which curation writes last).
-
-    Returns {dataset_uri, taxonomy, prompt, fingerprint, splits} from its curation report (splits: example count
-    per split, which sizes a SageMaker plan). A missing or unusable dataset
-    fails without retries: waiting a minute does not make one appear.
+    complete dataset under `<storage>/datasets/` (one with curation_report.json, which curation writes last), as
+    its curation report declares it. A missing or unusable dataset fails without retries: waiting a minute does not
+    make one appear.
     """
     from tasks.common.storage import CURATION_REPORT as REPORT_NAME
 
@@ -213,13 +222,17 @@ def find_dataset(requested_uri: str | None, event_extras: list[dict[str, Any]], 
             raise AirflowFailException(f"no curated dataset under {root}: run curate_dataset, or pass dataset_uri")
         uri = f"{settings.storage_uri}/{storage.DATASETS}/{max(reports, key=lambda r: r.stat().st_mtime).parent.name}"
     param = "dataset_uri" if requested_uri else "dataset_uri (of the curated_dataset event)"
-    report = storage.read_json(storage.contained(uri, settings, param=param) / REPORT_NAME)
+    report_path = storage.contained(uri, settings, param=param) / REPORT_NAME
+    report = storage.read_json(report_path)
     if report is None:
         raise AirflowFailException(f"{uri} is not a complete curated dataset (no {REPORT_NAME}); run curate_dataset")
-    if not report["splits"].get("test"):
+    try:
+        release = DatasetRelease.from_report(report, storage_ref(uri, settings.storage_uri), str(report_path))
+    except RecordError as exc:
+        raise AirflowFailException(f"{exc}: curate the dataset again") from None
+    if not release.splits.get("test"):
         raise AirflowFailException(f"{uri} has no held-out test split to evaluate on; curate with test_fraction > 0")
-    keys = ("taxonomy", "prompt", "fingerprint", "splits")
-    return {"dataset_uri": uri, **{key: report[key] for key in keys}}
+    return release
 
 
 def checked_base_model(base_model: str | None, settings: Settings) -> str:

@@ -8,13 +8,16 @@ Writers are serialised by the fine-tuning DAG (max_active_runs=1); the index is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
 from tasks.common import storage
+from tasks.model.vision_tokens import VisionGeometry
+from tasks.records.base import storage_ref
+from tasks.records.model import ModelVersion
 from tasks.training.plan import TrainingPlan
 
 REGISTRY_FILE = "registry.json"
@@ -25,7 +28,7 @@ def _now() -> str:
 
 
 def read_registry(models_root: ObjectStoragePath) -> dict[str, Any]:
-    """The whole index; an empty one before the first registration."""
+    """The whole index as stored; an empty one before the first registration."""
     return storage.read_json(models_root / REGISTRY_FILE, default=None) or {
         "production": None,
         "versions": {},
@@ -33,31 +36,28 @@ def read_registry(models_root: ObjectStoragePath) -> dict[str, Any]:
     }
 
 
-def register_version(models_root: ObjectStoragePath, version: str, entry: dict[str, Any]) -> dict[str, Any]:
-    """Add or refresh a version as a candidate; registering again keeps its first `created_at` and its status.
+def versions(models_root: ObjectStoragePath) -> dict[str, ModelVersion]:
+    """Every registered version, read and checked (a malformed entry fails naming the file and the field)."""
+    where = str(models_root / REGISTRY_FILE)
+    return {v: ModelVersion.from_dict(v, doc, where) for v, doc in read_registry(models_root)["versions"].items()}
 
-    `entry` carries at least model_uri, taxonomy, prompt and metrics (with `accuracy`).
-    """
+
+def register_version(models_root: ObjectStoragePath, version: ModelVersion) -> ModelVersion:
+    """Add or refresh a version as a candidate; registering again keeps its first `created_at`, its status and
+    decision."""
     registry = read_registry(models_root)
-    previous = registry["versions"].get(version, {})
-    registry["versions"][version] = {
-        "status": "candidate",
-        **{k: v for k, v in previous.items() if k in ("status", "decision", "created_at")},
-        **entry,
-        "created_at": previous.get("created_at", _now()),
-    }
+    before = versions(models_root).get(version.version)
+    kept = before or replace(version, status="candidate", created_at=_now())
+    entry = replace(version, status=kept.status, decision=kept.decision, created_at=kept.created_at)
+    registry["versions"][version.version] = entry.to_dict()
     storage.write_json(models_root / REGISTRY_FILE, registry)
-    return registry["versions"][version]
+    return entry
 
 
-def production_model(models_root: ObjectStoragePath) -> dict[str, Any] | None:
-    """The production version's entry plus `version` and `accuracy`, or None before the first promotion."""
-    registry = read_registry(models_root)
-    version = registry["production"]
-    if version is None:
-        return None
-    entry = registry["versions"][version]
-    return {**entry, "version": version, "accuracy": entry["metrics"]["accuracy"]}
+def production_model(models_root: ObjectStoragePath) -> ModelVersion | None:
+    """The production version, or None before the first promotion."""
+    version = read_registry(models_root)["production"]
+    return None if version is None else versions(models_root)[version]
 
 
 @dataclass(frozen=True)
@@ -68,15 +68,15 @@ class Decision:
 
 
 def gate(
-    accuracy: float, production: dict[str, Any] | None, *, min_accuracy: float, tolerance: float
+    accuracy: float, production: ModelVersion | None, *, min_accuracy: float, tolerance: float
 ) -> tuple[bool, str]:
     """The promotion rule alone: (passes, why). `production` is None when there is nothing comparable."""
     if accuracy < min_accuracy:
         return False, f"accuracy {accuracy:.4f} is below the minimum {min_accuracy:.4f}"
-    if production and accuracy < production["accuracy"] - tolerance:
+    if production and accuracy < production.accuracy - tolerance:
         return False, (
-            f"accuracy {accuracy:.4f} is worse than production {production['version']} "
-            f"({production['accuracy']:.4f}) by more than the tolerance {tolerance:.4f}"
+            f"accuracy {accuracy:.4f} is worse than production {production.version} "
+            f"({production.accuracy:.4f}) by more than the tolerance {tolerance:.4f}"
         )
     return True, f"accuracy {accuracy:.4f} passes the gate (minimum {min_accuracy:.4f}, tolerance {tolerance:.4f})"
 
@@ -87,7 +87,7 @@ def check_gate(
     """The gate against the current production model (what promote_if_better decides), without writing anything:
     what a reviewer is told before approving. Another taxonomy's production model sets no bar beyond the minimum."""
     current = production_model(models_root)
-    comparable = current if current and current["taxonomy"] == taxonomy else None
+    comparable = current if current and current.taxonomy == taxonomy else None
     return gate(accuracy, comparable, min_accuracy=min_accuracy, tolerance=tolerance)
 
 
@@ -108,8 +108,9 @@ def promote_if_better(
     entry, previous = registry["versions"][version], registry["production"]
     if previous == version:
         return Decision(True, f"{version} is already in production", previous)
+    candidate = versions(models_root)[version]
     promoted, reason = check_gate(
-        models_root, entry["taxonomy"], entry["metrics"]["accuracy"], min_accuracy=min_accuracy, tolerance=tolerance
+        models_root, candidate.taxonomy, candidate.accuracy, min_accuracy=min_accuracy, tolerance=tolerance
     )
     entry["decision"] = reason
     if promoted:
@@ -129,25 +130,31 @@ def register_and_gate(
     plan: TrainingPlan,
     metrics: dict[str, Any],
     *,
+    storage_uri: str,
     min_accuracy: float,
     tolerance: float,
     run: dict[str, str] | None = None,
     refused: str | None = None,
 ) -> Decision:
     """Register an evaluated training run's version (with the DAG run that made it: `run` = {dag_id, run_id}), then
-    put it through the promotion gate — unless `refused` already says why it must not be promoted."""
-    entry = {
-        "model_uri": plan.model_uri,
-        "taxonomy": plan.taxonomy,
-        "prompt": plan.prompt,
-        "dataset_uri": plan.dataset_uri,
-        "backend": plan.backend,
-        "job_name": plan.job_name,
-        "vision_geometry": plan.vision_geometry,
-        "metrics": metrics,
-        **(run or {}),
-    }
-    register_version(models_root, plan.version, entry)
+    put it through the promotion gate — unless `refused` already says why it must not be promoted. What lies under
+    `storage_uri` is recorded relative to it (tasks.records.base.storage_ref)."""
+    version = ModelVersion(
+        version=plan.version,
+        model=storage_ref(plan.model_uri, storage_uri),
+        taxonomy=plan.taxonomy,
+        prompt=plan.prompt,
+        dataset=storage_ref(plan.dataset_uri, storage_uri),
+        dataset_fingerprint=plan.dataset_fingerprint,
+        max_image_tokens=plan.max_image_tokens,
+        vision_geometry=VisionGeometry.from_dict(plan.vision_geometry),
+        backend=plan.backend,
+        job_name=plan.job_name,
+        metrics=metrics,
+        dag_id=(run or {}).get("dag_id"),
+        run_id=(run or {}).get("run_id"),
+    )
+    register_version(models_root, version)
     if refused:
         return refuse(models_root, plan.version, refused)
     return promote_if_better(models_root, plan.version, min_accuracy=min_accuracy, tolerance=tolerance)

@@ -19,6 +19,7 @@ from tasks.common.sagemaker_jobs import WAITER_DELAY_S, AttachingJobMixin, s3_ur
 from tasks.common.settings import INCLUDE_DIR, Settings
 from tasks.costs.pricing import hourly_price
 from tasks.model.vision_tokens import PRODUCTION_GEOMETRY
+from tasks.records.dataset import DatasetRelease
 from tasks.training.plan import (
     ENTRY_POINT,
     EVALUATION_DIR,
@@ -86,14 +87,14 @@ class SageMakerTraining:
         self.settings = settings
 
     def size(
-        self, hyperparameters: dict[str, Any], resources: Resources, dataset: dict[str, Any], params: dict[str, Any]
+        self, hyperparameters: dict[str, Any], resources: Resources, dataset: DatasetRelease, params: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Size the plan from the dataset's split counts and its taxonomy's labels (tasks.training.sizing; refuses
         one that cannot finish in MaxRuntime) and set the derived checkpoint interval unless the hyperparameters set
         one."""
         from tasks.model.taxonomy import load_taxonomy
 
-        splits = dataset["splits"]
+        splits = dataset.splits
         size = size_training(
             hyperparameters,
             instance_type=resources.instance_type,
@@ -102,7 +103,7 @@ class SageMakerTraining:
             test_examples=int(splits.get("test", 0)),
             max_run_seconds=int(params["max_run_seconds"]),
             splits=splits,
-            labels=len(load_taxonomy(dataset["taxonomy"]).labels),
+            labels=len(load_taxonomy(dataset.taxonomy).labels),
         )
         return {**hyperparameters, "save_steps": size.save_steps}, size.to_dict()
 

@@ -19,6 +19,7 @@ from tasks.common.runs import run_identity
 from tasks.common.settings import Settings
 from tasks.costs import ledger
 from tasks.model.vision_tokens import VisionGeometry
+from tasks.records.dataset import DatasetRelease
 from tasks.training.plan import (
     Resources,
     TrainingOutcome,
@@ -45,7 +46,7 @@ class TrainingBackend(Protocol):
 
     def resources(self, params: dict[str, Any]) -> Resources: ...
     def size(
-        self, hyperparameters: dict[str, Any], resources: Resources, dataset: dict[str, Any], params: dict[str, Any]
+        self, hyperparameters: dict[str, Any], resources: Resources, dataset: DatasetRelease, params: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any] | None]: ...  # (hyperparameters, TrainingSize dict); may refuse
     def artifact_uris(self, model_root: str, job_name: str) -> tuple[str, str]: ...  # (model, other outputs)
     def train(self, plan: XComArg, pool: str) -> XComArg: ...
@@ -120,10 +121,10 @@ def review_request(
         "",
         "| | this version | production |",
         "|---|---|---|",
-        f"| version | `{training.version}` | " + (f"`{current['version']}` |" if current else "none yet |"),
+        f"| version | `{training.version}` | " + (f"`{current.version}` |" if current else "none yet |"),
     ]
     for key in ("accuracy", "macro_f1", "invalid_rate"):
-        theirs = current["metrics"].get(key) if current else None
+        theirs = current.metrics.get(key) if current else None
         ours = metrics.get(key)
         lines.append(f"| {key} | {_number(ours)} | {_number(theirs)} |")
     lines += ["", f"Held-out images: {metrics.get('n_test')} · dataset `{training.dataset_uri}`", ""]
@@ -165,6 +166,7 @@ def promote(
         storage.root(settings) / storage.MODELS,
         training,
         metrics,
+        storage_uri=settings.storage_uri,
         min_accuracy=params["min_accuracy"],
         tolerance=params["tolerance"],
         run=run,

@@ -60,6 +60,7 @@ def run_demo(stack: AirflowStack) -> None:
     """
     from datasets import load_from_disk
 
+    from support.registry import register
     from tasks.common.settings import load_settings
     from tasks.curation.curate import CurationOptions, curate_uri
     from tasks.model.demo_data import digits, write_labelled
@@ -68,7 +69,6 @@ def run_demo(stack: AirflowStack) -> None:
     from tasks.model.vision_tokens import TINY_GEOMETRY, ResizePolicy
     from tasks.serving.local_server import start_local_server, stop_local_server
     from tasks.training.evaluation import compute_metrics
-    from tasks.training.registry import promote_if_better, register_version
 
     local, store = stack.storage_root, storage_path(stack.storage_uri)
     taxonomy = load_taxonomy("digits")
@@ -90,9 +90,8 @@ def run_demo(stack: AirflowStack) -> None:
         test_rows = list(load_from_disk(str(dataset))["test"])
         evaluation = classify(client, [(str(i), encode_png(row["images"][0])) for i, row in enumerate(test_rows)])
         answers = [{"label": test_rows[int(r.key)]["label"], "answer": r.raw_answer} for r in evaluation.results]
-        entry = {"model_uri": model_dir.as_uri(), "taxonomy": taxonomy.name, "prompt": taxonomy.prompt()}
-        register_version(store / "models", MODEL_VERSION, {**entry, "metrics": compute_metrics(answers, taxonomy)})
-        promote_if_better(store / "models", MODEL_VERSION, min_accuracy=0.0, tolerance=1.0)
+        metrics = compute_metrics(answers, taxonomy)
+        register(store / "models", MODEL_VERSION, model_dir.as_uri(), taxonomy=taxonomy.name, metrics=metrics)
         for dt, indices in PARTITIONS.items():
             night = classify(client, [(f"dt={dt}/digit-{d.index}.png", encode_png(d.image)) for d in digits(indices)])
             record_cost(store / "costs", "classification", dt, night.seconds, night.results, "classify_images")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from tasks.common.settings import load_settings
 from tasks.costs import ledger
 from tasks.model.demo_data import write_incoming
 from tasks.nightly import predictions
+from tasks.records.endpoint import EndpointRecord
 from tasks.serving.local import state_path
 from tasks.serving.local_server import stop_local_server
 from tests.integration.conftest import AirflowRunner, Moto
@@ -86,12 +88,17 @@ SAME = ("ModelName", "BatchStrategy", "MaxConcurrentTransforms", "MaxPayloadInMB
 SAME += ("DataProcessing",)
 
 
-def sagemaker_record(storage_uri: str) -> dict:
-    record = endpoint_record("", model_version="v1") | {
-        "backend": "sagemaker", "transport": "sagemaker_runtime", "url": None, "instance_type": "ml.g5.xlarge",
-        "price_region": "us-east-1", "config_name": "llava-classifier-v1-0123abcd",
-    }  # fmt: skip
-    storage.write_json(storage.storage_path(f"{storage_uri}/serving/endpoint.json", "aws_default"), record)
+def sagemaker_record(storage_uri: str) -> EndpointRecord:
+    record = replace(
+        endpoint_record("", model_version="v1"),
+        backend="sagemaker",
+        transport="sagemaker_runtime",
+        url=None,
+        instance_type="ml.g5.xlarge",
+        price_region="us-east-1",
+        config_name="llava-classifier-v1-0123abcd",
+    )
+    storage.write_json(storage.storage_path(f"{storage_uri}/serving/endpoint.json", "aws_default"), record.to_dict())
     return record
 
 
@@ -149,7 +156,7 @@ def test_sagemaker_backlog_creates_one_job_per_chunk_once_and_joins_prepared_out
     assert sorted(j["TransformJobName"] for j in jobs) == sorted(r["TransformJobName"] for r in requests)
     for request in requests:
         job = sm.describe_transform_job(TransformJobName=request["TransformJobName"])
-        assert job["ModelName"] == record["config_name"]  # the model deploy_endpoint created
+        assert job["ModelName"] == record.config_name  # the model deploy_endpoint created
         assert (job["BatchStrategy"], job["MaxConcurrentTransforms"], job["MaxPayloadInMB"]) == ("SingleRecord", 64, 1)
         assert job["ModelClientConfig"] == {"InvocationsTimeoutInSeconds": 600, "InvocationsMaxRetries": 1}
         assert job["TransformInput"]["SplitType"] == "Line"

@@ -15,14 +15,13 @@ import psutil
 import pytest
 
 from support.digits import digits_dataset_dict, tiny_digits_model
+from support.registry import register
 from tasks.common.settings import load_settings
 from tasks.common.storage import MODELS, SERVING, storage_path
 from tasks.model.taxonomy import load_taxonomy
-from tasks.model.vision_tokens import TINY_GEOMETRY
 from tasks.serving.deployment import current_endpoint, endpoint_spec, resize_policy, smoke_image, smoke_test
 from tasks.serving.local import LocalServing
 from tasks.serving.local_server import local_server_status
-from tasks.training import registry
 from tests.integration.conftest import AirflowRunner
 from tests.integration.test_local_server import group_gone
 
@@ -63,11 +62,9 @@ def models(storage: Path, tmp_path_factory) -> dict[str, Path]:
 
 
 def promote(storage: Path, version: str, model_dir: Path) -> None:
+    """Registered as finetune_llava registers it: the model named relative to the storage root."""
     models = storage_path((storage / MODELS).as_uri())
-    entry = {"model_uri": model_dir.as_uri(), "taxonomy": "digits", "prompt": TAXONOMY.prompt(),
-             "metrics": {"accuracy": 1.0}, "vision_geometry": TINY_GEOMETRY.to_dict()}  # fmt: skip
-    registry.register_version(models, version, entry)
-    assert registry.promote_if_better(models, version, min_accuracy=0.0, tolerance=1.0).promoted
+    register(models, version, str(model_dir.relative_to(storage)), metrics={"accuracy": 1.0})
 
 
 def servers_of(model_dir: Path) -> list[psutil.Process]:
@@ -87,17 +84,17 @@ def test_deploy_serves_rolls_back_and_tears_down_without_orphans(runner, storage
         assert deployed.succeeded, deployed.output[-6000:]
         record = current_endpoint(serving)
         first = local_server_status(state)
-        assert record["model_version"] == "trained" and record["url"] == first.base_url
+        assert record.model_version == "trained" and record.url == first.base_url
         assert first.model_dir == str(models["trained"])
         # The record is all a caller needs: the same spec, policy and prompt answer with a label.
         image, _ = smoke_image("", load_settings({}))
         spec, policy = endpoint_spec(record, "aws_default"), resize_policy(record)
-        assert smoke_test(spec, TAXONOMY, image, prompt=record["prompt"], policy=policy) in TAXONOMY.labels
+        assert smoke_test(spec, TAXONOMY, image, prompt=record.prompt, policy=policy) in TAXONOMY.labels
         # A server that died after the deploy comes back on the recorded URL for the next caller.
         os.kill(first.pid, signal.SIGKILL)
         LocalServing(load_settings(runner.env)).ensure_serving(record)
         first = local_server_status(state)
-        assert first.base_url == record["url"]
+        assert first.base_url == record.url
         assert first.model_dir == str(models["trained"])
 
         promote(storage, "untrained", models["untrained"])
@@ -105,7 +102,7 @@ def test_deploy_serves_rolls_back_and_tears_down_without_orphans(runner, storage
         assert not failed.succeeded and "state=failed, run_type" in failed.output, failed.output[-6000:]
         assert "SmokeTestFailed" in failed.output and "serving " + str(models["trained"]) + " again" in failed.output
         back = local_server_status(state)
-        assert back.model_dir == str(models["trained"]) and back.base_url == record["url"]  # the record stays true
+        assert back.model_dir == str(models["trained"]) and back.base_url == record.url  # the record stays true
         assert current_endpoint(serving) == record and not servers_of(models["untrained"])
         assert group_gone(first)
 
@@ -117,3 +114,22 @@ def test_deploy_serves_rolls_back_and_tears_down_without_orphans(runner, storage
         stop_local_server(state)  # never leave a server behind, even when an assertion above failed
     assert current_endpoint(serving) is None and not state.exists()
     assert group_gone(back) and not servers_of(models["trained"]) and not servers_of(models["untrained"])
+
+
+def test_a_copied_storage_root_deploys_from_the_copy(runner, storage, models, tmp_path):
+    """The registry and the endpoint record name the model relative to the storage root: a backup or a moved root
+    serves its own copy of the model, with no record rewritten by hand."""
+    promote(storage, "trained", models["trained"])
+    copy = shutil.copytree(storage, tmp_path / "restored", ignore=shutil.ignore_patterns("local_server.json"))
+    moved = AirflowRunner({**runner.env, "PIPELINE_STORAGE_URI": copy.as_uri()})
+    state = copy / SERVING / "local_server.json"
+    try:
+        deployed = moved.dags_test("deploy_endpoint")
+        assert deployed.succeeded, deployed.output[-6000:]
+        record = current_endpoint(storage_path((copy / SERVING).as_uri()))
+        assert record.model == "models/trained/model"
+        assert local_server_status(state).model_dir == str(copy / MODELS / "trained" / "model")
+    finally:
+        from tasks.serving.local_server import stop_local_server
+
+        stop_local_server(state)

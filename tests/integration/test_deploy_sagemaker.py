@@ -16,6 +16,7 @@ import urllib.request
 
 import pytest
 
+from support.registry import register
 from tasks.common.storage import MODELS, SERVING, storage_path
 from tasks.model.demo_data import digits
 from tasks.model.images import encode_png
@@ -23,7 +24,6 @@ from tasks.model.taxonomy import load_taxonomy
 from tasks.model.vision_tokens import PRODUCTION_GEOMETRY
 from tasks.serving.deployment import current_endpoint
 from tasks.serving.runtime import djl_lmi_image_uri
-from tasks.training import registry
 from tests.integration.conftest import AirflowRunner, Moto
 
 pytestmark = pytest.mark.slow
@@ -34,10 +34,7 @@ CONF = {"instance_type": "ml.m5.xlarge", "max_instances": 3}  # moto's instance-
 
 def promote(storage_uri: str) -> None:
     models = storage_path(storage_uri, "aws_default") / MODELS
-    entry = {"model_uri": MODEL_URI, "taxonomy": "hotel", "prompt": HOTEL.prompt(), "metrics": {"accuracy": 0.9},
-             "vision_geometry": PRODUCTION_GEOMETRY.to_dict()}  # fmt: skip
-    registry.register_version(models, "v1", entry)
-    registry.promote_if_better(models, "v1", min_accuracy=0.0, tolerance=1.0)
+    register(models, "v1", MODEL_URI, taxonomy="hotel", geometry=PRODUCTION_GEOMETRY)
 
 
 def queue_answer(moto: Moto, answer: str) -> None:
@@ -67,7 +64,7 @@ def test_deploy_end_to_end_then_rerun_creates_nothing_then_teardown(sagemaker_ai
 
     sm, s3 = moto.boto3_client("sagemaker"), moto.boto3_client("s3")
     record = current_endpoint(serving)
-    name = record["config_name"]
+    name = record.config_name
     assert record | {"deployed_at": None} == {
         "backend": "sagemaker", "endpoint_name": "llava-classifier", "transport": "sagemaker_runtime", "url": None,
         "model_version": "v1", "model_uri": MODEL_URI, "taxonomy": "hotel", "prompt": HOTEL.prompt(),

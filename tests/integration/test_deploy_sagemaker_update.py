@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from support.registry import register
 from tasks.common.storage import MODELS, SERVING, storage_path
 from tasks.model.vision_tokens import PRODUCTION_GEOMETRY
 from tasks.serving.deployment import current_endpoint
-from tasks.training import registry
 from tests.integration.conftest import AirflowRunner, Moto
-from tests.integration.test_deploy_sagemaker import CONF, HOTEL, promote, queue_answer
+from tests.integration.test_deploy_sagemaker import CONF, promote, queue_answer
 from tests.moto_documented import FAILURE_FILE_ENV
 
 pytestmark = pytest.mark.slow
@@ -23,15 +23,8 @@ REASON = "The primary container for production variant AllTraffic did not pass t
 
 def promote_v2(storage_uri: str) -> None:
     models = storage_path(storage_uri, "aws_default") / MODELS
-    entry = {
-        "model_uri": "s3://pipeline-bucket/pipeline/models/v2/model/",
-        "taxonomy": "hotel",
-        "prompt": HOTEL.prompt(),
-        "metrics": {"accuracy": 0.95},
-        "vision_geometry": PRODUCTION_GEOMETRY.to_dict(),
-    }
-    registry.register_version(models, "v2", entry)
-    assert registry.promote_if_better(models, "v2", min_accuracy=0.0, tolerance=1.0).promoted
+    model = "s3://pipeline-bucket/pipeline/models/v2/model/"
+    register(models, "v2", model, taxonomy="hotel", metrics={"accuracy": 0.95}, geometry=PRODUCTION_GEOMETRY)
 
 
 def deploy_v1_then_promote_v2(airflow: AirflowRunner, moto: Moto) -> tuple[str, str]:
@@ -63,7 +56,7 @@ def test_a_failed_update_fails_the_run_and_keeps_the_version_that_serves(
     assert "Marking task as FAILED" in out or "state=failed" in out
 
     record = current_endpoint(storage_path(storage, "aws_default") / SERVING)
-    assert (record["model_version"], record["config_name"]) == ("v1", v1_config)  # not the version that failed
+    assert (record.model_version, record.config_name) == ("v1", v1_config)  # not the version that failed
     sm = moto.boto3_client("sagemaker")
     assert sm.describe_endpoint(EndpointName="llava-classifier")["EndpointConfigName"] == v1_config
     # cleanup removed the failed v2 config and model (nothing orphaned) and kept what serves
@@ -77,8 +70,8 @@ def test_a_good_update_swaps_the_config_and_cleans_up_the_old_one(sagemaker_airf
     updated = sagemaker_airflow.dags_test("deploy_endpoint", CONF)
     assert updated.succeeded, updated.output[-6000:]
     record = current_endpoint(storage_path(storage, "aws_default") / SERVING)
-    assert record["model_version"] == "v2" and record["config_name"] != v1_config
-    assert f"endpoint llava-classifier is InService on {record['config_name']}" in updated.output
+    assert record.model_version == "v2" and record.config_name != v1_config
+    assert f"endpoint llava-classifier is InService on {record.config_name}" in updated.output
     sm = moto.boto3_client("sagemaker")
-    assert [c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]] == [record["config_name"]]
-    assert [m["ModelName"] for m in sm.list_models()["Models"]] == [record["config_name"]]
+    assert [c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]] == [record.config_name]
+    assert [m["ModelName"] for m in sm.list_models()["Models"]] == [record.config_name]

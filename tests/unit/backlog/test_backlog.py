@@ -8,6 +8,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -132,7 +133,7 @@ def day(tmp_path: Path, image_bytes) -> tuple[PartitionJob, TransformJob, Reques
     for i in range(3):
         (incoming / f"img-{i}.png").write_bytes(image_bytes(seed=i))
     (incoming / "img-9-broken.png").write_bytes(b"not an image")
-    record = endpoint_record("http://127.0.0.1:9") | {"supports_choice": True}
+    record = replace(endpoint_record("http://127.0.0.1:9"), supports_choice=True)
     partition = storage_path(uri(tmp_path / "predictions" / f"dt={DT}"))
     day_plan = plan_partition(storage_path(uri(incoming)), partition, dt=DT, model_version="v1", shard_size=10)
     job = PartitionJob(DT, uri(incoming), str(partition), day_plan.run_token, record, 4, "aws_default")

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from airflow.sdk import ObjectStoragePath
 
+from support.registry import register
 from tasks.common.storage import storage_path
 from tasks.costs.ledger import LedgerEntry, record
 from tasks.dashboard import view_data
-from tasks.training.registry import promote_if_better, register_version
+from tasks.training.registry import promote_if_better
 
 
 def classification(dt: str, images: int, invalid: int, seconds: float) -> LedgerEntry:
@@ -37,9 +38,7 @@ def storage_root(tmp_path: Path) -> ObjectStoragePath:
     ):  # fmt: skip
         record(root / "costs", entry)
     metrics = {"accuracy": 0.9721, "invalid_rate": 0.0028}
-    register_version(
-        root / "models", "v2", {"model_uri": "s3://m/v2", "taxonomy": "hotel", "prompt": "p", "metrics": metrics}
-    )
+    register(root / "models", "v2", "s3://m/v2", taxonomy="hotel", metrics=metrics, promote=False)
     promote_if_better(root / "models", "v2", min_accuracy=0.9, tolerance=0.01)
     return root
 
@@ -98,9 +97,8 @@ def test_partitions_carry_their_gate_verdict_and_days_without_a_commit_are_gaps(
 def test_model_history_with_decisions_run_links_and_the_chosen_versions_metrics(storage_root) -> None:
     models = storage_root / "models"
     metrics = {"accuracy": 0.5, "macro_f1": 0.4, "invalid_rate": 0.1}
-    entry = {"model_uri": "m", "taxonomy": "hotel", "prompt": "p", "metrics": metrics,
-             "dag_id": "finetune_llava", "run_id": "manual__2026-12-01T10:00:00+00:00"}  # fmt: skip
-    register_version(models, "v3", entry)
+    run = {"dag_id": "finetune_llava", "run_id": "manual__2026-12-01T10:00:00+00:00"}
+    register(models, "v3", "m", taxonomy="hotel", metrics=metrics, promote=False, **run)
     promote_if_better(models, "v3", min_accuracy=0.9, tolerance=0.01)
     (models / "v3").mkdir(parents=True)
     (models / "v3" / "metrics.json").write_text('{"per_class": {"Room": {"f1": 0.4}}, "n_test": 7}')

@@ -19,6 +19,7 @@ from tasks.nightly import predictions
 from tasks.nightly.classification import PartitionJob, classify_shard, collect_shards, publish
 from tasks.nightly.partitions import PartitionPlan, plan_partition
 from tasks.nightly.predictions import PublishConflict
+from tasks.records.endpoint import EndpointRecord
 from tests.conftest import encode
 from tests.fault_server import EXPECTED, FAST, SCRIPTS, ScriptedServer, scripted_server, sized_image
 
@@ -49,13 +50,13 @@ class Partition:
     incoming: Path
     out: Path
 
-    def run(self, record: dict, *, reclassify: bool = False) -> tuple[PartitionPlan, dict]:
+    def run(self, record: EndpointRecord, *, reclassify: bool = False) -> tuple[PartitionPlan, dict]:
         """What the DAG does for one dt, minus Airflow: plan → classify every shard → collect → publish."""
         plan = plan_partition(
             at(self.incoming),
             at(self.out),
             dt=DT,
-            model_version=record["model_version"],
+            model_version=record.model_version,
             shard_size=16,
             reclassify=reclassify,
         )
@@ -63,7 +64,7 @@ class Partition:
         staged = collect_shards(plan, [classify_shard(job, shard) for shard in plan.shards])
         return plan, publish(job, plan, staged, quality={"passed": True})
 
-    def job(self, plan: PartitionPlan, record: dict) -> PartitionJob:
+    def job(self, plan: PartitionPlan, record: EndpointRecord) -> PartitionJob:
         return PartitionJob(dt=DT, incoming_uri=uri(self.incoming), partition_uri=uri(self.out),
                             run_token=plan.run_token, record=record, concurrency=4, conn_id="aws_default",
                             client_options=FAST, max_consecutive_failures=1000)  # fmt: skip

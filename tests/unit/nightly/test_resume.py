@@ -135,7 +135,7 @@ from tasks.nightly import classification
 from tasks.nightly.classification import PartitionJob, classify_shard
 from tasks.nightly.partitions import Shard
 classification.FLUSH_S = 0.2
-classify_shard(PartitionJob(**json.loads(sys.argv[1])), Shard(**json.loads(sys.argv[2])))
+classify_shard(PartitionJob.from_dict(json.loads(sys.argv[1])), Shard(**json.loads(sys.argv[2])))
 """
 
 

@@ -99,14 +99,24 @@ def test_a_label_matplotlib_would_parse_as_mathtext_is_drawn_as_text(plugin: Mod
 
 
 def test_hostile_labels_versions_and_storage_contents_are_escaped(plugin: ModuleType, storage_root) -> None:  # noqa: F811
+    from support.registry import register
     from tasks.costs.ledger import LedgerEntry, record
-    from tasks.training.registry import promote_if_better, register_version
+    from tasks.training.registry import promote_if_better
 
     evil = '"><script>alert(1)</script>'
     models = storage_root / "models"
     metrics = {"accuracy": 0.95, "macro_f1": 0.9, "invalid_rate": 0.0}
-    register_version(models, evil, {"model_uri": evil, "taxonomy": "hotel", "prompt": evil, "metrics": metrics,
-                                    "dag_id": "finetune_llava", "run_id": evil})  # fmt: skip
+    register(
+        models,
+        evil,
+        evil,
+        taxonomy="hotel",
+        prompt=evil,
+        metrics=metrics,
+        promote=False,
+        dag_id="finetune_llava",
+        run_id=evil,
+    )
     promote_if_better(models, evil, min_accuracy=0.9, tolerance=0.5)
     (models / evil).mkdir(parents=True, exist_ok=True)
     (models / evil / "metrics.json").write_text(json.dumps({"per_class": {f"<img src=x onerror=alert(2)>{evil}": {

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from support.registry import register
 from tasks.common import storage
 from tasks.common.settings import load_settings
 from tasks.common.storage import MODELS, SERVING, storage_path
@@ -15,7 +17,6 @@ from tasks.model.taxonomy import load_taxonomy
 from tasks.model.vision_tokens import PRODUCTION_GEOMETRY, TINY_GEOMETRY, ResizePolicy
 from tasks.serving import deployment, local
 from tasks.serving.client import EndpointSpec
-from tasks.training import registry
 from tests.unit.serving.test_client import FAST, NO_BUDGET, ScriptedServer, sized_image
 
 TAXONOMY = load_taxonomy("digits")
@@ -29,10 +30,7 @@ def settings(tmp_path):
 
 def promote(settings, version: str, model_uri: str) -> None:
     models = storage_path(settings.storage_uri) / MODELS
-    entry = {"model_uri": model_uri, "taxonomy": "digits", "prompt": TAXONOMY.prompt(), "metrics": {"accuracy": 0.9},
-             "vision_geometry": TINY_GEOMETRY.to_dict()}  # fmt: skip
-    registry.register_version(models, version, entry)
-    registry.promote_if_better(models, version, min_accuracy=0.0, tolerance=1.0)
+    register(models, version, model_uri)
 
 
 def test_the_plan_deploys_the_production_model(settings):
@@ -43,16 +41,30 @@ def test_the_plan_deploys_the_production_model(settings):
         "backend": "local",
         "endpoint_name": "llava-classifier",
         "model_version": "v2",
+        "model": "file:///models/v2/model",  # outside the storage root: kept absolute
         "model_uri": "file:///models/v2/model",
         "taxonomy": "digits",
         "prompt": TAXONOMY.prompt(),
         "vision_geometry": TINY_GEOMETRY.to_dict(),
         "max_image_tokens": 1200,
+        "image_budget": "as trained",
         "smoke_image_uri": None,
     }
     assert deployment.base_plan(settings, PARAMS | {"model_version": "v2"})["model_version"] == "v2"
     with pytest.raises(LookupError, match="not the promoted one"):
         deployment.base_plan(settings, PARAMS | {"model_version": "v1"})
+
+
+def test_the_budget_is_the_trained_one_unless_the_deploy_overrides_it(settings, caplog):
+    register(storage_path(settings.storage_uri) / MODELS, "v1", "models/v1/model", max_image_tokens=800)
+    as_trained = deployment.base_plan(settings, PARAMS | {"max_image_tokens": None})
+    assert (as_trained["max_image_tokens"], as_trained["image_budget"]) == (800, "as trained")
+    assert as_trained["model_uri"] == f"{settings.storage_uri}/models/v1/model"  # a reference under this root
+    overridden = deployment.base_plan(settings, PARAMS | {"max_image_tokens": 1500})
+    assert (overridden["max_image_tokens"], overridden["image_budget"]) == (1500, "override")
+    assert "max_image_tokens=1500 overrides the 800 image tokens v1 was trained with" in caplog.text
+    record = deployment.endpoint_record(local.plan(overridden, settings), "http://h:1")
+    assert (record.image_budget, deployment.resize_policy(record).max_image_tokens) == ("override", 1500)
 
 
 def test_no_promoted_model_and_bad_names_are_refused(settings):
@@ -70,7 +82,11 @@ def test_record_round_trip_and_teardown(settings):
     assert deployment.current_endpoint(root) is None
 
     record = deployment.endpoint_record(plan, "http://127.0.0.1:8123")
-    assert set(record) == set(deployment.RECORD_FIELDS) and record["url"] == "http://127.0.0.1:8123"
+    assert (record.url, record.model_version, record.model) == (
+        "http://127.0.0.1:8123",
+        "v1",
+        "file:///models/v1/model",
+    )
     path = deployment.publish_record(root, record)
     assert path == storage_path(settings.storage_uri) / SERVING / "endpoint.json"
     assert deployment.current_endpoint(root) == record
@@ -83,20 +99,21 @@ def test_record_round_trip_and_teardown(settings):
 def test_record_to_spec_and_resize_policy(settings):
     promote(settings, "v1", "file:///models/v1/model")
     record = deployment.endpoint_record(local.plan(deployment.base_plan(settings, PARAMS), settings), "http://h:1")
-    spec = deployment.endpoint_spec(record | {"max_image_tokens": 900}, "aws_default")
+    spec = deployment.endpoint_spec(replace(record, max_image_tokens=900), "aws_default")
     assert (spec.transport, spec.url) == ("openai_http", "http://h:1")
-    assert deployment.resize_policy(record | {"max_image_tokens": 900}) == ResizePolicy(900, TINY_GEOMETRY)
+    assert deployment.resize_policy(replace(record, max_image_tokens=900)) == ResizePolicy(900, TINY_GEOMETRY)
 
-    remote = {"transport": "sagemaker_runtime", "endpoint_name": "llava-classifier", "url": None,
-              "supports_choice": True, "vision_geometry": PRODUCTION_GEOMETRY.to_dict()}  # fmt: skip
-    spec = deployment.endpoint_spec(remote | {"max_image_tokens": 1200}, "prod_aws")
+    remote = replace(
+        record, transport="sagemaker_runtime", url=None, supports_choice=True, vision_geometry=PRODUCTION_GEOMETRY
+    )
+    spec = deployment.endpoint_spec(remote, "prod_aws")
     assert (spec.transport, spec.endpoint_name, spec.aws_conn_id, spec.supports_choice) == (
         "sagemaker_runtime",
         "llava-classifier",
         "prod_aws",
         True,
     )
-    assert deployment.resize_policy(remote | {"max_image_tokens": None}).geometry == PRODUCTION_GEOMETRY
+    assert deployment.resize_policy(replace(remote, max_image_tokens=None)).geometry == PRODUCTION_GEOMETRY
 
 
 def test_smoke_image_is_a_fixed_digit_or_the_given_file(tmp_path, settings):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -14,6 +15,7 @@ from tasks.training.evaluation import compute_metrics, confusion_matrix_png, eva
 from tasks.training.mislabels import SCORES_FILE
 from tasks.training.plan import TrainingOutcome, plan_training
 from tasks.training.steps import training_backend
+from tests.unit.training.test_plan import LOCAL_DATASET
 
 TAXONOMY = Taxonomy("rooms", ("Room", "Terrace/Patio", "Spa"))
 
@@ -68,7 +70,7 @@ def test_confusion_matrix_png():
 @pytest.fixture
 def plan(tmp_path):
     settings = load_settings({"PIPELINE_STORAGE_URI": tmp_path.as_uri()})
-    dataset = {"dataset_uri": f"{tmp_path.as_uri()}/datasets/d", "taxonomy": "digits", "prompt": "P"}
+    dataset = replace(LOCAL_DATASET, dataset="datasets/d", taxonomy="digits", prompt="P")
     params = {"base_model": "", "hyperparameters": {}, "instance_type": "", "instance_count": 1, "spot": False,
               "max_run_seconds": 60, "max_wait_seconds": 60, "local_processes": 1}  # fmt: skip
     return plan_training(

@@ -8,6 +8,7 @@ import logging
 import re
 import sys
 import tarfile
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,6 +18,8 @@ from tasks.common.runs import run_identity
 from tasks.common.sagemaker_jobs import s3_uri
 from tasks.common.settings import load_settings
 from tasks.common.storage import ContainmentError
+from tasks.model.vision_tokens import PRODUCTION_GEOMETRY, TINY_GEOMETRY
+from tasks.records.dataset import DatasetRelease
 from tasks.training.local import LOCAL_HYPERPARAMETERS, run_streaming
 from tasks.training.plan import (
     MAX_RUN_SECONDS,
@@ -37,13 +40,16 @@ from tasks.training.sagemaker import (
 from tasks.training.steps import training_backend
 
 RUN_AFTER = datetime(2026, 11, 1, 12, 30, tzinfo=UTC)
-DATASET = {
-    "dataset_uri": "s3://bucket/pipe/datasets/hotel-1",
-    "taxonomy": "hotel",
-    "prompt": "Which?",
-    "fingerprint": "f",
-    "splits": {"train": 800, "validation": 100, "test": 100},
-}
+DATASET = DatasetRelease(
+    dataset="s3://bucket/pipe/datasets/hotel-1",
+    taxonomy="hotel",
+    prompt="Which?",
+    fingerprint="f",
+    splits={"train": 800, "validation": 100, "test": 100},
+    max_image_tokens=1200,
+    vision_tile_size=PRODUCTION_GEOMETRY.tile_size,
+)
+LOCAL_DATASET = replace(DATASET, vision_tile_size=TINY_GEOMETRY.tile_size)
 PARAMS = {
     "base_model": None,
     "hyperparameters": {"num_train_epochs": 3, "max_steps": 50},
@@ -115,7 +121,13 @@ def test_versions_sort_by_run_time_and_are_unique_per_run():
 def test_local_plan_keeps_everything_under_the_version_and_uses_cpu_hyperparameters(tmp_path):
     settings = load_settings({"PIPELINE_STORAGE_URI": tmp_path.as_uri()})
     plan = plan_training(
-        training_backend(settings), settings, PARAMS, DATASET, dag_id="finetune_llava", run_key="r", run_time=RUN_AFTER
+        training_backend(settings),
+        settings,
+        PARAMS,
+        LOCAL_DATASET,
+        dag_id="finetune_llava",
+        run_key="r",
+        run_time=RUN_AFTER,
     )
     root = f"{tmp_path.as_uri()}/models/{plan.version}"
     assert (plan.model_root, plan.model_uri, plan.output_uri) == (root, f"{root}/model", root)
@@ -264,8 +276,11 @@ def test_ledger_entry_costs_billable_time_of_every_instance():
     assert entry.cost_usd == pytest.approx(0.5 * 20.36 * 2)
 
 
-def curated(root, name: str, test: int = 5) -> str:
+def curated(root, name: str, test: int = 5, max_image_tokens: int = 1200) -> str:
+    """A dataset folder with a curation report as curate_dataset writes it (tests.unit.curation: a real one)."""
+    options = {"max_image_tokens": max_image_tokens, "vision_tile_size": 32}
     report = {"taxonomy": "digits", "prompt": "P", "fingerprint": name, "splits": {"train": 10, "test": test}}
+    report |= {"schema_version": 1, "options": options}
     (root / "datasets" / name).mkdir(parents=True)
     (root / "datasets" / name / "curation_report.json").write_text(json.dumps(report))
     return f"{root.as_uri()}/datasets/{name}"
@@ -275,15 +290,17 @@ def test_find_dataset_prefers_the_param_then_the_triggering_event_then_the_newes
     settings = load_settings({"PIPELINE_STORAGE_URI": tmp_path.as_uri()})
     old, new = curated(tmp_path, "old"), curated(tmp_path, "new")
     (tmp_path / "datasets" / "incomplete").mkdir()  # no report: curation did not finish
-    assert find_dataset(old, [{"dataset_uri": new}], settings)["dataset_uri"] == old
-    assert find_dataset("", [{"dataset_uri": new}, {"dataset_uri": old}], settings)["fingerprint"] == "old"
-    assert find_dataset("", [], settings) == {
-        "dataset_uri": new,
-        "taxonomy": "digits",
-        "prompt": "P",
-        "fingerprint": "new",
-        "splits": {"train": 10, "test": 5},
-    }
+    assert find_dataset(old, [{"dataset_uri": new}], settings).dataset == "datasets/old"
+    assert find_dataset("", [{"dataset_uri": new}, {"dataset_uri": old}], settings).fingerprint == "old"
+    assert find_dataset("", [], settings) == DatasetRelease(
+        dataset="datasets/new",
+        taxonomy="digits",
+        prompt="P",
+        fingerprint="new",
+        splits={"train": 10, "test": 5},
+        max_image_tokens=1200,
+        vision_tile_size=32,
+    )
 
 
 def test_find_dataset_explains_what_is_missing(tmp_path):
@@ -294,6 +311,11 @@ def test_find_dataset_explains_what_is_missing(tmp_path):
         find_dataset(f"{tmp_path.as_uri()}/datasets/nothing", [], settings)
     with pytest.raises(AirflowFailException, match="no held-out test split"):
         find_dataset(curated(tmp_path, "no-test", test=0), [], settings)
+    broken = tmp_path / "datasets" / "broken" / "curation_report.json"
+    broken.parent.mkdir()
+    broken.write_text(json.dumps({"taxonomy": "digits", "prompt": "P", "splits": {"test": 1}}))
+    with pytest.raises(AirflowFailException, match=r"broken/curation_report.json: field 'fingerprint' is missing"):
+        find_dataset(f"{tmp_path.as_uri()}/datasets/broken", [], settings)
 
 
 def test_the_local_runner_streams_each_line_and_fails_with_the_last_ones(caplog):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -10,6 +11,8 @@ from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 from botocore.stub import Stubber
 
+from tasks.common.storage import storage_path
+from tasks.training.registry import production_model
 from tasks.training.sagemaker import AttachingTrainingOperator
 
 JOB = "finetune-llava-manual-2026-11-01-abcdef12"
@@ -214,7 +217,7 @@ def test_evaluation_registry_and_promotion_use_the_located_model(tmp_path):
     from tests.unit.training.test_plan import DATASET, PARAMS
 
     settings = load_settings({"PIPELINE_BACKEND": "sagemaker", "PIPELINE_STORAGE_URI": tmp_path.as_uri()})
-    dataset = DATASET | {"taxonomy": "digits"}
+    dataset = replace(DATASET, taxonomy="digits")
     plan = plan_training(
         steps.training_backend(settings), settings, PARAMS, dataset, dag_id="d", run_key="r", run_time=START
     )
@@ -244,4 +247,7 @@ def test_evaluation_registry_and_promotion_use_the_located_model(tmp_path):
     )
     assert promoted["model_uri"] == outcome.model_uri
     registry = json.loads((tmp_path / "models" / "registry.json").read_text())
-    assert registry["versions"][plan.version]["model_uri"] == outcome.model_uri
+    assert registry["versions"][plan.version]["model"] == "elsewhere/model/"  # relative to the storage root
+    assert production_model(storage_path(settings.storage_uri) / "models").model_uri(settings.storage_uri) == (
+        outcome.model_uri
+    )

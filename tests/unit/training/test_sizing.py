@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
@@ -10,7 +12,7 @@ from tasks.training.plan import plan_training
 from tasks.training.sagemaker import SAGEMAKER_HYPERPARAMETERS
 from tasks.training.sizing import DEFAULT_INSTANCE_TYPE, DEFAULT_MAX_RUN_SECONDS, size_training
 from tasks.training.steps import training_backend
-from tests.unit.training.test_plan import DATASET, PARAMS, RUN_AFTER, SAGEMAKER_ENV
+from tests.unit.training.test_plan import DATASET, LOCAL_DATASET, PARAMS, RUN_AFTER, SAGEMAKER_ENV
 
 # 10,000 curated images at curation's default fractions (test 0.2, validation 0.1)
 TEN_THOUSAND = {"train": 7000, "validation": 1000, "test": 2000}
@@ -111,7 +113,7 @@ def test_an_instance_type_without_a_declared_speed_is_refused():
 def test_plan_training_refuses_before_anything_is_uploaded_and_keeps_the_size_otherwise():
     settings = load_settings(SAGEMAKER_ENV)
     backend = training_backend(settings)
-    big = DATASET | {"splits": TEN_THOUSAND}
+    big = replace(DATASET, splits=TEN_THOUSAND)
     params = PARAMS | {"hyperparameters": {"num_train_epochs": 20}, "max_run_seconds": DEFAULT_MAX_RUN_SECONDS}
     with pytest.raises(AirflowFailException, match="training plan refused"):
         plan_training(backend, settings, params, big, dag_id="d", run_key="r", run_time=RUN_AFTER)
@@ -133,7 +135,7 @@ def test_the_local_backend_is_not_sized(tmp_path):
         training_backend(settings),
         settings,
         PARAMS,
-        DATASET | {"splits": TEN_THOUSAND},
+        replace(LOCAL_DATASET, splits=TEN_THOUSAND),
         dag_id="d",
         run_key="r",
         run_time=RUN_AFTER,
