@@ -9,12 +9,10 @@ tests/contract/ checks that none of the rendered ones is.
 
 from __future__ import annotations
 
-import gzip
-import io
-import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from tasks.common.archives import reproducible_tar_gz
 from tasks.common.settings import INCLUDE_DIR
 from tasks.serving.runtime import serving_runtime
 
@@ -89,13 +87,5 @@ def package_model_tar(serving_properties: str) -> bytes:
 
     Byte-for-byte reproducible (fixed mtimes, no owner names), so the same configuration uploads the same object.
     """
-    data = serving_properties.encode("utf-8")
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        directory = tarfile.TarInfo(ARCHIVE_DIR)
-        directory.type, directory.mode = tarfile.DIRTYPE, 0o755
-        tar.addfile(directory)
-        member = tarfile.TarInfo(f"{ARCHIVE_DIR}/serving.properties")
-        member.size, member.mode = len(data), 0o644
-        tar.addfile(member, io.BytesIO(data))
-    return gzip.compress(raw.getvalue(), mtime=0)
+    files = [(f"{ARCHIVE_DIR}/serving.properties", serving_properties.encode("utf-8"))]
+    return reproducible_tar_gz(files, directories=[ARCHIVE_DIR])
