@@ -26,7 +26,7 @@ from tasks.serving.client import EndpointClient, EndpointSpec
 
 log = logging.getLogger(__name__)
 
-RECORD_NAME = "endpoint.json"
+RECORD_NAME = storage.ENDPOINT_RECORD
 DEFAULT_ENDPOINT_NAME = "llava-classifier"
 DEFAULT_INSTANCE_TYPE = "ml.g5.xlarge"  # deploy_endpoint's default on SageMaker
 SMOKE_DIGIT_INDEX = 0  # a fixed, known image: the answer must parse as a label (right or not, it is logged)

@@ -13,6 +13,7 @@ import io
 import json
 import tarfile
 import urllib.request
+from dataclasses import replace
 
 import pytest
 
@@ -22,19 +23,21 @@ from tasks.model.demo_data import digits
 from tasks.model.images import encode_png
 from tasks.model.taxonomy import load_taxonomy
 from tasks.model.vision_tokens import PRODUCTION_GEOMETRY
+from tasks.records.endpoint import EndpointRecord
 from tasks.serving.deployment import current_endpoint
 from tasks.serving.runtime import djl_lmi_image_uri
 from tests.integration.conftest import AirflowRunner, Moto
 
 pytestmark = pytest.mark.slow
 HOTEL = load_taxonomy("hotel")
-MODEL_URI = "s3://pipeline-bucket/pipeline/models/v1/model/"
+MODEL_REF = "models/v1/model/"  # as finetune_llava registers it: relative to the storage root
+MODEL_URI = f"s3://pipeline-bucket/pipeline/{MODEL_REF}"
 CONF = {"instance_type": "ml.m5.xlarge", "max_instances": 3}  # moto's instance-type enum predates ml.g5
 
 
 def promote(storage_uri: str) -> None:
     models = storage_path(storage_uri, "aws_default") / MODELS
-    register(models, "v1", MODEL_URI, taxonomy="hotel", geometry=PRODUCTION_GEOMETRY)
+    register(models, "v1", MODEL_REF, taxonomy="hotel", geometry=PRODUCTION_GEOMETRY)
 
 
 def queue_answer(moto: Moto, answer: str) -> None:
@@ -65,13 +68,24 @@ def test_deploy_end_to_end_then_rerun_creates_nothing_then_teardown(sagemaker_ai
     sm, s3 = moto.boto3_client("sagemaker"), moto.boto3_client("s3")
     record = current_endpoint(serving)
     name = record.config_name
-    assert record | {"deployed_at": None} == {
-        "backend": "sagemaker", "endpoint_name": "llava-classifier", "transport": "sagemaker_runtime", "url": None,
-        "model_version": "v1", "model_uri": MODEL_URI, "taxonomy": "hotel", "prompt": HOTEL.prompt(),
-        "instance_type": "ml.m5.xlarge", "instance_count": 1, "price_region": "us-east-1", "supports_choice": True,
-        "max_image_tokens": 1200, "vision_geometry": PRODUCTION_GEOMETRY.to_dict(), "config_name": name,
-        "deployed_at": None,
-    }  # fmt: skip
+    assert replace(record, deployed_at="") == EndpointRecord(
+        backend="sagemaker",
+        endpoint_name="llava-classifier",
+        transport="sagemaker_runtime",
+        url=None,
+        model_version="v1",
+        model=MODEL_REF,
+        taxonomy="hotel",
+        prompt=HOTEL.prompt(),
+        instance_type="ml.m5.xlarge",
+        instance_count=1,
+        price_region="us-east-1",
+        supports_choice=True,
+        max_image_tokens=1200,
+        vision_geometry=PRODUCTION_GEOMETRY,
+        config_name=name,
+        deployed_at="",
+    )
     endpoint = sm.describe_endpoint(EndpointName="llava-classifier")
     assert endpoint["EndpointStatus"] == "InService" and endpoint["EndpointConfigName"] == name
     [variant] = sm.describe_endpoint_config(EndpointConfigName=name)["ProductionVariants"]

@@ -33,7 +33,7 @@ def deploy_v1_then_promote_v2(airflow: AirflowRunner, moto: Moto) -> tuple[str, 
     queue_answer(moto, "this is a photo of Lobby.")
     first = airflow.dags_test("deploy_endpoint", CONF)
     assert first.succeeded, first.output[-6000:]
-    v1_config = current_endpoint(storage_path(storage, "aws_default") / SERVING)["config_name"]
+    v1_config = current_endpoint(storage_path(storage, "aws_default") / SERVING).config_name
     promote_v2(storage)
     return storage, v1_config
 

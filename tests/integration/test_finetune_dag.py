@@ -17,6 +17,7 @@ from tasks.common.storage import fsspec_options, plain_uri, storage_path
 from tasks.curation.curate import CurationOptions, curate_uri
 from tasks.model.demo_data import write_labelled
 from tasks.model.taxonomy import load_taxonomy
+from tasks.records.model import ModelVersion
 from tasks.training.sagemaker import PRODUCTION_BASE_MODEL
 from tests.integration.conftest import AirflowRunner, Moto
 from tests.moto_documented import STOP_FILE_ENV
@@ -44,7 +45,13 @@ def test_local_backend_trains_evaluates_and_promotes(local_airflow: AirflowRunne
         assert (root / name).is_file(), name
     registry = json.loads((storage / "models" / "registry.json").read_text())
     assert registry["production"] == version
-    assert registry["versions"][version]["model_uri"] == (root / "model").as_uri()
+    entry = registry["versions"][version]
+    assert (entry["model"], entry["dataset"]) == (f"models/{version}/model", "datasets/digits-small")  # relative to the root
+    report = json.loads((dataset / "curation_report.json").read_text())
+    assert (entry["max_image_tokens"], entry["dataset_fingerprint"]) == (
+        report["options"]["max_image_tokens"],
+        report["fingerprint"],
+    )
     assert list((storage / "costs" / "ledger" / "kind=training").glob("*.parquet"))
 
 
@@ -120,7 +127,8 @@ def test_sagemaker_backend_sends_the_training_request_and_a_rerun_attaches(
 
     registry = json.loads(storage_path(f"{models}/registry.json", "aws_default").read_text())
     assert registry["production"] == version
-    assert registry["versions"][version]["model_uri"] == f"{output_path}/{name}/output/model/"
+    entry = ModelVersion.from_dict(version, registry["versions"][version], "registry.json")
+    assert entry.model_uri(sagemaker_airflow.env["PIPELINE_STORAGE_URI"]) == f"{output_path}/{name}/output/model/"
     metrics = json.loads(storage_path(f"{models}/{version}/metrics.json", "aws_default").read_text())
     assert (metrics["accuracy"], metrics["invalid_rate"], metrics["train_seconds"]) == (1.0, 0.0, 1234.5)
     ledger = storage_path(f"s3://{moto.bucket}/pipeline/costs/ledger/kind=training/{name}.parquet", "aws_default")
