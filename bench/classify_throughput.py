@@ -53,8 +53,9 @@ async def load_generator(url: str, bodies: list[bytes], concurrency: int) -> flo
 
         async def worker() -> None:
             while queue:
-                response = await c.post("/v1/chat/completions", content=queue.pop(),
-                                        headers={"Content-Type": "application/json"})  # fmt: skip
+                response = await c.post(
+                    "/v1/chat/completions", content=queue.pop(), headers={"Content-Type": "application/json"}
+                )
                 response.raise_for_status()
 
         started = time.perf_counter()
@@ -79,8 +80,14 @@ def naive(url: str, files: list[Path], prompt: str) -> float:
 def classify_partition(work: Path, incoming: Path, record: dict, concurrency: int) -> ShardResult:
     """The nightly path: plan the partition, classify it as one shard (storage reads, resize, rows, Parquet)."""
     partition = f"file://{work}/predictions/dt={DT}"
-    plan = plan_partition(storage_path(f"file://{incoming}"), storage_path(partition), dt=DT, model_version="bench",
-                          shard_size=10_000, reclassify=True)  # fmt: skip
+    plan = plan_partition(
+        storage_path(f"file://{incoming}"),
+        storage_path(partition),
+        dt=DT,
+        model_version="bench",
+        shard_size=10_000,
+        reclassify=True,
+    )
     job = PartitionJob(DT, f"file://{incoming}", partition, plan.run_token, record, concurrency, "aws_default")
     return classify_shard(job, plan.shards[0])
 
@@ -139,8 +146,10 @@ def main() -> None:
     print(f"endpoint capacity:  {capacity_rate:6.2f} images/s, median of {fmt(direct)} at {best} in flight")
     print(f"shard classifier:   {ours_rate:6.2f} images/s, median of {fmt(ours)} at concurrency {best} ({statuses})")
     print(f"naive (1 at a time, original image, max_tokens=256): {naive_rate:6.2f} images/s")
-    print(f"ours / capacity = {ours_rate / capacity_rate:.3f} (goal >= 0.95); "
-          f"ours / naive = {ours_rate / naive_rate:.2f}x (goal >= 5x)")  # fmt: skip
+    print(
+        f"ours / capacity = {ours_rate / capacity_rate:.3f} (goal >= 0.95); "
+        f"ours / naive = {ours_rate / naive_rate:.2f}x (goal >= 5x)"
+    )
 
 
 def fmt(rates: list[float]) -> str:

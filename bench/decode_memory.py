@@ -106,12 +106,16 @@ def main() -> None:
     for slots in (DECODE_SLOTS, CONCURRENCY):
         result = measure(shard, CONCURRENCY, slots)
         grown = mb(result["peak"] - result["baseline"])
-        print(f"shard of {SHARD_IMAGES} worst images, concurrency {CONCURRENCY}, {slots} decode slots: "
-              f"peak {mb(result['peak'])} (+{grown} over the loaded process)")  # fmt: skip
+        print(
+            f"shard of {SHARD_IMAGES} worst images, concurrency {CONCURRENCY}, {slots} decode slots: "
+            f"peak {mb(result['peak'])} (+{grown} over the loaded process)"
+        )
     per_image = math.ceil(worst / 2**20)
-    print(f"bound: decode peak <= {DECODE_SLOTS} slots x {per_image} MB (worst single image) = "
-          f"{DECODE_SLOTS * per_image} MB, plus up to concurrency x file cap of raw bytes waiting "
-          f"({CONCURRENCY} x {mb(MAX_FILE_BYTES)})")  # fmt: skip
+    print(
+        f"bound: decode peak <= {DECODE_SLOTS} slots x {per_image} MB (worst single image) = "
+        f"{DECODE_SLOTS * per_image} MB, plus up to concurrency x file cap of raw bytes waiting "
+        f"({CONCURRENCY} x {mb(MAX_FILE_BYTES)})"
+    )
 
 
 if __name__ == "__main__":

@@ -88,14 +88,19 @@ def child(work: Path, incoming: Path, days: list[str], workers: int) -> None:
     day_docs, files = [], []
     for day in days:
         partition = storage_path(f"file://{work}/predictions/dt={day}")
-        planned = plan_partition(storage_path(f"file://{incoming}/dt={day}"), partition, dt=day, model_version="v1",
-                                 shard_size=IMAGES_PER_FILE)  # fmt: skip
-        day_job = PartitionJob(day, f"file://{incoming}/dt={day}", str(partition), planned.run_token, record, 64,
-                               "aws_default")  # fmt: skip
+        planned = plan_partition(
+            storage_path(f"file://{incoming}/dt={day}"),
+            partition,
+            dt=day,
+            model_version="v1",
+            shard_size=IMAGES_PER_FILE,
+        )
+        day_job = PartitionJob(
+            day, f"file://{incoming}/dt={day}", str(partition), planned.run_token, record, 64, "aws_default"
+        )
         day_docs.append({"job": asdict(day_job)})
         files += plan.request_files(day, planned.shards)
-    jobs = plan.chunk_jobs(files, prefix=f"file://{work}/backlog", run_key="bench", identity={},
-                           images_per_job=200_000)  # fmt: skip
+    jobs = plan.chunk_jobs(files, prefix=f"file://{work}/backlog", run_key="bench", identity={}, images_per_job=200_000)
     planned_s = time.perf_counter() - started
     job_docs = [job.to_dict() for job in jobs]
     # spawn, as each task is its own process (and a fork of a process with pyarrow's threads is unsafe)
@@ -103,11 +108,23 @@ def child(work: Path, incoming: Path, days: list[str], workers: int) -> None:
         results = list(pool.map(write_day, repeat(job_docs), day_docs))
     total_s = time.perf_counter() - started
     written = [w for day, _ in results for w in day]
-    print(json.dumps({"plan_s": planned_s, "requests_s": total_s - planned_s, "total_s": total_s,
-                      "peak_mb": peak_rss_mb(), "worker_peak_mb": max(peak for _, peak in results),
-                      "after_imports_mb": baseline, "records": sum(w["records"] for w in written),
-                      "files": len(files), "jobs": len(jobs), "workers": workers,
-                      "max_record_bytes": max(w["max_record_bytes"] for w in written)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "plan_s": planned_s,
+                "requests_s": total_s - planned_s,
+                "total_s": total_s,
+                "peak_mb": peak_rss_mb(),
+                "worker_peak_mb": max(peak for _, peak in results),
+                "after_imports_mb": baseline,
+                "records": sum(w["records"] for w in written),
+                "files": len(files),
+                "jobs": len(jobs),
+                "workers": workers,
+                "max_record_bytes": max(w["max_record_bytes"] for w in written),
+            }
+        )
+    )
 
 
 def main(argv: list[str]) -> None:
@@ -120,8 +137,12 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.child:
         first = date.fromisoformat(args.child[2])
-        child(Path(args.child[0]), Path(args.child[1]),
-              [(first + timedelta(days=d)).isoformat() for d in range(args.days)], args.workers)  # fmt: skip
+        child(
+            Path(args.child[0]),
+            Path(args.child[1]),
+            [(first + timedelta(days=d)).isoformat() for d in range(args.days)],
+            args.workers,
+        )
         return
     import shutil
 
@@ -132,15 +153,27 @@ def main(argv: list[str]) -> None:
         incoming, work = root / f"incoming-{n}", root / f"work-{n}"
         make_backlog(incoming, n, days)
         shutil.rmtree(work, ignore_errors=True)
-        command = [sys.executable, "-m", "bench.plan_backlog", "--days", str(args.days), "--workers",
-                   str(args.workers), "--child", str(work), str(incoming), days[0]]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "bench.plan_backlog",
+            "--days",
+            str(args.days),
+            "--workers",
+            str(args.workers),
+            "--child",
+            str(work),
+            str(incoming),
+            days[0],
+        ]
         r = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-        print(f"{n:>7,} images / {args.days} days: plan {r['plan_s']:5.1f} s + requests {r['requests_s']:6.1f} s "
-              f"in {r['workers']} worker(s) = {r['total_s']:6.1f} s; peak RSS planner {r['peak_mb']:4.0f} MB "
-              f"({r['peak_mb'] - r['after_imports_mb']:+4.0f} MB over imports), each worker <= "
-              f"{r['worker_peak_mb']:4.0f} MB; "
-              f"{r['files']} request files in {r['jobs']} job(s), largest record {r['max_record_bytes']} B"
-              )  # fmt: skip
+        print(
+            f"{n:>7,} images / {args.days} days: plan {r['plan_s']:5.1f} s + requests {r['requests_s']:6.1f} s "
+            f"in {r['workers']} worker(s) = {r['total_s']:6.1f} s; peak RSS planner {r['peak_mb']:4.0f} MB "
+            f"({r['peak_mb'] - r['after_imports_mb']:+4.0f} MB over imports), each worker <= "
+            f"{r['worker_peak_mb']:4.0f} MB; "
+            f"{r['files']} request files in {r['jobs']} job(s), largest record {r['max_record_bytes']} B"
+        )
 
 
 if __name__ == "__main__":

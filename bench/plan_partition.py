@@ -61,8 +61,12 @@ def commit_everything(incoming: Path, partition: Path) -> None:
     ).select(predictions.row_schema().names)
     out = storage_path(f"file://{partition}")
     predictions.write_table(out / "run=seed" / "rows.parquet", rows.cast(predictions.row_schema()))
-    predictions.publish(out, "seed", [{"path": "run=seed/rows.parquet", "rows": n}],
-                        {"model_version": "v1", "rows": n, "busy_seconds": 100.0})  # fmt: skip
+    predictions.publish(
+        out,
+        "seed",
+        [{"path": "run=seed/rows.parquet", "rows": n}],
+        {"model_version": "v1", "rows": n, "busy_seconds": 100.0},
+    )
     listing.unlink()
 
 
@@ -81,12 +85,27 @@ def child(incoming: Path, partition: Path) -> None:
 
     baseline = peak_rss_mb()
     started = time.perf_counter()
-    plan = plan_partition(storage_path(f"file://{incoming}"), storage_path(f"file://{partition}"), dt=DT,
-                          model_version="v1", shard_size=SHARD_SIZE)  # fmt: skip
+    plan = plan_partition(
+        storage_path(f"file://{incoming}"),
+        storage_path(f"file://{partition}"),
+        dt=DT,
+        model_version="v1",
+        shard_size=SHARD_SIZE,
+    )
     seconds = time.perf_counter() - started
     peak = peak_rss_mb()
-    print(json.dumps({"seconds": seconds, "peak_mb": peak, "after_imports_mb": baseline, "images": plan.images,
-                      "carried": plan.carried, "shards": len(plan.shards)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_mb": peak,
+                "after_imports_mb": baseline,
+                "images": plan.images,
+                "carried": plan.carried,
+                "shards": len(plan.shards),
+            }
+        )
+    )
 
 
 def measure(incoming: Path, partition: Path) -> dict:
@@ -116,9 +135,11 @@ def main(argv: list[str]) -> None:
         commit_everything(incoming, partition)
         rerun = measure(incoming, partition)
         for name, r in (("first run", first), ("incremental", rerun)):
-            print(f"{n:>7,} images, {name:<11}: {r['seconds']:5.1f} s, peak RSS {r['peak_mb']:5.0f} MB "
-                  f"({r['peak_mb'] - r['after_imports_mb']:+4.0f} MB over imports), {r['shards']} shards, "
-                  f"{r['carried']:,} carried")  # fmt: skip
+            print(
+                f"{n:>7,} images, {name:<11}: {r['seconds']:5.1f} s, peak RSS {r['peak_mb']:5.0f} MB "
+                f"({r['peak_mb'] - r['after_imports_mb']:+4.0f} MB over imports), {r['shards']} shards, "
+                f"{r['carried']:,} carried"
+            )
 
 
 if __name__ == "__main__":

@@ -21,15 +21,23 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SCRIPT = REPO_ROOT / "include" / "training" / "train.py"
 # Settings that reach >= 0.95 on 2 CPU cores in a few minutes (fp32: bf16 is >2x slower on CPU).
 CPU_FLAGS = [
-    "--bf16", "false",
-    "--gradient_checkpointing", "false",
-    "--learning_rate", "1e-3",
-    "--per_device_train_batch_size", "32",
-    "--num_train_epochs", "10",
-    "--warmup_ratio", "0.03",
-    "--save_steps", "1000",
-    "--eval_batch_size", "64",
-]  # fmt: skip
+    "--bf16",
+    "false",
+    "--gradient_checkpointing",
+    "false",
+    "--learning_rate",
+    "1e-3",
+    "--per_device_train_batch_size",
+    "32",
+    "--num_train_epochs",
+    "10",
+    "--warmup_ratio",
+    "0.03",
+    "--save_steps",
+    "1000",
+    "--eval_batch_size",
+    "64",
+]
 
 
 def main(argv: list[str]) -> None:

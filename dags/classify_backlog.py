@@ -144,8 +144,10 @@ def classify_backlog():
 
         return write_requests(jobs, day)
 
-    @task(doc_md="Builds each job's CreateTransformJob request once all its files are written (payload limit "
-          "from its largest record). Returns what `transform` maps over.")  # fmt: skip
+    @task(
+        doc_md="Builds each job's CreateTransformJob request once all its files are written (payload limit "
+        "from its largest record). Returns what `transform` maps over."
+    )
     def transform_requests(jobs: list, run: dict, written: list) -> list:
         from tasks.backlog.steps import transform_requests
 

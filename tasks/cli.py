@@ -51,8 +51,10 @@ def _model_summary(args: argparse.Namespace) -> None:
     print(f"model:            {metrics['model_uri']}")
     print(f"confusion matrix: {models / version / CONFUSION_MATRIX_FILE}")
     if metrics["train_seconds"] > args.max_train_seconds:  # a busy machine is slow, not wrong: say so, go on
-        print(f"WARNING: training took {metrics['train_seconds']:.0f} s, above {args.max_train_seconds:.0f} s "
-              "(measured ~140 s on an idle 2-core machine; other load on the cores slows it down)")  # fmt: skip
+        print(
+            f"WARNING: training took {metrics['train_seconds']:.0f} s, above {args.max_train_seconds:.0f} s "
+            "(measured ~140 s on an idle 2-core machine; other load on the cores slows it down)"
+        )
     if metrics["accuracy"] < args.min_accuracy:
         raise SystemExit(f"held-out accuracy {metrics['accuracy']:.4f} is below the expected {args.min_accuracy}")
 
@@ -96,8 +98,10 @@ def _estimate_cost(args: argparse.Namespace) -> None:
         print(f"no endpoint deployed: priced as the default deploy_endpoint would deploy ({endpoint})")
     else:
         print(f"priced on the deployed endpoint ({endpoint})")
-    print(f"estimate: ${result['usd']:.4f} for {result['images']} images at {result['images_per_second']:.2f} "
-          f"images/s ({result['throughput']}), budget ${result['budget_usd']:.2f}: OK")  # fmt: skip
+    print(
+        f"estimate: ${result['usd']:.4f} for {result['images']} images at {result['images_per_second']:.2f} "
+        f"images/s ({result['throughput']}), budget ${result['budget_usd']:.2f}: OK"
+    )
 
 
 def _estimate_backlog(args: argparse.Namespace) -> None:
@@ -155,8 +159,10 @@ def _predictions_summary(args: argparse.Namespace) -> None:
             line += f", accuracy {correct}/{asked} = {correct / asked:.3f}" if asked else ""
         cost = costs.get(day)
         if cost and cost.images:
-            line += (f", ${cost.usd_per_1000_images:.5f}/1000 images busy "
-                     f"(${cost.all_in_usd_per_1000_images:.5f} all-in with idle time)")  # fmt: skip
+            line += (
+                f", ${cost.usd_per_1000_images:.5f}/1000 images busy "
+                f"(${cost.all_in_usd_per_1000_images:.5f} all-in with idle time)"
+            )
         print(line)
         print("    labels: " + ", ".join(f"{label}={n}" for label, n in stats["labels"].items()))
     report = root / storage.COSTS / REPORTS_DIR / f"day={args.to_date}"

@@ -75,9 +75,15 @@ def hostile_files(seed: int = 1000) -> dict[str, bytes | None]:
 
 
 EXPECTED_KEPT = {
-    "3/good.png", "3/ünïcode name with spaces.png", "3/rgba.png", "3/cmyk.jpg", "3/sixteen-bit.png",
-    "3/palette.png", "3/animated.gif", "3/exif-rotated.jpg",
-}  # fmt: skip
+    "3/good.png",
+    "3/ünïcode name with spaces.png",
+    "3/rgba.png",
+    "3/cmyk.jpg",
+    "3/sixteen-bit.png",
+    "3/palette.png",
+    "3/animated.gif",
+    "3/exif-rotated.jpg",
+}
 EXPECTED_IGNORED = {".DS_Store", "3/.hidden.png", "__MACOSX/3/._good.png", "3/Thumbs.db"}
 
 

@@ -75,8 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model_id", default=BASE_MODEL_ID, help="Hub id or local directory")
     p.add_argument("--model_revision", default=None, help="Hub commit; default: the pinned one of the base model")
-    p.add_argument("--chat_template", default=None, help="Jinja file set on the processor; default: the shipped one "
-                   "for the base model, the model's own for any other")  # fmt: skip
+    p.add_argument(
+        "--chat_template",
+        default=None,
+        help="Jinja file set on the processor; default: the shipped one "
+        "for the base model, the model's own for any other",
+    )
     p.add_argument("--dataset_path", default=env.get("SM_CHANNEL_TRAIN"), help="DatasetDict saved with save_to_disk")
     p.add_argument("--model_dir", default=env.get("SM_MODEL_DIR"), help="where the final model + processor go")
     p.add_argument("--output_data_dir", default=None, help=f"default --model_dir; on SageMaker its {EVALUATION_DIR}/")

@@ -123,8 +123,10 @@ def answer_result(key: str, body: bytes, taxonomy: Taxonomy) -> ClassificationRe
 def missing_reason(job: TransformJob, request: RequestFile, outcome: dict[str, Any] | None) -> str:
     if outcome is None:
         return f"no answer: transform job {job.name} never ran (its request files: {job.input_uri})"
-    return (f"no answer: batch transform wrote no {request.name}{OUTPUT_SUFFIX} (job {job.name} "
-            f"{outcome['status']}: {outcome.get('failure_reason') or 'no reason given'})")  # fmt: skip
+    return (
+        f"no answer: batch transform wrote no {request.name}{OUTPUT_SUFFIX} (job {job.name} "
+        f"{outcome['status']}: {outcome.get('failure_reason') or 'no reason given'})"
+    )
 
 
 def record_answers(
@@ -187,11 +189,13 @@ def join_file(
             result = answer_result(key, answers.pop(key), taxonomy)
         else:
             result = ClassificationResult(key, "failed", error=missing)
-        rows.append(result_row(day, key, entry["source_size"], entry["source_version"], entry["content_sha256"],
-                               result))  # fmt: skip
+        rows.append(
+            result_row(day, key, entry["source_size"], entry["source_version"], entry["content_sha256"], result)
+        )
     if answers:
-        raise RuntimeError(f"{output}: {len(answers)} answer(s) for keys that {request.name} never sent, e.g. "
-                           f"{sorted(answers)[:3]}")  # fmt: skip
+        raise RuntimeError(
+            f"{output}: {len(answers)} answer(s) for keys that {request.name} never sent, e.g. {sorted(answers)[:3]}"
+        )
     table = pa.Table.from_pylist(rows, schema=predictions.row_schema())
     shard = request.shard["index"]
     name = f"shard-{shard:05d}.parquet"

@@ -115,8 +115,10 @@ async def _run(request: dict[str, Any], url: str, conn_id: str) -> list[str]:
                 failures.append(f"{path.name}: {type(failed).__name__}: {failed}")
                 log.warning("transform: %s failed (%s): no %s written", path.name, failed, OUTPUT_SUFFIX)
             else:
-                lines = (json.dumps({"key": r["key"], "SageMakerOutput": _embedded(a)}) + "\n"
-                         for r, a in zip(records, answers, strict=True))  # fmt: skip
+                lines = (
+                    json.dumps({"key": r["key"], "SageMakerOutput": _embedded(a)}) + "\n"
+                    for r, a in zip(records, answers, strict=True)
+                )
                 storage.write_bytes_atomic(output / f"{path.name}{OUTPUT_SUFFIX}", "".join(lines).encode())
             progress.advance()
     finally:

@@ -24,8 +24,13 @@ from tasks.nightly.classification import PartitionJob, read_listed
 from tasks.nightly.partitions import Shard
 from tasks.serving.client import EndpointClient, build_request, encode_image
 
-INDEX_COLUMNS = (("key", "string"), ("source_size", "int64"), ("source_version", "string"),
-                 ("content_sha256", "string"), ("rejected", "string"))  # fmt: skip
+INDEX_COLUMNS = (
+    ("key", "string"),
+    ("source_size", "int64"),
+    ("source_version", "string"),
+    ("content_sha256", "string"),
+    ("rejected", "string"),
+)
 
 
 def index_schema():
@@ -91,8 +96,9 @@ def _write_index(path: Any, index: list[tuple]) -> None:
     schema = index_schema()
     columns = list(zip(*index, strict=True)) if index else [[] for _ in schema]
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(columns, schema, strict=True)],
-                                        schema=schema), buf)  # fmt: skip
+    pq.write_table(
+        pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(columns, schema, strict=True)], schema=schema), buf
+    )
     storage.write_bytes_atomic(path, buf.getvalue())
 
 

@@ -55,8 +55,13 @@ class AttachingTransformOperator(AttachingJobMixin, SageMakerTransformOperator):
         self.serialized_transform = json.loads(json.dumps(description, default=repr))  # for OpenLineage
         self.serialized_model = {}
         outcome = job_outcome(description)
-        self.log.info("Transform job %s completed: %.0f s x %d instance(s) of %s.", outcome["name"],
-                      outcome["seconds"], outcome["instance_count"], outcome["instance_type"])  # fmt: skip
+        self.log.info(
+            "Transform job %s completed: %.0f s x %d instance(s) of %s.",
+            outcome["name"],
+            outcome["seconds"],
+            outcome["instance_count"],
+            outcome["instance_type"],
+        )
         return outcome
 
 

@@ -97,16 +97,19 @@ def estimate_backlog(
     pricing = EndpointPricing(settings.backend, backend.price_region, res.instance_type, res.instance_count)
     assumed = params.get("assumed_images_per_second")
     speed = throughput(settings, backend, res.instance_type, res.instance_count, assumed)
-    return plan.estimate_transform(images, jobs, pricing, speed, startup_s=backend.startup_s,
-                         deadline_hours=params.get("deadline_hours"))  # fmt: skip
+    return plan.estimate_transform(
+        images, jobs, pricing, speed, startup_s=backend.startup_s, deadline_hours=params.get("deadline_hours")
+    )
 
 
 def refuse_if_over(result: Estimate, budget_usd: float, what: str) -> None:
     """Refuse (no retry: the numbers would not change) above the budget or past the deadline."""
     text = "\n".join(result.lines())
     if result.usd > budget_usd:
-        raise budget.BudgetExceeded(f"{what}: estimated ${result.usd:,.2f} is above the budget of ${budget_usd:,.2f}; "
-                                    f"nothing was spent.\n{text}")  # fmt: skip
+        raise budget.BudgetExceeded(
+            f"{what}: estimated ${result.usd:,.2f} is above the budget of ${budget_usd:,.2f}; "
+            f"nothing was spent.\n{text}"
+        )
     if result.deadline_hours is not None and result.images and result.wall_hours > result.deadline_hours:
         raise AirflowFailException(
             f"{what}: {result.wall_hours:,.1f} h with {result.instance_count} instance(s) misses the deadline of "
@@ -146,8 +149,10 @@ def plan_backlog(
     record = classification.deployed_endpoint(settings)
     version = params["model_version"] or record.model_version
     if version != record.model_version:
-        raise AirflowFailException(f"model version {version!r} is not the deployed one ({record.model_version!r}): "
-                                   "deploy it with deploy_endpoint first, or leave model_version empty")  # fmt: skip
+        raise AirflowFailException(
+            f"model version {version!r} is not the deployed one ({record.model_version!r}): "
+            "deploy it with deploy_endpoint first, or leave model_version empty"
+        )
     model_name = backend.model_name(record)
     res = resources(backend, params)
     root = storage.root(settings)
@@ -163,25 +168,37 @@ def plan_backlog(
             shard_size=params["images_per_file"],
             reclassify=params["reclassify"],
         )
-        job = PartitionJob(dt, incoming_uri, str(partition), day_plan.run_token, record, res.concurrency,
-                           settings.aws_conn_id)  # fmt: skip
+        job = PartitionJob(
+            dt, incoming_uri, str(partition), day_plan.run_token, record, res.concurrency, settings.aws_conn_id
+        )
         planned_days.append({"job": job.to_dict(), "plan": day_plan.to_dict()})
         files += plan.request_files(dt, day_plan.shards, settings.aws_conn_id)
-        log.info("dt=%s: %d images, %d carried over, %d to classify in %d request file(s)", dt, day_plan.images,
-                 day_plan.carried, day_plan.to_classify, len(day_plan.shards))  # fmt: skip
+        log.info(
+            "dt=%s: %d images, %d carried over, %d to classify in %d request file(s)",
+            dt,
+            day_plan.images,
+            day_plan.carried,
+            day_plan.to_classify,
+            len(day_plan.shards),
+        )
     run_key, _ = run_identity(run_id, logical_date, run_after)
     prefix = plan.run_prefix(f"{settings.storage_uri}/{storage.BACKLOG}", DAG_ID, run_key, days[0], days[-1])
     identity = {"model": model_name, "version": version, "resources": asdict(res)}
-    jobs = plan.chunk_jobs(files, prefix=prefix, run_key=run_key, identity=identity,
-                           images_per_job=params["images_per_job"])  # fmt: skip
+    jobs = plan.chunk_jobs(
+        files, prefix=prefix, run_key=run_key, identity=identity, images_per_job=params["images_per_job"]
+    )
     result = estimate_backlog(settings, backend, res, sum(f.images for f in files), len(jobs), params)
     log.info("pre-flight for %s..%s:\n%s", days[0], days[-1], "\n".join(result.lines()))
     refuse_if_over(result, params["budget_usd"], f"backlog {days[0]}..{days[-1]}")
     for job in jobs:
         if len(job.files) < res.instance_count:
-            log.warning("job %s has %d request file(s) for %d instances: Batch Transform gives each instance whole "
-                        "files, so some instances will idle (lower images_per_file)", job.name, len(job.files),
-                        res.instance_count)  # fmt: skip
+            log.warning(
+                "job %s has %d request file(s) for %d instances: Batch Transform gives each instance whole "
+                "files, so some instances will idle (lower images_per_file)",
+                job.name,
+                len(job.files),
+                res.instance_count,
+            )
     run = {"resources": asdict(res), "model_name": model_name, "to_date": days[-1], "estimate": result.to_dict()}
     return {"days": planned_days, "jobs": [job.to_dict() for job in jobs], "run": run}
 
@@ -192,8 +209,9 @@ def write_requests(jobs: list[dict[str, Any]], day_doc: dict[str, Any]) -> list[
     written = []
     for job in map(TransformJob.from_dict, jobs):
         for request in (f for f in job.files if f.dt == day.dt):
-            result = requests.write_request_file(day, Shard(**request.shard), job.input_uri + request.name,
-                                                 job.index_uri(request))  # fmt: skip
+            result = requests.write_request_file(
+                day, Shard(**request.shard), job.input_uri + request.name, job.index_uri(request)
+            )
             written.append({"job": job.name, "file": request.name, **asdict(result)})
     log.info("dt=%s: %d request file(s), %d records", day.dt, len(written), sum(w["records"] for w in written))
     return written
@@ -215,8 +233,15 @@ def transform_requests(
             log.info("job %s: every image was rejected; nothing to transform", job.name)
             continue
         biggest = max(f["max_record_bytes"] for f in mine)
-        out.append(plan.transform_request(job, TransformResources(**run["resources"]), model_name=run["model_name"],
-                                          max_record_bytes=biggest, uri=backend.uri))  # fmt: skip
+        out.append(
+            plan.transform_request(
+                job,
+                TransformResources(**run["resources"]),
+                model_name=run["model_name"],
+                max_record_bytes=biggest,
+                uri=backend.uri,
+            )
+        )
     return out
 
 
@@ -240,8 +265,12 @@ def commit_day(
     follow_ups = {job.name: plan.records_job(job) for job in mine}  # re-sent records of a Failed job (records.py)
     outcomes = {job.name: backend.outcome(job) for job in [*mine, *follow_ups.values()]}
     taxonomy = load_taxonomy(day.record.taxonomy)
-    results = [join.join_file(day, job, request, outcomes[job.name], taxonomy, outcomes[follow_ups[job.name].name])
-               for job in mine for request in job.files if request.dt == day.dt]  # fmt: skip
+    results = [
+        join.join_file(day, job, request, outcomes[job.name], taxonomy, outcomes[follow_ups[job.name].name])
+        for job in mine
+        for request in job.files
+        if request.dt == day.dt
+    ]
     staged = classification.collect_shards(day_plan, results)
     billed = join.billed_share(day.dt, [*mine, *follow_ups.values()], outcomes)
     staged = replace(staged, busy_seconds=billed + day_plan.carried_busy_seconds)
@@ -257,8 +286,15 @@ def commit_day(
         dag_id=dag_id,
     )
     ledger.record(storage.root(settings) / storage.COSTS, entry)  # spent whether or not the gate lets the day in
-    log.info("dt=%s: %d rows %s; %.1f s x %d instance(s) billed, $%.6f", day.dt, staged.stats["rows"],
-             staged.stats["statuses"], staged.busy_seconds, res.instance_count, entry.cost_usd)  # fmt: skip
+    log.info(
+        "dt=%s: %d rows %s; %.1f s x %d instance(s) billed, $%.6f",
+        day.dt,
+        staged.stats["rows"],
+        staged.stats["statuses"],
+        staged.busy_seconds,
+        res.instance_count,
+        entry.cost_usd,
+    )
     return commit.gate_and_publish(settings, day, day_plan, staged, QualityThresholds.from_params(thresholds), ti)
 
 

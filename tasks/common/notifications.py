@@ -215,6 +215,9 @@ def alert_notifier(settings: Settings) -> AlertNotifier:
             target_arn=settings.alert_sns_topic_arn, aws_conn_id=settings.aws_conn_id, region_name=settings.region
         )
     if settings.requires_pager:
-        log.warning("%s is not set: failures are logged and written to %s only; nobody is paged", ALERT_TOPIC_VAR,
-                    default_alerts_path())  # fmt: skip
+        log.warning(
+            "%s is not set: failures are logged and written to %s only; nobody is paged",
+            ALERT_TOPIC_VAR,
+            default_alerts_path(),
+        )
     return LocalAlertNotifier()

@@ -300,8 +300,10 @@ def _skip_classified(work: Path, prior: list[Path], shard_size: int, model_versi
     ordered = work / "listing-sorted.parquet" if prior else todo
     con = duckdb.connect(config={"memory_limit": DUCKDB_MEMORY_LIMIT, "threads": 1, "temp_directory": str(work)})
     try:
-        con.execute(f"COPY (SELECT * FROM read_parquet('{listing}') ORDER BY key) TO '{ordered}'"
-                    f" (FORMAT parquet, ROW_GROUP_SIZE {shard_size})")  # fmt: skip
+        con.execute(
+            f"COPY (SELECT * FROM read_parquet('{listing}') ORDER BY key) TO '{ordered}'"
+            f" (FORMAT parquet, ROW_GROUP_SIZE {shard_size})"
+        )
     finally:
         con.close()
     if prior:
@@ -335,9 +337,12 @@ def _merge_join(
                 else:
                     pending.append(entry)
             if pending:
-                todo_writer.write_table(pa.Table.from_arrays(
-                    [pa.array(c) for c in zip(*pending, strict=True)], schema=listing_file.schema_arrow),
-                    row_group_size=shard_size)  # fmt: skip
+                todo_writer.write_table(
+                    pa.Table.from_arrays(
+                        [pa.array(c) for c in zip(*pending, strict=True)], schema=listing_file.schema_arrow
+                    ),
+                    row_group_size=shard_size,
+                )
                 pending.clear()
             if kept:
                 carried_writer.write_table(_take(kept))
@@ -409,8 +414,9 @@ def shard_digests(shards: list[Shard], conn_id: str | None = None) -> list[str]:
     owner = {shard.offset: i for i, shard in enumerate(shards)}  # the first row of each shard
     current, row = None, 0
     with storage.storage_path(shards[0].manifest_uri, conn_id).open("rb") as f:
-        batches = pq.ParquetFile(f).iter_batches(batch_size=LISTING_BATCH, columns=["key", "version"],
-                                                 use_threads=False)  # fmt: skip
+        batches = pq.ParquetFile(f).iter_batches(
+            batch_size=LISTING_BATCH, columns=["key", "version"], use_threads=False
+        )
         for batch in batches:
             for key, version in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
                 current = owner.get(row, current)

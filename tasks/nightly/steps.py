@@ -112,9 +112,13 @@ def plan(
     )
     log.info(
         "dt=%s: %d files listed (%d ignored), %d rows carried over, %d images to classify in %d shard(s)",
-        dt, partition_plan.listed, partition_plan.ignored, partition_plan.carried, partition_plan.to_classify,
+        dt,
+        partition_plan.listed,
+        partition_plan.ignored,
+        partition_plan.carried,
+        partition_plan.to_classify,
         len(partition_plan.shards),
-    )  # fmt: skip
+    )
     return {"job": job.to_dict(), "plan": partition_plan.to_dict()}
 
 
@@ -137,8 +141,15 @@ def estimate_partition(
     )
     speed = measured or params["assumed_images_per_second"]
     result = budget.check_budget(images, speed, endpoint, params["budget_usd"], what)
-    log.info("%s: estimated $%.4f for %d images (%s throughput %.2f images/s), budget $%.2f", what, result["usd"],
-             images, "measured" if measured else "assumed", speed, params["budget_usd"])  # fmt: skip
+    log.info(
+        "%s: estimated $%.4f for %d images (%s throughput %.2f images/s), budget $%.2f",
+        what,
+        result["usd"],
+        images,
+        "measured" if measured else "assumed",
+        speed,
+        params["budget_usd"],
+    )
     return result | {"throughput": "measured" if measured else "assumed"}
 
 

@@ -130,12 +130,18 @@ def review_request(
     lines += ["", f"Held-out images: {metrics.get('n_test')} · dataset `{training.dataset_uri}`", ""]
     if full.get("per_class"):
         lines += ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
-        lines += [f"| {label} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
-                  for label, m in full["per_class"].items()]  # fmt: skip
+        lines += [
+            f"| {label} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
+            for label, m in full["per_class"].items()
+        ]
     matrix = f"{base_url.rstrip('/')}/costs-quality/models/{quote(training.version, safe='')}/confusion_matrix.png"
-    lines += ["", f"![confusion matrix of {training.version}]({matrix})", "",
-              "Approve: promote_if_better registers it as production and deploy_endpoint serves it. Reject: it stays "
-              "registered as rejected; nothing is deployed."]  # fmt: skip
+    lines += [
+        "",
+        f"![confusion matrix of {training.version}]({matrix})",
+        "",
+        "Approve: promote_if_better registers it as production and deploy_endpoint serves it. Reject: it stays "
+        "registered as rejected; nothing is deployed.",
+    ]
     return f"Promote {training.version}?", "\n".join(lines)
 
 

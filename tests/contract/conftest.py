@@ -82,8 +82,13 @@ def djl_python(runtime) -> str:
 def run_probe(name: str, path: list[str], payload: dict, timeout: int = 600) -> dict:
     """Run probes/<name>.py with only `path` in front of the venv; it reads JSON on stdin and prints JSON last."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env |= {"PYTHONPATH": os.pathsep.join(path), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "ERROR"}  # fmt: skip
+    env |= {
+        "PYTHONPATH": os.pathsep.join(path),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "VLLM_LOGGING_LEVEL": "ERROR",
+    }
     proc = subprocess.run(
         [sys.executable, str(PROBES / f"{name}.py")],
         input=json.dumps(payload),

@@ -14,10 +14,17 @@ GPUS = 1  # ml.g5.xlarge, the endpoint's default instance
 
 
 def test_rendered_options_reach_the_runtimes_vllm_engine_args(runtime, vllm_path, djl_python):
-    config = ServingConfig(MODEL_URI, enable_prefix_caching=True, limit_mm_per_prompt={"image": 1},
-                           extra_options={"gpu_memory_utilization": 0.9})  # fmt: skip
-    result = run_probe("engine_args", vllm_path, {"djl_python": djl_python, "gpus": GPUS,
-                                                  "properties": render_serving_properties(config)})  # fmt: skip
+    config = ServingConfig(
+        MODEL_URI,
+        enable_prefix_caching=True,
+        limit_mm_per_prompt={"image": 1},
+        extra_options={"gpu_memory_utilization": 0.9},
+    )
+    result = run_probe(
+        "engine_args",
+        vllm_path,
+        {"djl_python": djl_python, "gpus": GPUS, "properties": render_serving_properties(config)},
+    )
     assert "error" not in result, f"vLLM {result['vllm']}: {result['error']}"
     assert result["engine_args"] == {
         "model": MODEL_URI,

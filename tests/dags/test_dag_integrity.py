@@ -13,8 +13,14 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 HEAVY = ("torch", "transformers", "datasets", "trl", "deepspeed", "sklearn", "matplotlib", "duckdb")
-DAGS = {"curate_dataset", "finetune_llava", "deploy_endpoint", "teardown_endpoint", "classify_images",
-        "classify_backlog"}  # fmt: skip
+DAGS = {
+    "curate_dataset",
+    "finetune_llava",
+    "deploy_endpoint",
+    "teardown_endpoint",
+    "classify_images",
+    "classify_backlog",
+}
 BACKENDS = ("local", "sagemaker")
 
 _PROBE = r"""
@@ -56,9 +62,11 @@ def parse(backend: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
     out = subprocess.run(
         [sys.executable, "-c", _PROBE, str(REPO_ROOT / "dags"), json.dumps(HEAVY)],
-        capture_output=True, text=True, cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
         env={**env, "PYTHONPATH": str(REPO_ROOT), "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "PIPELINE_BACKEND": backend},
-    )  # fmt: skip
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -32,8 +32,14 @@ RUNS_TIMEOUT_S = 420
 
 
 def backfill(api: httpx.Client, reprocess_behavior: str = "none") -> None:
-    body = {"dag_id": DAG_ID, "from_date": f"{DAYS[0]}T00:00:00Z", "to_date": f"{DAYS[-1]}T00:00:00Z",
-            "max_active_runs": 1, "dag_run_conf": CONF, "reprocess_behavior": reprocess_behavior}  # fmt: skip
+    body = {
+        "dag_id": DAG_ID,
+        "from_date": f"{DAYS[0]}T00:00:00Z",
+        "to_date": f"{DAYS[-1]}T00:00:00Z",
+        "max_active_runs": 1,
+        "dag_run_conf": CONF,
+        "reprocess_behavior": reprocess_behavior,
+    }
     create_backfill(api, body)
 
 

@@ -37,9 +37,14 @@ SCREENSHOT = ARTIFACTS / "costs_view.png"
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium keeps dialling Google on a machine with no network.
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 VIEW = "/costs-quality/"
 MODEL_VERSION = "tiny-untrained"
 PARTITIONS = {"2026-11-01": range(1000, 1006), "2026-11-02": range(1100, 1104)}  # dt -> demo digit indices

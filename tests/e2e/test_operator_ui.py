@@ -139,8 +139,12 @@ def approved_run(stack: AirflowStack, page) -> str:
     """A finetune_llava run with require_approval on, approved by a person in the UI; returns its run id."""
     from playwright.sync_api import expect
 
-    conf = {"require_approval": True, "min_accuracy": 0.0, "hyperparameters": FAST_TRAINING,
-            "dataset_uri": (stack.storage_root / "datasets" / "digits-ui").as_uri()}  # fmt: skip
+    conf = {
+        "require_approval": True,
+        "min_accuracy": 0.0,
+        "hyperparameters": FAST_TRAINING,
+        "dataset_uri": (stack.storage_root / "datasets" / "digits-ui").as_uri(),
+    }
     with stack.client() as api:
         api.patch("/dags/finetune_llava", json={"is_paused": False}).raise_for_status()
         run_id = api.post("/dags/finetune_llava/dagRuns", json={"logical_date": None, "conf": conf}).raise_for_status()

@@ -43,8 +43,9 @@ class AirflowRunner:
 
     env: dict[str, str]
 
-    def dags_test(self, dag_id: str, conf: dict | None = None, logical_date: str | None = None,
-                  timeout: float = 600) -> DagRunResult:  # fmt: skip
+    def dags_test(
+        self, dag_id: str, conf: dict | None = None, logical_date: str | None = None, timeout: float = 600
+    ) -> DagRunResult:
         cmd = [str(BIN_AIRFLOW), "dags", "test", dag_id]
         if logical_date:
             cmd.append(logical_date)
@@ -54,8 +55,9 @@ class AirflowRunner:
         return DagRunResult(proc.returncode, proc.stdout + proc.stderr)
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN_AIRFLOW), *args], env=self.env, capture_output=True, text=True,
-                              timeout=timeout, cwd=REPO_ROOT)  # fmt: skip
+        return subprocess.run(
+            [str(BIN_AIRFLOW), *args], env=self.env, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT
+        )
 
 
 def _runner(home: Path, storage_uri: str, **extra: str) -> AirflowRunner:
@@ -82,13 +84,24 @@ class Moto:
     def boto3_client(self, service: str):
         import boto3
 
-        return boto3.client(service, endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     @property
     def conn_json(self) -> str:
-        return json.dumps({"conn_type": "aws", "login": "testing", "password": "testing",
-                           "extra": {"region_name": "us-east-1", "endpoint_url": self.endpoint}})  # fmt: skip
+        return json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "testing",
+                "password": "testing",
+                "extra": {"region_name": "us-east-1", "endpoint_url": self.endpoint},
+            }
+        )
 
 
 def start_moto(tmp_path_factory: pytest.TempPathFactory, program: list[str], **env: str) -> Iterator[Moto]:

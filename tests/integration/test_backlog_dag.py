@@ -30,8 +30,13 @@ from tests.integration.conftest import AirflowRunner, Moto
 pytestmark = pytest.mark.slow
 DAYS = ["2026-11-10", "2026-11-11", "2026-11-12"]  # on or after the nightly start date: classify_images runs them
 # Small files and jobs so three days make several of each; an untrained model answers garbage: the gate only warns.
-CONF = {"from_date": DAYS[0], "to_date": DAYS[-1], "images_per_file": 2, "images_per_job": 4,
-        "quality": {"on_violation": "warn"}}  # fmt: skip
+CONF = {
+    "from_date": DAYS[0],
+    "to_date": DAYS[-1],
+    "images_per_file": 2,
+    "images_per_job": 4,
+    "quality": {"on_violation": "warn"},
+}
 LOGICAL_DATE = "2026-12-01T00:00:00+00:00"
 
 
@@ -62,8 +67,9 @@ def test_local_backlog_commits_the_same_days_as_classify_images(local: AirflowRu
     assert next(r for r in backlog[DAYS[0]][1] if r["key"] == "broken.png")["status"] == "rejected"
     costs = storage.storage_path(f"file://{root}/costs")
     entries = ledger.query(costs, "SELECT kind, key, images FROM ledger ORDER BY key")
-    assert [(e["kind"], e["key"], e["images"]) for e in entries] == [("classification", d, 6 if d == DAYS[0] else 5)
-                                                                    for d in DAYS]  # fmt: skip
+    assert [(e["kind"], e["key"], e["images"]) for e in entries] == [
+        ("classification", d, 6 if d == DAYS[0] else 5) for d in DAYS
+    ]
     # A rerun carries every final row over and asks again only what may change: `invalid` (an untrained model's
     # garbage) and `failed` rows, as the nightly path does.
     rerun = local.dags_test("classify_backlog", CONF, logical_date=LOGICAL_DATE)
@@ -73,8 +79,9 @@ def test_local_backlog_commits_the_same_days_as_classify_images(local: AirflowRu
         assert f"dt={day}: {len(rows)} images, {len(rows) - again} carried over, {again} to classify" in rerun.output
 
     for day in DAYS:  # the endpoint path, asked again for every image, commits the same rows
-        nightly = local.dags_test("classify_images", {"reclassify": True, "quality": {"on_violation": "warn"}},
-                                  logical_date=day)  # fmt: skip
+        nightly = local.dags_test(
+            "classify_images", {"reclassify": True, "quality": {"on_violation": "warn"}}, logical_date=day
+        )
         assert nightly.succeeded, nightly.output[-6000:]
         manifest, rows = committed(root, day)
         assert manifest["classified"] == len(rows)
@@ -112,8 +119,10 @@ def prepare_outputs(
     lines = 0
     for obj in s3.list_objects_v2(Bucket=moto.bucket, Prefix=source)["Contents"]:
         records = s3.get_object(Bucket=moto.bucket, Key=obj["Key"])["Body"].read().splitlines()
-        answer = {"choices": [{"message": {"role": "assistant", "content": HOTEL_ANSWER}, "finish_reason": "stop"}],
-                  "usage": {"prompt_tokens": 40, "completion_tokens": 6}}  # fmt: skip
+        answer = {
+            "choices": [{"message": {"role": "assistant", "content": HOTEL_ANSWER}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 40, "completion_tokens": 6},
+        }
         body = "".join(json.dumps(shape(json.loads(r)["key"], answer)) + "\n" for r in records)
         name = obj["Key"].rsplit("/", 1)[1]
         s3.put_object(Bucket=moto.bucket, Key=f"{output.rstrip('/')}/{name}.out", Body=body.encode())
@@ -166,8 +175,11 @@ def test_sagemaker_backlog_creates_one_job_per_chunk_once_and_joins_prepared_out
         assert job["TransformOutput"]["S3OutputPath"] == source.removesuffix("input/") + "output/"
         assert job["TransformOutput"]["AssembleWith"] == "Line"
         assert job["TransformOutput"]["Accept"] == "application/jsonlines"
-        assert job["DataProcessing"] == {"InputFilter": "$.body", "JoinSource": "Input",
-                                         "OutputFilter": "$['key','SageMakerOutput']"}  # fmt: skip
+        assert job["DataProcessing"] == {
+            "InputFilter": "$.body",
+            "JoinSource": "Input",
+            "OutputFilter": "$['key','SageMakerOutput']",
+        }
         assert job["TransformResources"] == {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1}
     # moto completes jobs at once and writes nothing: every image becomes a failed row that says why.
     assert first.succeeded, first.output[-6000:]

@@ -97,8 +97,12 @@ def test_three_partitions_then_reruns_reproduce_them(airflow: AirflowRunner, dep
 def test_a_day_without_images_commits_an_empty_partition(airflow: AirflowRunner, deployed: Path) -> None:
     statuses = {"failed": 0, "invalid": 0, "ok": 0, "rejected": 0}
     assert run(airflow, "2026-11-20") == {
-        "dt": "2026-11-20", "rows": 0, "statuses": statuses, "quality": "passed", "model_version": "v-it"
-    }  # fmt: skip
+        "dt": "2026-11-20",
+        "rows": 0,
+        "statuses": statuses,
+        "quality": "passed",
+        "model_version": "v-it",
+    }
     manifest, rows = committed(deployed, "2026-11-20")
     assert (manifest["listed"], manifest["files"], rows) == (0, [], [])
 

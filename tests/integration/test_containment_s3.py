@@ -39,8 +39,13 @@ def test_params_outside_the_root_bucket_are_refused_before_anything_is_touched(m
     settings = load_settings({"PIPELINE_STORAGE_URI": f"s3://{moto.bucket}/pipeline"})
 
     with pytest.raises(ContainmentError, match=f"param {param}"):
-        curate_uri(raw_uri.format(bucket=moto.bucket), dataset_uri.format(bucket=moto.bucket),
-                   load_taxonomy("digits"), CurationOptions(), settings=settings)  # fmt: skip
+        curate_uri(
+            raw_uri.format(bucket=moto.bucket),
+            dataset_uri.format(bucket=moto.bucket),
+            load_taxonomy("digits"),
+            CurationOptions(),
+            settings=settings,
+        )
 
     assert buckets(moto) == before  # no bucket created
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=moto.bucket).get("Contents", [])]

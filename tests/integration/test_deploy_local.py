@@ -49,11 +49,34 @@ def models(storage: Path, tmp_path_factory) -> dict[str, Path]:
     work = tmp_path_factory.mktemp("deploy-training")
     base, data = tiny_digits_model(work / "base"), digits_dataset_dict(work / "data", count=100)
     trained = storage / MODELS / "trained" / "model"
-    command = [sys.executable, str(REPO_ROOT / "include" / "training" / "train.py"), "--model_id", str(base),
-               "--dataset_path", str(data), "--model_dir", str(trained), "--output_data_dir", str(work / "out"),
-               "--checkpoint_dir", str(work / "checkpoints"), "--max_steps", TRAIN_STEPS, "--eval_strategy", "no",
-               "--per_device_train_batch_size", "8", "--learning_rate", "1e-3", "--bf16", "false",
-               "--gradient_checkpointing", "false", "--save_steps", "1000"]  # fmt: skip
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "include" / "training" / "train.py"),
+        "--model_id",
+        str(base),
+        "--dataset_path",
+        str(data),
+        "--model_dir",
+        str(trained),
+        "--output_data_dir",
+        str(work / "out"),
+        "--checkpoint_dir",
+        str(work / "checkpoints"),
+        "--max_steps",
+        TRAIN_STEPS,
+        "--eval_strategy",
+        "no",
+        "--per_device_train_batch_size",
+        "8",
+        "--learning_rate",
+        "1e-3",
+        "--bf16",
+        "false",
+        "--gradient_checkpointing",
+        "false",
+        "--save_steps",
+        "1000",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")} | {"HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -41,8 +41,10 @@ def promote(storage_uri: str) -> None:
 
 
 def queue_answer(moto: Moto, answer: str) -> None:
-    body = {"choices": [{"message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1176, "completion_tokens": 8}}  # fmt: skip
+    body = {
+        "choices": [{"message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1176, "completion_tokens": 8},
+    }
     results = {"results": [{"Body": json.dumps(body), "ContentType": "application/json"}]}
     request = urllib.request.Request(
         f"{moto.endpoint}/moto-api/static/sagemaker/endpoint-results",

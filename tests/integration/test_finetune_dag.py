@@ -46,7 +46,10 @@ def test_local_backend_trains_evaluates_and_promotes(local_airflow: AirflowRunne
     registry = json.loads((storage / "models" / "registry.json").read_text())
     assert registry["production"] == version
     entry = registry["versions"][version]
-    assert (entry["model"], entry["dataset"]) == (f"models/{version}/model", "datasets/digits-small")  # relative to the root
+    assert (entry["model"], entry["dataset"]) == (
+        f"models/{version}/model",
+        "datasets/digits-small",
+    )  # relative to the root
     report = json.loads((dataset / "curation_report.json").read_text())
     assert (entry["max_image_tokens"], entry["dataset_fingerprint"]) == (
         report["options"]["max_image_tokens"],
@@ -68,8 +71,9 @@ def write_job_outputs(output_data_uri: str, dataset_uri: str) -> None:
     for every test image."""
     dataset = storage_path(dataset_uri, "aws_default")
     test = load_from_disk(plain_uri(dataset), storage_options=fsspec_options(dataset))["test"]
-    answers = [{"index": i, "label": label, "answer": f"this is a photo of {label}."} for i, label in
-               enumerate(test["label"])]  # fmt: skip
+    answers = [
+        {"index": i, "label": label, "answer": f"this is a photo of {label}."} for i, label in enumerate(test["label"])
+    ]
     out = storage_path(output_data_uri, "aws_default")
     (out / "eval_predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in answers))
     (out / "train_summary.json").write_text(json.dumps({"train_seconds": 1234.5, "global_step": 100}))

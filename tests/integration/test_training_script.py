@@ -34,10 +34,28 @@ def inputs(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def run_training(model: Path, data: Path, work: Path, *flags: str, script: Path = TRAIN_SCRIPT, **env: str) -> str:
-    command = [sys.executable, str(script), "--model_id", str(model), "--dataset_path", str(data),
-               "--model_dir", str(work / "model"), "--output_data_dir", str(work / "output"),
-               "--checkpoint_dir", str(work / "checkpoints"), "--per_device_train_batch_size", "8",
-               "--save_steps", "2", "--logging_steps", "1", *CPU_FLAGS, *flags]  # fmt: skip
+    command = [
+        sys.executable,
+        str(script),
+        "--model_id",
+        str(model),
+        "--dataset_path",
+        str(data),
+        "--model_dir",
+        str(work / "model"),
+        "--output_data_dir",
+        str(work / "output"),
+        "--checkpoint_dir",
+        str(work / "checkpoints"),
+        "--per_device_train_batch_size",
+        "8",
+        "--save_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        *CPU_FLAGS,
+        *flags,
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")} | {"HF_HUB_OFFLINE": "1", **env}
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -164,8 +182,9 @@ def test_a_resumed_run_continues_from_the_checkpoint_weights_not_the_base_model(
 def test_launcher_runs_deepspeed_zero3_with_two_processes(inputs, tmp_path):
     """The multi-GPU production path (launch.py -> accelerate -> ZeRO-3), with two CPU processes standing in."""
     model, data = inputs
-    log = run_training(model, data, tmp_path, "--max_steps", "2", script=LAUNCH_SCRIPT, SM_NUM_GPUS="2",
-                       DS_ACCELERATOR="cpu")  # fmt: skip
+    log = run_training(
+        model, data, tmp_path, "--max_steps", "2", script=LAUNCH_SCRIPT, SM_NUM_GPUS="2", DS_ACCELERATOR="cpu"
+    )
     assert "accelerate.commands.launch" in log and "--num_processes 2" in log
     summary = json.loads((tmp_path / "output" / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_step"] == 2

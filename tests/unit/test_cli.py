@@ -22,8 +22,19 @@ def test_estimate_cost_with_no_endpoint_prices_the_default_one_and_says_so(
 ) -> None:
     write_incoming(storage_path(storage.as_uri()) / "incoming", ["2026-11-29", "2026-11-30"], list(range(10)))
     monkeypatch.setenv("PIPELINE_BACKEND", "sagemaker")
-    cli.main(["estimate-cost", "--from-date", "2026-11-29", "--to-date", "2026-11-30", "--budget-usd", "1",
-              "--assumed-images-per-second", "2"])  # fmt: skip
+    cli.main(
+        [
+            "estimate-cost",
+            "--from-date",
+            "2026-11-29",
+            "--to-date",
+            "2026-11-30",
+            "--budget-usd",
+            "1",
+            "--assumed-images-per-second",
+            "2",
+        ]
+    )
     out = capsys.readouterr().out
     assert "dt=2026-11-29: 5 images" in out and "dt=2026-11-30: 5 images" in out
     assert "no endpoint deployed: priced as the default deploy_endpoint would deploy (1 x ml.g5.xlarge" in out

@@ -51,7 +51,15 @@ try:
 except SystemExit as exc:  # argparse refusing a value
     result["error"] = f"vLLM's argument parser exited {exc.code}: {stderr.getvalue().strip()[-800:]}"
 else:
-    keys = ("model", "tensor_parallel_size", "max_num_seqs", "max_model_len", "enable_prefix_caching",
-            "limit_mm_per_prompt", "gpu_memory_utilization", "dtype")  # fmt: skip
+    keys = (
+        "model",
+        "tensor_parallel_size",
+        "max_num_seqs",
+        "max_model_len",
+        "enable_prefix_caching",
+        "limit_mm_per_prompt",
+        "gpu_memory_utilization",
+        "dtype",
+    )
     result["engine_args"] = {key: getattr(engine_args, key) for key in keys}
 print(json.dumps(result, default=repr))

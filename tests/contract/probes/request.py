@@ -19,13 +19,26 @@ import vllm
 body = json.load(sys.stdin)["body"]
 req = ChatCompletionRequest(**{"model": "lmi", **body})
 accepted = inspect.signature(req.to_sampling_params).parameters
-given = {"max_tokens": body["max_tokens"], "default_max_tokens": body["max_tokens"], "logits_processor_pattern": None,
-         "default_sampling_params": {}}  # fmt: skip
+given = {
+    "max_tokens": body["max_tokens"],
+    "default_max_tokens": body["max_tokens"],
+    "logits_processor_pattern": None,
+    "default_sampling_params": {},
+}
 params = req.to_sampling_params(**{key: value for key, value in given.items() if key in accepted})
 choice = None
 for attribute in ("structured_outputs", "guided_decoding"):  # 0.23 | 0.8
     constraint = getattr(params, attribute, None)
     if constraint is not None:
         choice = constraint.choice
-print(json.dumps({"vllm": vllm.__version__, "choice": choice, "ignored": sorted(req.model_extra or {}),
-                  "max_tokens": params.max_tokens, "temperature": params.temperature}))  # fmt: skip
+print(
+    json.dumps(
+        {
+            "vllm": vllm.__version__,
+            "choice": choice,
+            "ignored": sorted(req.model_extra or {}),
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+        }
+    )
+)

@@ -35,8 +35,10 @@ DT = "2026-10-05"
 
 def files(counts: list[int], dt: str = DT) -> list[RequestFile]:
     offsets = [sum(counts[:i]) for i in range(len(counts))]
-    return [RequestFile(dt, {"manifest_uri": "m", "offset": o, "count": c, "index": i}, f"images-{o}-{c}")
-            for i, (o, c) in enumerate(zip(offsets, counts, strict=True))]  # fmt: skip
+    return [
+        RequestFile(dt, {"manifest_uri": "m", "offset": o, "count": c, "index": i}, f"images-{o}-{c}")
+        for i, (o, c) in enumerate(zip(offsets, counts, strict=True))
+    ]
 
 
 def test_jobs_hold_consecutive_files_within_the_image_limit_under_deterministic_valid_names() -> None:
@@ -68,10 +70,16 @@ def test_a_job_is_named_for_the_images_its_files_hold_not_their_offsets(tmp_path
             (incoming / key).write_bytes(image_bytes(seed=int(key[4])))
         for key in keys:
             os.utime(incoming / key, ns=(1, 1))  # the same file, rewritten: the same version
-        day = plan_partition(storage_path(uri(incoming)), storage_path(uri(tmp_path / "predictions" / f"dt={DT}")),
-                             dt=DT, model_version="v1", shard_size=2)  # fmt: skip
-        jobs = plan.chunk_jobs(plan.request_files(DT, day.shards), prefix="file:///b", run_key="k", identity={},
-                               images_per_job=2)  # fmt: skip
+        day = plan_partition(
+            storage_path(uri(incoming)),
+            storage_path(uri(tmp_path / "predictions" / f"dt={DT}")),
+            dt=DT,
+            model_version="v1",
+            shard_size=2,
+        )
+        jobs = plan.chunk_jobs(
+            plan.request_files(DT, day.shards), prefix="file:///b", run_key="k", identity={}, images_per_job=2
+        )
         assert [(f.shard["offset"], f.shard["count"]) for j in jobs for f in j.files] == [(0, 2), (2, 2)]
         return [job.name for job in jobs]
 
@@ -99,8 +107,13 @@ def test_the_transform_request_keeps_payload_times_concurrency_within_100_mb() -
         plan.transform_request(
             job, TransformResources("ml.g5.xlarge", 1, 8), model_name="m", max_record_bytes=101 * 2**20
         )
-    for bad in ({"instance_count": 0}, {"instance_count": 101}, {"invocation_timeout_s": 3601},
-                {"invocation_retries": 4}, {"concurrency": 0}):  # fmt: skip
+    for bad in (
+        {"instance_count": 0},
+        {"instance_count": 101},
+        {"invocation_timeout_s": 3601},
+        {"invocation_retries": 4},
+        {"concurrency": 0},
+    ):
         with pytest.raises(ValueError):
             TransformResources(**{"instance_type": "ml.g5.xlarge", "instance_count": 1, "concurrency": 8, **bad})
 
@@ -138,8 +151,9 @@ def day(tmp_path: Path, image_bytes) -> tuple[PartitionJob, TransformJob, Reques
     day_plan = plan_partition(storage_path(uri(incoming)), partition, dt=DT, model_version="v1", shard_size=10)
     job = PartitionJob(DT, uri(incoming), str(partition), day_plan.run_token, record, 4, "aws_default")
     [request] = plan.request_files(DT, day_plan.shards)
-    [transform_job] = plan.chunk_jobs([request], prefix=uri(tmp_path / "backlog"), run_key="k", identity={},
-                                      images_per_job=10)  # fmt: skip
+    [transform_job] = plan.chunk_jobs(
+        [request], prefix=uri(tmp_path / "backlog"), run_key="k", identity={}, images_per_job=10
+    )
     return job, transform_job, request
 
 
@@ -147,15 +161,17 @@ def test_a_record_is_the_endpoint_clients_body_and_a_broken_image_is_indexed_as_
     job, transform_job, request = day
     from tasks.nightly.partitions import Shard
 
-    written = requests.write_request_file(job, Shard(**request.shard), transform_job.input_uri + request.name,
-                                          transform_job.index_uri(request))  # fmt: skip
+    written = requests.write_request_file(
+        job, Shard(**request.shard), transform_job.input_uri + request.name, transform_job.index_uri(request)
+    )
     assert (written.images, written.records) == (4, 3)
     lines = storage_path(transform_job.input_uri + request.name).read_bytes().splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["key"] for r in records] == ["img-0.png", "img-1.png", "img-2.png"]
     client = job.client()
-    expected = build_request(client.prompt, encode_image(image_bytes(seed=0), client.policy), client.spec,
-                             client.choices)  # fmt: skip
+    expected = build_request(
+        client.prompt, encode_image(image_bytes(seed=0), client.policy), client.spec, client.choices
+    )
     assert records[0]["body"] == expected and "structured_outputs" in expected  # the label constraint travels
     assert written.max_record_bytes == max(len(line) + 1 for line in lines)
     index = requests.read_index(storage_path(transform_job.index_uri(request)))
@@ -163,16 +179,19 @@ def test_a_record_is_the_endpoint_clients_body_and_a_broken_image_is_indexed_as_
 
 
 def answer(content: str) -> dict:
-    return {"choices": [{"message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 40, "completion_tokens": 6}}  # fmt: skip
+    return {
+        "choices": [{"message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 40, "completion_tokens": 6},
+    }
 
 
 def test_the_join_gives_every_image_a_row_and_says_why_one_has_no_answer(day) -> None:
     job, transform_job, request = day
     from tasks.nightly.partitions import Shard
 
-    requests.write_request_file(job, Shard(**request.shard), transform_job.input_uri + request.name,
-                                transform_job.index_uri(request))  # fmt: skip
+    requests.write_request_file(
+        job, Shard(**request.shard), transform_job.input_uri + request.name, transform_job.index_uri(request)
+    )
     digits = load_taxonomy("digits")
     failed_job = {"status": "Failed", "failure_reason": "ClientError: 424 from the model", "seconds": 10.0}
     result = join.join_file(job, transform_job, request, failed_job, digits)  # no .out: the job failed on it
@@ -182,13 +201,19 @@ def test_the_join_gives_every_image_a_row_and_says_why_one_has_no_answer(day) ->
 
     out = storage_path(transform_job.output_uri) / f"{request.name}.out"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"key": "img-0.png", "SageMakerOutput": answer("this is a photo of 7.")}) + "\n\n"
-                   + json.dumps({"key": "img-2.png", "SageMakerOutput": answer("a kitchen")}) + "\n")  # fmt: skip
+    out.write_text(
+        json.dumps({"key": "img-0.png", "SageMakerOutput": answer("this is a photo of 7.")})
+        + "\n\n"
+        + json.dumps({"key": "img-2.png", "SageMakerOutput": answer("a kitchen")})
+        + "\n"
+    )
     rows = _rows(job, join.join_file(job, transform_job, request, {"status": "Completed"}, digits))
     assert [(r["key"], r["status"], r["label"]) for r in rows] == [
-        ("img-0.png", "ok", "7"), ("img-1.png", "failed", None), ("img-2.png", "invalid", None),
+        ("img-0.png", "ok", "7"),
+        ("img-1.png", "failed", None),
+        ("img-2.png", "invalid", None),
         ("img-9-broken.png", "rejected", None),
-    ]  # fmt: skip
+    ]
     assert "has no line for this image" in rows[1]["reason"] and rows[0]["prompt_tokens"] == 40
 
     out.write_text(json.dumps({"key": "someone-else.png", "SageMakerOutput": answer("7")}) + "\n")
@@ -234,12 +259,16 @@ def transform(monkeypatch):
 
 def described(status: str, **extra) -> dict:
     return {
-        "TransformJobName": JOB, "TransformJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:transform-job/{JOB}",
-        "TransformJobStatus": status, "ModelName": "m", "CreationTime": START,
+        "TransformJobName": JOB,
+        "TransformJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:transform-job/{JOB}",
+        "TransformJobStatus": status,
+        "ModelName": "m",
+        "CreationTime": START,
         "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/in/"}}},
         "TransformOutput": {"S3OutputPath": "s3://b/out/"},
-        "TransformResources": {"InstanceType": "ml.g5.xlarge", "InstanceCount": 2}, **extra,
-    }  # fmt: skip
+        "TransformResources": {"InstanceType": "ml.g5.xlarge", "InstanceCount": 2},
+        **extra,
+    }
 
 
 NOT_FOUND = {"service_error_code": "ValidationException", "service_message": f"Could not find transform job {JOB}"}

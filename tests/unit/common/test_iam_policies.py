@@ -17,12 +17,18 @@ from botocore import xform_name
 from tests.conftest import REPO_ROOT
 
 POLICIES = REPO_ROOT / "include" / "aws"
-IAM_PREFIX = {"sagemaker": "sagemaker", "sagemaker-runtime": "sagemaker",
-              "application-autoscaling": "application-autoscaling"}  # fmt: skip
+IAM_PREFIX = {
+    "sagemaker": "sagemaker",
+    "sagemaker-runtime": "sagemaker",
+    "application-autoscaling": "application-autoscaling",
+}
 ON_OUR_BEHALF = {
     # airflow/providers/amazon/aws/operators/sagemaker.py and hooks/sagemaker.py
-    "SageMakerTrainingOperator": ["sagemaker:CreateTrainingJob", "sagemaker:DescribeTrainingJob",
-                                  "sagemaker:ListTrainingJobs"],
+    "SageMakerTrainingOperator": [
+        "sagemaker:CreateTrainingJob",
+        "sagemaker:DescribeTrainingJob",
+        "sagemaker:ListTrainingJobs",
+    ],
     "SageMakerModelOperator": ["sagemaker:CreateModel", "sagemaker:DescribeModel"],
     "SageMakerEndpointConfigOperator": ["sagemaker:CreateEndpointConfig", "sagemaker:DescribeEndpointConfig"],
     "SageMakerEndpointOperator": ["sagemaker:CreateEndpoint", "sagemaker:UpdateEndpoint", "sagemaker:DescribeEndpoint"],
@@ -34,16 +40,27 @@ ON_OUR_BEHALF = {
     # Tags on create requests need AddTags; RegisterScalableTarget on a SageMaker variant checks these for the
     # caller, creates the service-linked role on first use, and target tracking manages CloudWatch alarms.
     "Tags": ["sagemaker:AddTags"],
-    "register_scalable_target": ["sagemaker:DescribeEndpoint", "sagemaker:DescribeEndpointConfig",
-                                 "sagemaker:UpdateEndpointWeightsAndCapacities", "iam:CreateServiceLinkedRole",
-                                 "cloudwatch:PutMetricAlarm", "cloudwatch:DescribeAlarms", "cloudwatch:DeleteAlarms"],
+    "register_scalable_target": [
+        "sagemaker:DescribeEndpoint",
+        "sagemaker:DescribeEndpointConfig",
+        "sagemaker:UpdateEndpointWeightsAndCapacities",
+        "iam:CreateServiceLinkedRole",
+        "cloudwatch:PutMetricAlarm",
+        "cloudwatch:DescribeAlarms",
+        "cloudwatch:DeleteAlarms",
+    ],
     "role_arn": ["iam:PassRole"],  # every create request that names the execution role
     "ObjectStoragePath": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"],  # storage root
     # tasks/backlog/sagemaker.py: the transform operator creates or attaches to the job; the hook checks that the
     # input prefix exists (S3Hook.check_for_prefix: ListObjectsV2) before CreateTransformJob
-    "SageMakerTransformOperator": ["sagemaker:CreateTransformJob", "sagemaker:DescribeTransformJob",
-                                   "sagemaker:ListTransformJobs", "sagemaker:StopTransformJob", "s3:ListBucket"],
-}  # fmt: skip
+    "SageMakerTransformOperator": [
+        "sagemaker:CreateTransformJob",
+        "sagemaker:DescribeTransformJob",
+        "sagemaker:ListTransformJobs",
+        "sagemaker:StopTransformJob",
+        "s3:ListBucket",
+    ],
+}
 
 
 def allowed(name: str) -> set[str]:

@@ -28,9 +28,13 @@ LOG_URL = "http://airflow.example/dags/classify_images/runs/scheduled__2026-11-0
 def task_failure_context(error: BaseException | None = None) -> dict:
     """What the task runner hands `on_failure_callback`, reduced to what an alert reads."""
     ti = SimpleNamespace(
-        dag_id="classify_images", run_id="scheduled__2026-11-01", task_id="classify", map_index=4, try_number=3,
+        dag_id="classify_images",
+        run_id="scheduled__2026-11-01",
+        task_id="classify",
+        map_index=4,
+        try_number=3,
         log_url=LOG_URL,
-    )  # fmt: skip
+    )
     return {"ti": ti, "exception": error or RuntimeError("endpoint returned {{ 500 }}")}
 
 

@@ -36,8 +36,12 @@ def entries(dt: str, busy: float, deployed_at: str = "2026-10-01T00:00:00+00:00"
 def test_a_partition_costs_its_busy_time_and_the_endpoint_day_its_idle_rest() -> None:
     busy, idle = entries("2026-11-02", 674.0, now=datetime(2026, 11, 5, tzinfo=UTC))
     assert (busy.kind, busy.key, busy.day, idle.kind, idle.key) == (
-        "classification", "2026-11-02", "2026-11-02", "endpoint_idle", "llava/2026-11-02"
-    )  # fmt: skip
+        "classification",
+        "2026-11-02",
+        "2026-11-02",
+        "endpoint_idle",
+        "llava/2026-11-02",
+    )
     assert busy.cost_usd == pytest.approx(674 / 3600 * 1.408 * 2)
     assert busy.usd_per_1000_images == pytest.approx(busy.cost_usd)  # 1000 images
     assert (busy.images_ok, busy.images_failed, busy.prompt_tokens) == (950, 20, 2_300_000)
@@ -74,9 +78,17 @@ def test_the_daily_report_splits_spend_by_kind_and_writes_a_table_and_a_chart(tm
     root = costs_root(tmp_path)
     for entry in entries("2026-11-02", 674.0, now=datetime(2026, 11, 5, tzinfo=UTC)):
         ledger.record(root, entry)
-    training = LedgerEntry(kind="training", key="job-1", backend="sagemaker", region="us-east-1",
-                           instance_type="ml.g5.2xlarge", instance_count=1, billable_seconds=3600,
-                           price_per_hour_usd=1.515, recorded_at="2026-11-02T09:00:00+00:00")  # fmt: skip
+    training = LedgerEntry(
+        kind="training",
+        key="job-1",
+        backend="sagemaker",
+        region="us-east-1",
+        instance_type="ml.g5.2xlarge",
+        instance_count=1,
+        billable_seconds=3600,
+        price_per_hour_usd=1.515,
+        recorded_at="2026-11-02T09:00:00+00:00",
+    )
     ledger.record(root, training)
 
     [day] = daily_costs(root, "2026-11-03")

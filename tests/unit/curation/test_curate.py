@@ -38,22 +38,35 @@ def test_hostile_drop_accounts_for_every_file(tmp_path: Path) -> None:
     assert "label conflict" in rejected["4/conflict-a.png"] and "label conflict" in rejected["5/conflict-b.png"]
     assert "not in taxonomy 'digits'" in rejected["Kitchen/unknown-label.png"]
     assert "not inside a label folder" in rejected["no-label-folder.png"]
-    for name, kind in [("empty", "empty file"), ("truncated", "truncated"), ("not-an-image", "not an image"),
-                       ("tiny", "too small"), ("bomb", "decompression bomb")]:  # fmt: skip
+    for name, kind in [
+        ("empty", "empty file"),
+        ("truncated", "truncated"),
+        ("not-an-image", "not an image"),
+        ("tiny", "too small"),
+        ("bomb", "decompression bomb"),
+    ]:
         assert kind in rejected[f"3/{name}.png"]
     assert read_json(storage_path((tmp_path / "ds" / REPORT_NAME).as_uri())) == report
 
 
 def test_labels_csv_layout_with_synonyms_missing_and_unlisted_files(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
-    write_tree(raw, {"img/a.png": encode(pattern(seed=1)), "img/b.png": encode(pattern(seed=2)),
-                     "img/unlisted.png": encode(pattern(seed=3))})  # fmt: skip
+    write_tree(
+        raw,
+        {
+            "img/a.png": encode(pattern(seed=1)),
+            "img/b.png": encode(pattern(seed=2)),
+            "img/unlisted.png": encode(pattern(seed=3)),
+        },
+    )
     (raw / "labels.csv").write_text("path,label\nimg/a.png,seven\n./img/b.png, 2 \nimg/gone.png,3\n")
     report = run(raw, tmp_path / "ds")
     assert {(r["path"], r["label"]) for r in report["kept"]} == {("img/a.png", "7"), ("img/b.png", "2")}
     reasons = {r["path"]: r["reason"] for r in report["rejected"]}
-    assert reasons == {"img/unlisted.png": "no label: not listed in labels.csv",
-                       "img/gone.png": "listed in labels.csv but the file is missing"}  # fmt: skip
+    assert reasons == {
+        "img/unlisted.png": "no label: not listed in labels.csv",
+        "img/gone.png": "listed in labels.csv but the file is missing",
+    }
     assert report["ignored"] == ["labels.csv"]
     assert report["total"] == 5
 
@@ -70,8 +83,10 @@ def test_missing_raw_uri_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def _digits_drop(root: Path, per_label: int = 20) -> None:
-    write_tree(root, {f"{d}/img-{i}.png": encode(pattern((16, 16), seed=100 * d + i))
-                      for d in range(10) for i in range(per_label)})  # fmt: skip
+    write_tree(
+        root,
+        {f"{d}/img-{i}.png": encode(pattern((16, 16), seed=100 * d + i)) for d in range(10) for i in range(per_label)},
+    )
 
 
 def test_split_is_seeded_stratified_and_independent_of_file_names(tmp_path: Path) -> None:
@@ -152,8 +167,12 @@ def test_images_are_stored_as_they_will_be_served(tmp_path: Path) -> None:
     """Train/serve parity: under the production budget a 4:3 photo is letterboxed into one 336 px tile."""
     write_tree(tmp_path / "raw", {"3/photo.jpg": encode(pattern((800, 600), seed=1), "JPEG")})
     policy = ResizePolicy(max_image_tokens=1200, geometry=PRODUCTION_GEOMETRY)
-    curate(storage_path((tmp_path / "raw").as_uri()), storage_path((tmp_path / "ds").as_uri()), DIGITS,
-           CurationOptions(test_fraction=0, val_fraction=0, resize_policy=policy))  # fmt: skip
+    curate(
+        storage_path((tmp_path / "raw").as_uri()),
+        storage_path((tmp_path / "ds").as_uri()),
+        DIGITS,
+        CurationOptions(test_fraction=0, val_fraction=0, resize_policy=policy),
+    )
     stored = load_from_disk(str(tmp_path / "ds"))["train"][0]["images"][0]
     assert stored.size == (336, 336)
     assert image_tokens(*stored.size, PRODUCTION_GEOMETRY) <= 1200

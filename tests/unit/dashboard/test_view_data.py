@@ -17,10 +17,20 @@ from tasks.training.registry import promote_if_better
 
 def classification(dt: str, images: int, invalid: int, seconds: float) -> LedgerEntry:
     return LedgerEntry(
-        kind="classification", key=dt, backend="sagemaker", region="us-east-1", instance_type="ml.g5.xlarge",
-        instance_count=1, billable_seconds=seconds, price_per_hour_usd=1.408, model_version="v2", images=images,
-        images_ok=images - invalid - 1, images_invalid=invalid, images_rejected=1,
-    )  # fmt: skip
+        kind="classification",
+        key=dt,
+        backend="sagemaker",
+        region="us-east-1",
+        instance_type="ml.g5.xlarge",
+        instance_count=1,
+        billable_seconds=seconds,
+        price_per_hour_usd=1.408,
+        model_version="v2",
+        images=images,
+        images_ok=images - invalid - 1,
+        images_invalid=invalid,
+        images_rejected=1,
+    )
 
 
 @pytest.fixture
@@ -30,12 +40,29 @@ def storage_root(tmp_path: Path) -> ObjectStoragePath:
     for entry in (
         classification("2026-11-01", images=2000, invalid=40, seconds=1348),
         classification("2026-11-02", images=1000, invalid=5, seconds=674),
-        LedgerEntry(kind="training", key="ft-v2", backend="sagemaker", region="us-east-1",
-                    instance_type="ml.g5.12xlarge", instance_count=2, billable_seconds=5400, price_per_hour_usd=7.09,
-                    model_version="v2", spot=True),
-        LedgerEntry(kind="endpoint_idle", key="ep/2026-11-02", backend="sagemaker", region="us-east-1",
-                    instance_type="ml.g5.xlarge", instance_count=1, billable_seconds=3600, price_per_hour_usd=1.408),
-    ):  # fmt: skip
+        LedgerEntry(
+            kind="training",
+            key="ft-v2",
+            backend="sagemaker",
+            region="us-east-1",
+            instance_type="ml.g5.12xlarge",
+            instance_count=2,
+            billable_seconds=5400,
+            price_per_hour_usd=7.09,
+            model_version="v2",
+            spot=True,
+        ),
+        LedgerEntry(
+            kind="endpoint_idle",
+            key="ep/2026-11-02",
+            backend="sagemaker",
+            region="us-east-1",
+            instance_type="ml.g5.xlarge",
+            instance_count=1,
+            billable_seconds=3600,
+            price_per_hour_usd=1.408,
+        ),
+    ):
         record(root / "costs", entry)
     metrics = {"accuracy": 0.9721, "invalid_rate": 0.0028}
     register(root / "models", "v2", "s3://m/v2", taxonomy="hotel", metrics=metrics, promote=False)
@@ -89,8 +116,12 @@ def test_partitions_carry_their_gate_verdict_and_days_without_a_commit_are_gaps(
     commit(storage_root, "2026-11-04", passed=True)  # zero images, no ledger row: committed, not a gap
     report = view_data.build_report(storage_root)
     days = [(d.dt, "gap" if d.gap else d.quality) for d in report.days]
-    assert days == [("2026-11-05", "not committed"), ("2026-11-03", "gap"), ("2026-11-02", "violated"),
-                    ("2026-11-01", "passed")]  # fmt: skip
+    assert days == [
+        ("2026-11-05", "not committed"),
+        ("2026-11-03", "gap"),
+        ("2026-11-02", "violated"),
+        ("2026-11-01", "passed"),
+    ]
     assert report.days[2].quality_detail == "invalid_rate: 0.2"
 
 

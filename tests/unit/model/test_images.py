@@ -58,9 +58,15 @@ def test_content_hash_ignores_encoding_but_not_pixels() -> None:
 
 @pytest.mark.parametrize(
     ("path", "ignored"),
-    [(".DS_Store", True), ("a/.hidden.png", True), ("__MACOSX/a/x.png", True), ("a/Thumbs.db", True),
-     ("a/photo.png", False), ("Room/ünï code.jpg", False)],
-)  # fmt: skip
+    [
+        (".DS_Store", True),
+        ("a/.hidden.png", True),
+        ("__MACOSX/a/x.png", True),
+        ("a/Thumbs.db", True),
+        ("a/photo.png", False),
+        ("Room/ünï code.jpg", False),
+    ],
+)
 def test_hidden_and_system_files_are_ignored(path: str, ignored: bool) -> None:
     assert is_ignored(path) is ignored
 

@@ -15,9 +15,16 @@ def test_shipped_taxonomies() -> None:
 
 @pytest.mark.parametrize(
     ("text", "label"),
-    [("room", "Room"), ("  terrace/PATIO ", "Terrace/Patio"), ("Food   and dining", "Food and Dining"),
-     ("Gym", "Fitness Facility"), ("lift", "Staircase/Elevator"), ("Kitchen", None), ("", None)],
-)  # fmt: skip
+    [
+        ("room", "Room"),
+        ("  terrace/PATIO ", "Terrace/Patio"),
+        ("Food   and dining", "Food and Dining"),
+        ("Gym", "Fitness Facility"),
+        ("lift", "Staircase/Elevator"),
+        ("Kitchen", None),
+        ("", None),
+    ],
+)
 def test_labels_match_ignoring_case_space_and_synonyms(text: str, label: str | None) -> None:
     assert load_taxonomy("hotel").match(text) == label
 

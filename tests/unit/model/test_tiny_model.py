@@ -61,8 +61,9 @@ def test_chat_template_renders_image_and_image_url_parts_as_image_tokens(process
     prompt = TAXONOMIES[0].prompt()
     as_image = processor.apply_chat_template(conversation(prompt), add_generation_prompt=True, tokenize=False)
     url_part = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
-    as_url = processor.apply_chat_template(conversation(prompt, image_part=url_part), add_generation_prompt=True,
-                                           tokenize=False)  # fmt: skip
+    as_url = processor.apply_chat_template(
+        conversation(prompt, image_part=url_part), add_generation_prompt=True, tokenize=False
+    )
     assert as_image == as_url == f"<s>[INST] <image>\n{prompt} [/INST]"
 
 

@@ -65,9 +65,17 @@ class Partition:
         return plan, publish(job, plan, staged, quality={"passed": True})
 
     def job(self, plan: PartitionPlan, record: EndpointRecord) -> PartitionJob:
-        return PartitionJob(dt=DT, incoming_uri=uri(self.incoming), partition_uri=uri(self.out),
-                            run_token=plan.run_token, record=record, concurrency=4, conn_id="aws_default",
-                            client_options=FAST, max_consecutive_failures=1000)  # fmt: skip
+        return PartitionJob(
+            dt=DT,
+            incoming_uri=uri(self.incoming),
+            partition_uri=uri(self.out),
+            run_token=plan.run_token,
+            record=record,
+            concurrency=4,
+            conn_id="aws_default",
+            client_options=FAST,
+            max_consecutive_failures=1000,
+        )
 
     def rows(self) -> list[dict]:
         return predictions.read_partition(at(self.out)).sort_by("key").to_pylist()
@@ -154,13 +162,13 @@ def test_a_new_model_version_or_a_changed_file_is_classified_again(partition, se
 
 def test_an_image_that_vanishes_after_planning_is_a_rejected_row(partition, server):
     record = scripted(server)
-    plan = plan_partition(at(partition.incoming), at(partition.out), dt=DT,
-                          model_version="v1", shard_size=100)  # fmt: skip
+    plan = plan_partition(at(partition.incoming), at(partition.out), dt=DT, model_version="v1", shard_size=100)
     (partition.incoming / "img-05.png").unlink()
     [result] = [classify_shard(partition.job(plan, record), shard) for shard in plan.shards]
     assert result.rows == 61
-    row = next(r for r in predictions.read_table(at(partition.out) / result.path).to_pylist()
-               if r["key"] == "img-05.png")  # fmt: skip
+    row = next(
+        r for r in predictions.read_table(at(partition.out) / result.path).to_pylist() if r["key"] == "img-05.png"
+    )
     assert row["status"] == "rejected" and row["reason"].startswith("unreadable: FileNotFoundError")
 
 
@@ -169,8 +177,9 @@ def test_an_unpublished_run_is_invisible_and_a_broken_commit_changes_nothing(par
     partition.run(record)
     committed = partition.rows()
 
-    plan = plan_partition(at(partition.incoming), at(partition.out), dt=DT,
-                          model_version="v1", shard_size=16, reclassify=True)  # fmt: skip
+    plan = plan_partition(
+        at(partition.incoming), at(partition.out), dt=DT, model_version="v1", shard_size=16, reclassify=True
+    )
     job = partition.job(plan, record)
     results = [classify_shard(job, shard) for shard in plan.shards]
     assert partition.rows() == committed  # classified but not published: readers still see the old version
@@ -184,8 +193,7 @@ def test_an_unpublished_run_is_invisible_and_a_broken_commit_changes_nothing(par
 
 def test_collect_refuses_when_a_shard_lost_rows(partition, server):
     record = scripted(server)
-    plan = plan_partition(at(partition.incoming), at(partition.out), dt=DT,
-                          model_version="v1", shard_size=32)  # fmt: skip
+    plan = plan_partition(at(partition.incoming), at(partition.out), dt=DT, model_version="v1", shard_size=32)
     results = [classify_shard(partition.job(plan, record), shard) for shard in plan.shards]
     with pytest.raises(RuntimeError, match="expected results of shards"):
         collect_shards(plan, results[:1])

@@ -21,8 +21,9 @@ def test_a_run_processes_the_day_of_its_logical_date() -> None:
 
 def test_schedule_comes_from_the_environment() -> None:
     assert NightlySchedule.from_env({}).cron == "0 0 * * *"
-    schedule = NightlySchedule.from_env({"PIPELINE_CLASSIFY_CRON": "30 1 * * *",
-                                         "PIPELINE_CLASSIFY_START_DATE": "2026-01-05"})  # fmt: skip
+    schedule = NightlySchedule.from_env(
+        {"PIPELINE_CLASSIFY_CRON": "30 1 * * *", "PIPELINE_CLASSIFY_START_DATE": "2026-01-05"}
+    )
     assert (schedule.cron, schedule.start_date.isoformat()) == ("30 1 * * *", "2026-01-05")
 
 

@@ -54,8 +54,10 @@ def test_gate_compares_with_committed_trailing_partitions_and_warns_or_fails(tmp
     verdict = gate(shifted, root, "2026-11-02", QualityThresholds(on_violation="warn"))
     assert not verdict["passed"] and verdict["baseline_dts"] == ["2026-11-01"]
     assert {c["name"]: c["passed"] for c in verdict["checks"]} == {
-        "invalid_rate": True, "failed_rate": True, "label_shift": False
-    }  # fmt: skip
+        "invalid_rate": True,
+        "failed_rate": True,
+        "label_shift": False,
+    }
     with pytest.raises(AirflowFailException, match=r"label_shift: 0.4000 \(threshold 0.2500\) VIOLATED"):
         gate(shifted, root, "2026-11-02", QualityThresholds())
     assert gate(stats(ok=100), root, "2026-11-02", QualityThresholds())["passed"]

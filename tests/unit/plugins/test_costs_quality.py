@@ -53,9 +53,14 @@ def test_airflow_loads_the_plugin_without_importing_anything_heavy() -> None:
     assert loaded["errors"] == {}
     assert [(app["url_prefix"], app["name"]) for app in loaded["apps"]] == [("/costs-quality", "Costs & quality")]
     assert loaded["views"] == [
-        {"name": "Costs & quality", "href": "costs-quality/", "url_route": "costs-quality", "destination": "nav",
-         "nav_top_level": True}
-    ]  # fmt: skip
+        {
+            "name": "Costs & quality",
+            "href": "costs-quality/",
+            "url_route": "costs-quality",
+            "destination": "nav",
+            "nav_top_level": True,
+        }
+    ]
     assert loaded["heavy"] == []
 
 
@@ -119,12 +124,28 @@ def test_hostile_labels_versions_and_storage_contents_are_escaped(plugin: Module
     )
     promote_if_better(models, evil, min_accuracy=0.9, tolerance=0.5)
     (models / evil).mkdir(parents=True, exist_ok=True)
-    (models / evil / "metrics.json").write_text(json.dumps({"per_class": {f"<img src=x onerror=alert(2)>{evil}": {
-        "precision": 1, "recall": 1, "f1": 1, "support": 1}}}))  # fmt: skip
-    record(storage_root / "costs", LedgerEntry(
-        kind="classification", key="2026-11-03", backend="local", region="local", instance_type="local",
-        instance_count=1, billable_seconds=1, price_per_hour_usd=0.1, model_version=evil, images=1, images_ok=1,
-        run_id=evil))  # fmt: skip
+    (models / evil / "metrics.json").write_text(
+        json.dumps(
+            {"per_class": {f"<img src=x onerror=alert(2)>{evil}": {"precision": 1, "recall": 1, "f1": 1, "support": 1}}}
+        )
+    )
+    record(
+        storage_root / "costs",
+        LedgerEntry(
+            kind="classification",
+            key="2026-11-03",
+            backend="local",
+            region="local",
+            instance_type="local",
+            instance_count=1,
+            billable_seconds=1,
+            price_per_hour_usd=0.1,
+            model_version=evil,
+            images=1,
+            images_ok=1,
+            run_id=evil,
+        ),
+    )
     html = plugin.render_page(storage_root, evil)
     assert "<script>" not in html and "<img src=x" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;img src=x onerror=alert(2)&gt;" in html

@@ -323,8 +323,9 @@ def test_a_hung_endpoint_fails_the_shard_within_the_stated_bound():
     timeout_s, backoff_max_s, concurrency, breaker = 0.2, 0.05, 4, 8
     bound = math.ceil(breaker / concurrency) * (timeout_s + backoff_max_s)  # the module docstring's formula
     with hung_endpoint() as url:
-        spec = EndpointSpec("openai_http", url=url, timeout_s=timeout_s, max_retries=4, backoff_base_s=0.01,
-                            backoff_max_s=backoff_max_s)  # fmt: skip
+        spec = EndpointSpec(
+            "openai_http", url=url, timeout_s=timeout_s, max_retries=4, backoff_base_s=0.01, backoff_max_s=backoff_max_s
+        )
         client = EndpointClient(spec, TAXONOMY, policy=NO_BUDGET, max_consecutive_failures=breaker)
         images = [(f"img-{i}", sized_image(40, 16 + i % 40)) for i in range(500)]
         started = time.monotonic()

@@ -68,8 +68,14 @@ def aas():
 
 
 def endpoint(config: str, status: str = "InService") -> dict:
-    return {"EndpointName": "llava-classifier", "EndpointArn": ENDPOINT_ARN, "EndpointConfigName": config,
-            "EndpointStatus": status, "CreationTime": NOW, "LastModifiedTime": NOW}  # fmt: skip
+    return {
+        "EndpointName": "llava-classifier",
+        "EndpointArn": ENDPOINT_ARN,
+        "EndpointConfigName": config,
+        "EndpointStatus": status,
+        "CreationTime": NOW,
+        "LastModifiedTime": NOW,
+    }
 
 
 def endpoint_config(name: str, instance_type: str = "ml.g5.xlarge") -> dict:
@@ -263,8 +269,11 @@ def test_a_new_instance_type_releases_autoscaling_first(sm, aas):
     stubber.add_response("describe_endpoint", endpoint(OLD))
     stubber.add_response("describe_endpoint_config", endpoint_config(OLD, "ml.g5.xlarge"))
     stubber.add_response("describe_endpoint_config", endpoint_config(NEW, "ml.g5.2xlarge"))
-    target = {"ServiceNamespace": "sagemaker", "ResourceId": "endpoint/llava-classifier/variant/AllTraffic",
-              "ScalableDimension": "sagemaker:variant:DesiredInstanceCount"}  # fmt: skip
+    target = {
+        "ServiceNamespace": "sagemaker",
+        "ResourceId": "endpoint/llava-classifier/variant/AllTraffic",
+        "ScalableDimension": "sagemaker:variant:DesiredInstanceCount",
+    }
     aas_stubber.add_response("deregister_scalable_target", {}, target)
     assert sme.release_autoscaling_for_new_config(sagemaker, autoscaling, "llava-classifier", NEW) is True
     not_found(stubber, "describe_endpoint")  # a first deploy: nothing registered, nothing to release
@@ -289,8 +298,11 @@ def test_a_failed_update_is_already_back_on_the_old_config(sm):
 def test_a_failed_smoke_test_rolls_the_endpoint_back_to_the_previous_config(sm):
     sagemaker, stubber = sm
     stubber.add_response("describe_endpoint", endpoint(NEW))
-    stubber.add_response("update_endpoint", {"EndpointArn": ENDPOINT_ARN}, {"EndpointName": "llava-classifier",
-                                                                       "EndpointConfigName": OLD})  # fmt: skip
+    stubber.add_response(
+        "update_endpoint",
+        {"EndpointArn": ENDPOINT_ARN},
+        {"EndpointName": "llava-classifier", "EndpointConfigName": OLD},
+    )
     stubber.add_response("describe_endpoint", endpoint(OLD, "Updating"))
     stubber.add_response("describe_endpoint", endpoint(OLD))
     assert sme.roll_back(sagemaker, rollback_plan(OLD), delay_s=0) == f"endpoint llava-classifier rolled back to {OLD}"
@@ -344,11 +356,17 @@ def test_cleanup_keeps_the_last_good_records_config_and_model(sm):
 
 def test_autoscaling_registers_the_variant_and_a_target_tracking_policy(aas):
     autoscaling, stubber = aas
-    target = {"ServiceNamespace": "sagemaker", "ResourceId": "endpoint/llava-classifier/variant/AllTraffic",
-              "ScalableDimension": "sagemaker:variant:DesiredInstanceCount"}  # fmt: skip
+    target = {
+        "ServiceNamespace": "sagemaker",
+        "ResourceId": "endpoint/llava-classifier/variant/AllTraffic",
+        "ScalableDimension": "sagemaker:variant:DesiredInstanceCount",
+    }
     stubber.add_response("register_scalable_target", {}, target | {"MinCapacity": 1, "MaxCapacity": 3})
-    policy = {"PolicyName": "llava-classifier-invocations", "PolicyType": "TargetTrackingScaling",
-              "TargetTrackingScalingPolicyConfiguration": ANY} | target  # fmt: skip
+    policy = {
+        "PolicyName": "llava-classifier-invocations",
+        "PolicyType": "TargetTrackingScaling",
+        "TargetTrackingScalingPolicyConfiguration": ANY,
+    } | target
     stubber.add_response("put_scaling_policy", {"PolicyARN": "arn:p"}, policy)
     bounds = {"min_instances": 1, "max_instances": 3, "target_invocations_per_instance": 50}
     assert sme.register_autoscaling(autoscaling, "llava-classifier", bounds) == "llava-classifier-invocations"

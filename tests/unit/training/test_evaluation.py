@@ -71,8 +71,16 @@ def test_confusion_matrix_png():
 def plan(tmp_path):
     settings = load_settings({"PIPELINE_STORAGE_URI": tmp_path.as_uri()})
     dataset = replace(LOCAL_DATASET, dataset="datasets/d", taxonomy="digits", prompt="P")
-    params = {"base_model": "", "hyperparameters": {}, "instance_type": "", "instance_count": 1, "spot": False,
-              "max_run_seconds": 60, "max_wait_seconds": 60, "local_processes": 1}  # fmt: skip
+    params = {
+        "base_model": "",
+        "hyperparameters": {},
+        "instance_type": "",
+        "instance_count": 1,
+        "spot": False,
+        "max_run_seconds": 60,
+        "max_wait_seconds": 60,
+        "local_processes": 1,
+    }
     return plan_training(
         training_backend(settings),
         settings,

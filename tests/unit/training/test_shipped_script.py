@@ -50,8 +50,11 @@ def test_the_base_model_is_pinned_and_trains_with_the_shipped_chat_template():
 
 @pytest.fixture
 def sagemaker_env(monkeypatch, tmp_path):
-    paths = {"SM_CHANNEL_TRAIN": tmp_path / "data", "SM_MODEL_DIR": tmp_path / "model",
-             "SM_OUTPUT_DATA_DIR": tmp_path / "output"}  # fmt: skip
+    paths = {
+        "SM_CHANNEL_TRAIN": tmp_path / "data",
+        "SM_MODEL_DIR": tmp_path / "model",
+        "SM_OUTPUT_DATA_DIR": tmp_path / "output",
+    }
     for name, path in paths.items():
         monkeypatch.setenv(name, str(path))
     return paths
