@@ -1,23 +1,49 @@
-# Two commands on a fresh machine: `make demo` and `make test`. Both create/refresh .venv themselves.
+# Two commands on a fresh machine: `make demo` and `make test`. Both create/refresh the environments themselves.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
-# The CPU build of torch, installed first: an unpinned torch pulls a multi-GB CUDA build.
-TORCH := torch==2.13.0
+# The local backend's heavy runtimes, each in its own environment as production runs each in its own container
+# (tasks/common/runtimes.py finds them): training from the training container's requirements, serving from the
+# local engine's.
+RUNTIMES := .venvs
+TRAINING_STAMP := $(RUNTIMES)/training/.installed
+SERVING_STAMP := $(RUNTIMES)/serving/.installed
+# The CPU build of torch: an unpinned torch pulls a multi-GB CUDA build. This machine keeps the wheel in /opt/wheels;
+# elsewhere it comes from PyTorch's CPU index.
+TORCH := torch==2.13.0+cpu
+TORCH_SOURCE := $(if $(wildcard /opt/wheels/torch-*),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu)
+# uv: one shared cache, hardlinked into every environment, so three environments cost one download and seconds.
+UV_INSTALL = $(UV) pip install -q -c constraints.txt $(TORCH_SOURCE)
 
-.PHONY: install demo ui test test-contract lint format constraints clean
+.PHONY: install demo ui test test-contract lint format constraints clean mwaa mwaa-check
 
-install: $(STAMP)
+install: $(STAMP) $(TRAINING_STAMP) $(SERVING_STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+# The Airflow environment (requirements.txt, what production installs) plus the test tooling and, for the tests that
+# load models in process, the training container's libraries.
+$(STAMP): requirements.txt requirements-dev.txt include/training/requirements.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip "setuptools>=70.1"  # builds the editable install below offline
-	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -c constraints.txt -r requirements.txt -r requirements-dev.txt
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .  # the llava-pipelines command
+	$(PY) -m pip install -q --upgrade pip "setuptools>=70.1" uv==0.13.9
+	$(UV_INSTALL) --python $(PY) $(TORCH) -r requirements.txt -r requirements-dev.txt
+	$(UV) pip install -q --python $(PY) --no-deps --no-build-isolation -e .  # the llava-pipelines command
 	touch $@
+
+# A runtime environment from scratch: torch (and pillow, which the containers ship) plus its requirements file.
+define runtime_env
+	rm -rf $(RUNTIMES)/$(1)
+	$(UV) venv -q --python $(PYTHON) $(RUNTIMES)/$(1)
+	$(UV_INSTALL) --python $(RUNTIMES)/$(1)/bin/python $(TORCH) pillow -r $(2)
+	touch $@
+endef
+
+$(TRAINING_STAMP): include/training/requirements.txt constraints.txt | $(STAMP)
+	$(call runtime_env,training,include/training/requirements.txt)
+
+$(SERVING_STAMP): include/serving/local-requirements.txt constraints.txt | $(STAMP)
+	$(call runtime_env,serving,include/serving/local-requirements.txt)
 
 demo: install
 	bin/demo
@@ -42,10 +68,18 @@ test: install lint
 test-contract: install
 	$(PY) -m pytest -m contract $(PYTEST_ARGS)
 
-# Refreeze exact versions from the current venv (after changing requirements*.txt).
+# Refreeze exact versions from the environments (after changing a requirements file).
 constraints:
-	{ echo "# Frozen from a working venv (pip freeze) on $$(date +%F); regenerate with 'make constraints'."; \
-	  $(PY) -m pip freeze | grep -v -E '^torch=='; } > constraints.txt
+	{ echo "# Frozen from .venv and .venvs/* (uv pip freeze) on $$(date +%F); regenerate with 'make constraints'."; \
+	  for py in $(PY) $(RUNTIMES)/training/bin/python $(RUNTIMES)/serving/bin/python; do \
+	    $(UV) pip freeze -q --python $$py; done | grep -v -E '^(torch|uv|pip|setuptools)==|^-e ' | sort -u; } > constraints.txt
+
+# MWAA: requirements.txt resolved against MWAA's published Airflow 3.3.1 constraints, and the upload layout.
+mwaa-check: install
+	bin/mwaa-check requirements.txt
+
+mwaa: install
+	bin/mwaa-package
 
 clean:
-	rm -rf .data .airflow test-artifacts
+	rm -rf .data .airflow test-artifacts $(RUNTIMES)

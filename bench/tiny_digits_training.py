@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from support.digits import digits_dataset_dict, tiny_digits_model
+from tasks.common.runtimes import runtime_executable
 from tasks.model.taxonomy import load_taxonomy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -48,8 +49,9 @@ def main(argv: list[str]) -> None:
     model = tiny_digits_model(work / "model")
     out = work / "run"
     shutil.rmtree(work / "checkpoints", ignore_errors=True)  # measure a fresh run, not a resumed one
-    command = [sys.executable, str(TRAIN_SCRIPT), "--model_id", str(model), "--dataset_path", str(work / "data")]
-    command += ["--model_dir", str(out), "--checkpoint_dir", str(work / "checkpoints"), *CPU_FLAGS, *extra]
+    command = [runtime_executable("training"), str(TRAIN_SCRIPT), "--model_id", str(model)]  # as local training
+    command += ["--dataset_path", str(work / "data"), "--model_dir", str(out)]
+    command += ["--checkpoint_dir", str(work / "checkpoints"), *CPU_FLAGS, *extra]
     started = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     wall = time.perf_counter() - started

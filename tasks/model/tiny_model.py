@@ -6,6 +6,7 @@ needs no download: random weights, and a word-level vocabulary made from exactly
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -184,3 +185,17 @@ def _build_model(tokenizer, seed: int):
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m tasks.model.tiny_model OUT_DIR --corpus-json '[...]'`: the build as the training runtime runs it."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--corpus-json", required=True, help="a JSON list of the texts the vocabulary must cover")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(f"tiny LLaVA-NeXT: {build_tiny_llava(args.out_dir, json.loads(args.corpus_json), seed=args.seed)}")
+
+
+if __name__ == "__main__":
+    main()

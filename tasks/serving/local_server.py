@@ -8,10 +8,8 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -22,6 +20,7 @@ import httpx
 import psutil
 
 from tasks.common.processes import group_members, stop_group
+from tasks.common.runtimes import runtime_executable
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,8 @@ def stop_local_server(state_path: Path | str, *, timeout_s: float = 15.0) -> boo
 
 def _launch(model_dir: str, state_path: Path, port: int, ready_timeout_s: float) -> ServerInfo:
     log_path = state_path.with_suffix(".log")
-    command = [_transformers_cli(), "serve", model_dir, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    cli = runtime_executable("serving", "transformers")  # the engine's own environment, not Airflow's
+    command = [cli, "serve", model_dir, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
@@ -160,14 +160,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _transformers_cli() -> str:
-    """The `transformers` console script of this interpreter's environment (PATH may not include the venv)."""
-    found = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
-    if found is None:
-        raise FileNotFoundError("the `transformers` CLI is not installed (pip install 'transformers[serving]')")
-    return found
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -9,13 +9,14 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import time
 from typing import Any
 
 from airflow.sdk import XComArg, task
 
 from tasks.common.processes import stop_group
+from tasks.common.runtimes import runtime_executable
+from tasks.common.settings import REPO_ROOT
 from tasks.common.storage import local_path
 from tasks.costs.pricing import hourly_price
 from tasks.model.taxonomy import load_taxonomy
@@ -93,14 +94,16 @@ def tiny_model_corpus(taxonomy_name: str, prompt: str) -> list[str]:
 
 
 def prepare_base_model(plan: TrainingPlan) -> str:
-    """The base model directory: the one the params name, or a tiny LLaVA-NeXT built into `models/<version>/`."""
+    """The base model directory: the one the params name, or a tiny LLaVA-NeXT built into `models/<version>/`.
+
+    Built by the training runtime (torch and transformers live there, not in Airflow's environment)."""
     if plan.base_model:
         return plan.base_model
-    from tasks.model.tiny_model import build_tiny_llava
-
-    return str(
-        build_tiny_llava(local_path(plan.model_root) / "base_model", tiny_model_corpus(plan.taxonomy, plan.prompt))
-    )
+    out_dir = local_path(plan.model_root) / "base_model"
+    corpus = json.dumps(tiny_model_corpus(plan.taxonomy, plan.prompt))
+    argv = [runtime_executable("training"), "-m", "tasks.model.tiny_model", str(out_dir), "--corpus-json", corpus]
+    run_streaming(argv, {"PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}, log, what="the tiny model build")
+    return str(out_dir)
 
 
 def training_command(plan: TrainingPlan, base_model: str) -> tuple[list[str], dict[str, str]]:
@@ -111,7 +114,7 @@ def training_command(plan: TrainingPlan, base_model: str) -> tuple[list[str], di
     """
     output = local_path(plan.output_uri)
     argv = [
-        sys.executable,
+        runtime_executable("training"),
         str(TRAINING_SOURCE_DIR / ENTRY_POINT),
         *("--model_id", base_model),
         *("--dataset_path", str(local_path(plan.dataset_uri))),
@@ -128,7 +131,7 @@ def training_command(plan: TrainingPlan, base_model: str) -> tuple[list[str], di
     return argv, env
 
 
-def run_streaming(argv: list[str], env: dict[str, str], log: logging.Logger) -> None:
+def run_streaming(argv: list[str], env: dict[str, str], log: logging.Logger, *, what: str = "training") -> None:
     """Run `argv`, logging each output line as it comes; a failure raises with the last lines.
 
     The child runs in its own process group, so an interrupted task (timeout, mark-failed) takes accelerate's worker
@@ -157,7 +160,7 @@ def run_streaming(argv: list[str], env: dict[str, str], log: logging.Logger) -> 
             stop_group(proc.pid)
             proc.wait()
     if proc.returncode != 0:
-        raise RuntimeError(f"training exited with {proc.returncode}; last lines:\n" + "\n".join(tail))
+        raise RuntimeError(f"{what} exited with {proc.returncode}; last lines:\n" + "\n".join(tail))
 
 
 def train_locally(plan: TrainingPlan, base_model: str, log: logging.Logger) -> TrainingOutcome:

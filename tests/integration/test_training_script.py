@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from datasets import load_from_disk
 from safetensors import safe_open
 
 from support.digits import curated_digits, tiny_digits_model
+from tasks.common.runtimes import runtime_executable
 
 pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ def inputs(tmp_path_factory) -> tuple[Path, Path]:
 
 def run_training(model: Path, data: Path, work: Path, *flags: str, script: Path = TRAIN_SCRIPT, **env: str) -> str:
     command = [
-        sys.executable,
+        runtime_executable("training"),  # the environment include/training/requirements.txt builds, as the container
         str(script),
         "--model_id",
         str(model),

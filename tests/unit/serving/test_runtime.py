@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from importlib.metadata import version
 
 import pytest
 
+from tasks.common.runtimes import runtime_executable
 from tasks.serving.client import EndpointSpec, build_request
 from tasks.serving.config import ServingConfig, render_serving_properties
 from tasks.serving.runtime import RUNTIME_FILE, serving_runtime
@@ -60,13 +62,19 @@ def test_every_section_of_the_runtime_says_where_its_facts_come_from():
         assert any(key.startswith("_") and "source" in key for key in section), section
 
 
-def test_training_pins_are_the_local_venv_and_the_runtime_files_training_version():
-    """The job trains with what the local backend tested; the runtime file records which transformers saves the
-    artifacts that tests/contract/test_artifact_parity.py loads with the runtime's own transformers."""
+def test_training_pins_are_the_local_training_runtime_and_the_runtime_files_training_version():
+    """The job trains with what the local backend tested (local training runs in the environment built from the
+    same file); the runtime file records which transformers saves the artifacts that
+    tests/contract/test_artifact_parity.py loads with the runtime's own transformers."""
     pins = dict(
         re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)", line).groups()
         for line in TRAINING_REQUIREMENTS.read_text().splitlines()
         if line.strip() and not line.startswith("#")
     )
-    assert pins and {name: version(name) for name in pins} == pins
+    probe = "import importlib.metadata as m, json, sys; print(json.dumps({n: m.version(n) for n in sys.argv[1:]}))"
+    installed = subprocess.run(
+        [runtime_executable("training"), "-c", probe, *pins], capture_output=True, text=True, check=True
+    )
+    assert pins and json.loads(installed.stdout) == pins
+    assert {name: version(name) for name in pins} == pins  # the tests load models with the same libraries
     assert pins["transformers"] == json.loads(RUNTIME_FILE.read_text())["transformers"]["training"]
