@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tasks.common.runtimes import REQUIREMENTS
 from tasks.common.settings import load_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -36,10 +37,11 @@ def compose_config(env_file: str | None = None) -> dict[str, Any]:
     if shutil.which("docker-compose") is None:
         pytest.fail("docker-compose is not installed: run bin/test-setup")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "AIRFLOW"))}
+    chosen = ["--env-file", env_file] if env_file else []  # as the README runs it: the file also picks the image
     if env_file:
-        env["PIPELINE_ENV_FILE"] = env_file
+        env["PIPELINE_ENV_FILE"] = env_file  # the example names the copy it asks for (aws.env); the shell wins
     result = subprocess.run(
-        ["docker-compose", "-f", "docker-compose.yaml", "config"],
+        ["docker-compose", *chosen, "-f", "docker-compose.yaml", "config"],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -99,11 +101,35 @@ def test_env_file_selects_the_backend(env_file: str | None, backend: str, storag
         assert json.loads(env["AIRFLOW_CONN_AWS_DEFAULT"])["conn_type"] == "aws"
 
 
-def test_dockerfile_uses_the_project_pins() -> None:
-    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
-    airflow_pin = re.search(r"apache-airflow\[[^\]]*\]==(\S+)", (REPO_ROOT / "requirements.txt").read_text())
+@pytest.mark.parametrize(("env_file", "target"), [(None, "local"), ("config/compose/aws.env.example", "production")])
+def test_env_file_picks_the_image_target(env_file: str | None, target: str) -> None:
+    services = compose_config(env_file)["services"]
+    for name in AIRFLOW_SERVICES:
+        assert services[name]["build"]["target"] == target, name
+        assert services[name]["image"].endswith(f"-{target}"), name
+
+
+def dockerfile_stages() -> dict[str, str]:
+    """`FROM … AS name` → the instructions of that stage."""
+    text = (REPO_ROOT / "Dockerfile").read_text()
+    parts = re.split(r"^FROM (\S+) AS (\w+)$", text, flags=re.MULTILINE)
+    return {
+        name: f"FROM {base}\n{body}" for base, name, body in zip(parts[1::3], parts[2::3], parts[3::3], strict=True)
+    }
+
+
+def test_dockerfile_targets_use_the_project_pins_and_runtimes() -> None:
+    stages = dockerfile_stages()
+    assert set(stages) == {"production", "local"}
+    airflow_pin = re.search(r"^apache-airflow==(\S+)$", (REPO_ROOT / "constraints.txt").read_text(), re.MULTILINE)
     torch_pin = re.search(r"^TORCH := (torch==\S+)", (REPO_ROOT / "Makefile").read_text(), re.MULTILINE)
     assert airflow_pin and torch_pin
-    assert re.search(rf"^FROM apache/airflow:{re.escape(airflow_pin[1])}-python3\.11$", dockerfile, re.MULTILINE)
-    assert f"pip install --no-cache-dir {torch_pin[1]} --index-url https://download.pytorch.org/whl/cpu" in dockerfile
-    assert "-c /tmp/pip/constraints.txt -r /tmp/pip/requirements.txt" in dockerfile
+    production, local = stages["production"], stages["local"]
+    assert production.startswith(f"FROM apache/airflow:{airflow_pin[1]}-python3.11\n")
+    assert "-c /tmp/pip/constraints.txt -r /tmp/pip/requirements.txt" in production
+    assert "torch" not in production.lower().split("copy", 1)[1], "the production image installs no torch"
+    assert local.startswith("FROM production\n")
+    assert torch_pin[1] in local and "https://download.pytorch.org/whl/cpu" in local
+    for runtime, requirements in REQUIREMENTS.items():
+        assert f"COPY {requirements} /tmp/pip/{runtime}.txt" in local
+        assert f"!{requirements}" in (REPO_ROOT / ".dockerignore").read_text().splitlines()
