@@ -13,17 +13,17 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import httpx
 import pytest
 
+from tasks.common.local_airflow import WaitTimeout, wait_for
 from tests.e2e import backing_services
 from tests.e2e.processes import MARKER_VAR, ManagedProcess, describe, free_port, stop
 
@@ -32,6 +32,13 @@ LAUNCHER = REPO_ROOT / "bin" / "airflow"
 ADMIN_USER = "admin"
 _SERVER_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 _HEALTH_PARTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+# Deadlines for a stuck stack, not estimates: every wait follows the stack's own state (health, a DAG in the API, a
+# run's state), logs progress every 15 s and fails at once when a component exits. Measured on 2 idle cores: the
+# migration ~5 s, every component healthy ~15-25 s, the project's DAGs parsed ~10-20 s after that; a saturated
+# machine stretches each several times over, so each deadline is 10x or more the idle figure.
+STACK_READY_DEADLINE_S = 300.0  # `bin/airflow version` (migrate) and then every component healthy, each
+DAG_PARSED_DEADLINE_S = 300.0  # the dag-processor has serialised a DAG, so the API knows it
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -132,35 +139,84 @@ class AirflowStack:
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
-    def start(self, timeout_s: float = 120.0) -> None:
+    def start(self, deadline_s: float = STACK_READY_DEADLINE_S) -> None:
         """Migrate once, then start every component in parallel and wait until all report healthy."""
         bootstrap = ManagedProcess("bootstrap", [str(LAUNCHER), "version"], self.logs_dir / "bootstrap.log")
         bootstrap.start(self.env, REPO_ROOT)
-        if bootstrap.popen.wait(timeout=timeout_s) != 0:  # type: ignore[union-attr]
+        exited = self.wait(
+            bootstrap.exit_code,
+            "bin/airflow version (migrate, import connections)",
+            deadline_s,
+            "STACK_READY_DEADLINE_S",
+        )
+        if exited != 0:
             raise StackError(f"bin/airflow bootstrap failed:\n{bootstrap.log_tail()}")
         for name, argv in self._commands().items():
             proc = ManagedProcess(name, argv, self.logs_dir / f"{name}.log")
             self.components.append(proc)
             proc.start(self.env, REPO_ROOT)
-        deadline = time.monotonic() + timeout_s
-        self._wait(self._healthy, deadline, "the API server to report every component healthy")
+        last = ["no answer yet"]
+        self.wait(
+            lambda: self._healthy(last),
+            "the API server to report every component healthy",
+            deadline_s,
+            "STACK_READY_DEADLINE_S",
+            lambda: last[0],
+        )
         if self.config.executor == "CeleryExecutor":
             worker = self.component("celery-worker")
-            self._wait(lambda: " ready." in worker.log_text(), deadline, "the Celery worker to be ready")
+            self.wait(
+                lambda: " ready." in worker.log_text(),
+                "the Celery worker to be ready",
+                deadline_s,
+                "STACK_READY_DEADLINE_S",
+            )
 
-    def _wait(self, condition: Callable[[], bool], deadline: float, what: str) -> None:
-        while not condition():
+    def wait(
+        self,
+        check: Callable[[], T | None],
+        what: str,
+        deadline_s: float,
+        deadline_name: str,
+        describe: Callable[[], str] = lambda: "",
+    ) -> T:
+        """`check()` until it returns something (not None/False), with a progress line every 15 s; fails at once
+        when a component has exited, and with every component's log tail at the deadline."""
+
+        def guarded() -> T | None:
             self.raise_if_down()
-            if time.monotonic() > deadline:
-                raise StackError(f"timed out waiting for {what}\n{self.diagnostics()}")
-            time.sleep(0.5)
+            return check()
 
-    def _healthy(self) -> bool:
         try:
-            health = httpx.get(f"{self.api_url}/api/v2/monitor/health", timeout=5).json()
-        except (httpx.HTTPError, ValueError):
+            return wait_for(guarded, what=what, deadline_s=deadline_s, deadline_name=deadline_name, describe=describe)
+        except WaitTimeout as error:
+            raise StackError(f"{error}\n{self.diagnostics()}") from None
+
+    def wait_for_dags(self, api: httpx.Client, *dag_ids: str, deadline_s: float = DAG_PARSED_DEADLINE_S) -> None:
+        """Until the dag-processor has serialised every one of `dag_ids` (the API answers 200 for each)."""
+        missing = list(dag_ids)
+
+        def parsed() -> bool:
+            missing[:] = [dag_id for dag_id in missing if api.get(f"/dags/{dag_id}").status_code != 200]
+            return not missing
+
+        self.wait(
+            parsed,
+            f"{', '.join(dag_ids)} to be parsed",
+            deadline_s,
+            "DAG_PARSED_DEADLINE_S",
+            lambda: f"missing {missing}",
+        )
+
+    def _healthy(self, last: list[str]) -> bool:
+        try:
+            health = httpx.get(f"{self.api_url}/api/v2/monitor/health", timeout=10).json()
+        except (httpx.HTTPError, ValueError) as error:
+            last[0] = f"no answer ({type(error).__name__})"
             return False
-        return all(health.get(part, {}).get("status") == "healthy" for part in _HEALTH_PARTS)
+        states = {part: (health.get(part) or {}).get("status") for part in _HEALTH_PARTS}
+        last[0] = ", ".join(f"{part} {state}" for part, state in states.items())
+        return all(state == "healthy" for state in states.values())
 
     def raise_if_down(self) -> None:
         """Fail fast, with logs, as soon as any component has exited."""
@@ -186,7 +242,7 @@ class AirflowStack:
             response = httpx.post(
                 f"{self.api_url}/auth/token",
                 json={"username": ADMIN_USER, "password": self.password},
-                timeout=30,
+                timeout=60,
             )
             response.raise_for_status()
             self._token = response.json()["access_token"]

@@ -7,7 +7,6 @@ the triggerer. Both land in $AIRFLOW_HOME/alerts/failures.jsonl through the proj
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +14,15 @@ import pytest
 
 from tests.e2e.airflow_stack import AirflowStack, StackConfig, running_stack
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+# A hang guard above the named deadlines (stack start, parse, the alerts, the run's end), so they fire first.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 DAG_ID = "alert_probe"
+# Both alerts in the file, from the trigger: ~20 s on 2 idle cores (the task fails at once; the scheduler notices
+# the 5 s deadline on its next loop, the triggerer runs the callback). The run then ends once `hangs` has slept its
+# 15 s. 300 s each: many times that on a saturated machine.
+ALERTS_DEADLINE_S = 300.0
+RUN_END_DEADLINE_S = 300.0
 # The run is due 5 s after it was queued; one task fails at once, the other sleeps well past that. A failed run keeps
 # its deadline (only success prunes it), so the alert fires however slow the machine is.
 PROBE_DAG = f'''
@@ -66,20 +71,19 @@ def read_alerts(path: Path) -> list[dict]:
 def test_a_failed_task_and_an_overdue_run_each_raise_an_alert(stack_with_probe_dag: AirflowStack) -> None:
     stack = stack_with_probe_dag
     alerts_file = stack.home / "alerts" / "failures.jsonl"
-    give_up_at = time.monotonic() + 180
     with stack.client() as api:
-        while api.get(f"/dags/{DAG_ID}").status_code == 404:  # the dag-processor has not serialised it yet
-            stack.raise_if_down()
-            assert time.monotonic() < give_up_at, f"{DAG_ID} never appeared\n{stack.diagnostics()}"
-            time.sleep(0.5)
+        stack.wait_for_dags(api, DAG_ID)
         api.patch(f"/dags/{DAG_ID}", json={"is_paused": False}).raise_for_status()
         run = api.post(f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None}).raise_for_status()
         run_id = run.json()["dag_run_id"]
 
-    while {alert["kind"] for alert in read_alerts(alerts_file)} != {"task_failed", "deadline_missed"}:
-        stack.raise_if_down()
-        assert time.monotonic() < give_up_at, f"alerts so far: {read_alerts(alerts_file)}\n{stack.diagnostics()}"
-        time.sleep(1)
+    stack.wait(
+        lambda: {alert["kind"] for alert in read_alerts(alerts_file)} == {"task_failed", "deadline_missed"},
+        "a task_failed and a deadline_missed alert",
+        ALERTS_DEADLINE_S,
+        "ALERTS_DEADLINE_S",
+        lambda: f"alerts so far: {[alert['kind'] for alert in read_alerts(alerts_file)]}",
+    )
 
     by_kind = {alert["kind"]: alert for alert in read_alerts(alerts_file)}
     failed, overdue = by_kind["task_failed"], by_kind["deadline_missed"]
@@ -91,7 +95,12 @@ def test_a_failed_task_and_an_overdue_run_each_raise_an_alert(stack_with_probe_d
     assert "ALERT deadline_missed" in stack.component("triggerer").log_text()  # delivered by the triggerer
 
     with stack.client() as api:  # let the run end: the executor would otherwise hold up the stack's shutdown
-        while (state := api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}").raise_for_status().json()["state"]) == "running":
-            assert time.monotonic() < give_up_at, f"{run_id} never finished\n{stack.diagnostics()}"
-            time.sleep(1)
-    assert state == "failed"
+        state = lambda: api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}").raise_for_status().json()["state"]  # noqa: E731
+        ended = stack.wait(
+            lambda: (s := state()) in ("success", "failed") and s,
+            f"run {run_id} to end",
+            RUN_END_DEADLINE_S,
+            "RUN_END_DEADLINE_S",
+            lambda: f"run {state()}",
+        )
+    assert ended == "failed"

@@ -10,8 +10,7 @@ finetune_llava run executes, on a curated drop of 60 digits for one epoch. Scree
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
@@ -21,9 +20,10 @@ import pytest
 
 from support.digits import curated_digits
 from tests.e2e.airflow_stack import ADMIN_USER, AirflowStack, StackConfig, running_stack
-from tests.e2e.test_costs_view import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.test_costs_view import CHROMIUM, CHROMIUM_ARGS, UI_STEP_DEADLINE_MS
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+# A hang guard above the named deadlines below (per test), so they fire first and say what was awaited.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 DAGS = ["curate_dataset", "finetune_llava", "deploy_endpoint", "teardown_endpoint", "classify_images"]
@@ -31,6 +31,14 @@ BACKFILL_DAYS = ("2026/11/02", "2026/11/03")
 # Catchup starts today: unpausing never schedules past nights by itself.
 STACK = StackConfig(env=(("PIPELINE_CLASSIFY_START_DATE", datetime.now(UTC).date().isoformat()),))
 FAST_TRAINING = {"num_train_epochs": 1, "logging_steps": 1}
+# Every wait follows Airflow's state (a run in the API, a task's state) with a progress line every 15 s. Idle on 2
+# cores: a triggered run is listed within ~1 s; the finetune run reaches its approval task in ~1-2 min (DeepSpeed,
+# one epoch on 60 digits); an answer is recorded within seconds and promote runs ~30 s later. Each deadline is many
+# times its idle figure: past it the run is stuck, not slow.
+RUN_LISTED_DEADLINE_S = 120.0
+APPROVAL_REQUEST_DEADLINE_S = 1200.0
+ANSWER_RECORDED_DEADLINE_S = 300.0
+PROMOTE_DEADLINE_S = 600.0
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +46,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
     with running_stack(STACK, tmp_path_factory.mktemp("operator-ui")) as stack:
         curated_digits(stack.storage_root / "datasets" / "digits-ui", 60)
         with stack.client() as api:
-            wait_until(lambda: all(api.get(f"/dags/{d}").status_code == 200 for d in DAGS), 120, "DAGs parsed", stack)
+            stack.wait_for_dags(api, *DAGS)
         yield stack
-
-
-def wait_until(condition: Callable[[], object], timeout_s: float, what: str, stack: AirflowStack) -> object:
-    deadline = time.monotonic() + timeout_s
-    while not (result := condition()):
-        stack.raise_if_down()
-        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{stack.diagnostics()}"
-        time.sleep(1)
-    return result
 
 
 def runs(api: httpx.Client, dag_id: str) -> list[dict]:
@@ -64,14 +63,14 @@ def task_state(api: httpx.Client, dag_id: str, run_id: str, task_id: str) -> str
 def page(stack: AirflowStack):
     from playwright.sync_api import expect, sync_playwright
 
-    expect.set_options(timeout=30_000)  # two busy cores: the UI can take a while to render a page
+    expect.set_options(timeout=UI_STEP_DEADLINE_MS)  # two busy cores: the UI can take a while to render a page
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run bin/test-setup (Debian package chromium)"
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            page.set_default_timeout(30_000)
+            page.set_default_timeout(UI_STEP_DEADLINE_MS)
             page.goto(stack.api_url + "/")
             page.get_by_label("Username").fill(ADMIN_USER)
             page.get_by_label("Password").fill(stack.password)
@@ -104,8 +103,11 @@ def test_every_dag_is_triggered_from_its_form_with_the_default_params(stack: Air
             page.screenshot(path=ARTIFACTS / f"ui_trigger_{dag_id}.png", full_page=True)
             button.click()
             expect(page.get_by_text("Dag Run Triggered").first).to_be_visible()
-            created = wait_until(
-                lambda d=dag_id, b=before: {r["dag_run_id"] for r in runs(api, d)} - b, 30, dag_id, stack
+            created = stack.wait(
+                lambda d=dag_id, b=before: {r["dag_run_id"] for r in runs(api, d)} - b,
+                f"the {dag_id} run triggered from the form",
+                RUN_LISTED_DEADLINE_S,
+                "RUN_LISTED_DEADLINE_S",
             )
             for run_id in created:  # seen; deleted so that nothing of it runs later
                 api.delete(f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}").raise_for_status()
@@ -155,8 +157,12 @@ def approved_run(stack: AirflowStack, page) -> str:
         # parked try's executor event races its resumption); the retry asks again. Answer what is pending, twice
         # at most, until promote has run.
         for answer in range(3):
-            wait_until(
-                lambda: state() in ("awaiting_input", "failed") or promoted(), 420, "the approval request", stack
+            stack.wait(
+                lambda: state() in ("awaiting_input", "failed") or promoted(),
+                "the approval request (approve_promotion awaiting_input)",
+                APPROVAL_REQUEST_DEADLINE_S,
+                "APPROVAL_REQUEST_DEADLINE_S",
+                lambda: f"approve_promotion {state()}",
             )
             if promoted():
                 break
@@ -166,9 +172,18 @@ def approved_run(stack: AirflowStack, page) -> str:
             expect(page.get_by_text("The gate says:").first).to_be_visible()
             page.screenshot(path=ARTIFACTS / "ui_approval_request.png", full_page=True)
             page.get_by_role("button", name="Approve").first.click()
-            wait_until(lambda: state() != "awaiting_input", 60, "the answer to be recorded", stack)
-            wait_until(
-                lambda: promoted() or state() in ("awaiting_input", "up_for_retry", "failed"), 180, "promote", stack
+            stack.wait(
+                lambda: state() != "awaiting_input",
+                "the answer to be recorded",
+                ANSWER_RECORDED_DEADLINE_S,
+                "ANSWER_RECORDED_DEADLINE_S",
+            )
+            stack.wait(
+                lambda: promoted() or state() in ("awaiting_input", "up_for_retry", "failed"),
+                "promote to succeed",
+                PROMOTE_DEADLINE_S,
+                "PROMOTE_DEADLINE_S",
+                lambda: f"approve_promotion {state()}, promote {task_state(api, 'finetune_llava', run_id, 'promote')}",
             )
     return run_id
 
