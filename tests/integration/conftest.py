@@ -104,6 +104,9 @@ class Moto:
         )
 
 
+MOTO_READY_DEADLINE_S = 120.0
+
+
 def start_moto(tmp_path_factory: pytest.TempPathFactory, program: list[str], **env: str) -> Iterator[Moto]:
     """Run a moto server program (`moto_server`, or tests.moto_documented) on a free loopback port until the end."""
     port = free_port()
@@ -111,15 +114,19 @@ def start_moto(tmp_path_factory: pytest.TempPathFactory, program: list[str], **e
     argv = [*program, "-H", "127.0.0.1", "-p", str(port)]
     proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=REPO_ROOT, env={**os.environ, **env})
     moto = Moto(f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + 30
+    # Until it answers a reset (fails at once if it exits): ~2 s on 2 idle cores (importing moto's services); 120 s
+    # leaves a saturated machine room many times over.
+    deadline = time.monotonic() + MOTO_READY_DEADLINE_S
     while True:
         try:
             moto.reset()
             break
         except OSError:
             if time.monotonic() > deadline or proc.poll() is not None:
+                code = proc.poll()
+                why = f"exited with {code}" if code is not None else f"{MOTO_READY_DEADLINE_S:.0f}s passed"
                 proc.kill()
-                raise RuntimeError("moto_server did not start") from None
+                raise RuntimeError(f"moto_server did not start ({why}; MOTO_READY_DEADLINE_S)") from None
             time.sleep(0.2)
     yield moto
     proc.terminate()
