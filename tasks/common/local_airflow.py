@@ -342,6 +342,17 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def read_health(api_url: str, parts: Iterable[str]) -> tuple[dict[str, Any] | None, str]:
+    """The API server's /monitor/health when every one of `parts` is healthy (else None), and a one-line summary."""
+    try:
+        health = httpx.get(f"{api_url}/api/v2/monitor/health", timeout=10).json()
+    except (httpx.HTTPError, ValueError) as error:
+        return None, f"no answer ({type(error).__name__})"
+    states = {part: (health.get(part) or {}).get("status") for part in parts}
+    summary = ", ".join(f"{part} {state}" for part, state in states.items())
+    return (health if all(state == "healthy" for state in states.values()) else None), summary
+
+
 def wait_healthy(
     api_url: str,
     pids: Iterable[int] = (),
@@ -358,14 +369,8 @@ def wait_healthy(
         dead = [pid for pid in pids if not _alive(pid)]
         if dead:
             raise RuntimeError(f"component process(es) {dead} exited before {api_url} was healthy")
-        try:
-            health = httpx.get(f"{api_url}/api/v2/monitor/health", timeout=10).json()
-        except (httpx.HTTPError, ValueError) as error:
-            last[0] = f"no answer ({type(error).__name__})"
-            return None
-        states = {part: (health.get(part) or {}).get("status") for part in parts}
-        last[0] = ", ".join(f"{part} {state}" for part, state in states.items())
-        return health if all(state == "healthy" for state in states.values()) else None
+        health, last[0] = read_health(api_url, parts)
+        return health
 
     return wait_for(
         check,

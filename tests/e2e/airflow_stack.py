@@ -23,7 +23,7 @@ from typing import Literal, TypeVar
 import httpx
 import pytest
 
-from tasks.common.local_airflow import WaitTimeout, wait_for
+from tasks.common.local_airflow import WaitTimeout, read_health, wait_for
 from tests.e2e import backing_services
 from tests.e2e.processes import MARKER_VAR, ManagedProcess, describe, free_port, stop
 
@@ -209,14 +209,8 @@ class AirflowStack:
         )
 
     def _healthy(self, last: list[str]) -> bool:
-        try:
-            health = httpx.get(f"{self.api_url}/api/v2/monitor/health", timeout=10).json()
-        except (httpx.HTTPError, ValueError) as error:
-            last[0] = f"no answer ({type(error).__name__})"
-            return False
-        states = {part: (health.get(part) or {}).get("status") for part in _HEALTH_PARTS}
-        last[0] = ", ".join(f"{part} {state}" for part, state in states.items())
-        return all(state == "healthy" for state in states.values())
+        health, last[0] = read_health(self.api_url, _HEALTH_PARTS)
+        return health is not None
 
     def raise_if_down(self) -> None:
         """Fail fast, with logs, as soon as any component has exited."""
