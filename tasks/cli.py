@@ -1,6 +1,8 @@
 """Command-line entry points for people (and `make demo`): `llava-pipelines <command> --help` from any directory
 (installed by `make install`), or `python -m tasks.cli` from the checkout. Errors are one line on stderr (exit 1);
-LLAVA_PIPELINES_DEBUG=1 shows the traceback."""
+LLAVA_PIPELINES_DEBUG=1 shows the traceback. Flags are checked before anything is read: dates are YYYY-MM-DD and
+ranges run forwards, budgets are not negative, and a command that reads the storage root refuses a local one that
+does not exist (a mistyped PIPELINE_STORAGE_URI would otherwise read as "nothing there")."""
 
 from __future__ import annotations
 
@@ -10,7 +12,32 @@ import os
 import sys
 
 from tasks.common.settings import load_settings
-from tasks.common.storage import read_json, storage_path
+from tasks.common.storage import local_path, read_json, storage_path
+
+DATE_FLAGS = ("--from-date", "--to-date")  # how days_between names the range in an error
+AT_LEAST = {"budget_usd": 0, "window_days": 1, "days": 1}  # a numeric flag's least sensible value, checked by main
+
+
+def _days(args: argparse.Namespace, **kwargs: int) -> list[str]:
+    from tasks.backlog.plan import days_between
+
+    return days_between(args.from_date, args.to_date, names=DATE_FLAGS, **kwargs)
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """What no command can use, refused in one line before anything is read: numbers below their least value, and
+    (`reads_storage` commands) a local storage root that does not exist."""
+    for name, least in AT_LEAST.items():
+        value = getattr(args, name, None)
+        if value is not None and value < least:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag}: {value} is negative" if least == 0 else f"{flag}: {value} is below {least}")
+    if getattr(args, "reads_storage", False):
+        uri = load_settings().storage_uri
+        if uri.startswith("file://") and not local_path(uri).is_dir():
+            given = os.environ.get("PIPELINE_STORAGE_URI", "").strip()
+            setting = f"PIPELINE_STORAGE_URI={given}" if given else "the default; set PIPELINE_STORAGE_URI"
+            raise ValueError(f"storage root {local_path(uri)} does not exist ({setting})")
 
 
 def _write_digits(args: argparse.Namespace) -> None:
@@ -60,16 +87,15 @@ def _model_summary(args: argparse.Namespace) -> None:
 
 
 def _write_incoming(args: argparse.Namespace) -> None:
-    from tasks.backlog.plan import days_between
     from tasks.common import storage
     from tasks.curation.curate import REPORT_NAME
     from tasks.model.demo_data import held_out_indices, write_incoming
 
+    days = _days(args, days=args.days)
     settings = load_settings()
     report = read_json(storage_path(args.dataset_uri, settings.aws_conn_id) / REPORT_NAME)
     if report is None:
         raise SystemExit(f"no {REPORT_NAME} under {args.dataset_uri}: curate first")
-    days = days_between(args.from_date, args.to_date, days=args.days)
     counts = write_incoming(storage.root(settings) / storage.INCOMING, days, held_out_indices(report))
     for day, n in counts.items():
         print(f"dt={day}: {n} held-out test digits")
@@ -77,7 +103,6 @@ def _write_incoming(args: argparse.Namespace) -> None:
 
 
 def _estimate_cost(args: argparse.Namespace) -> None:
-    from tasks.backlog.plan import days_between
     from tasks.common.storage import incoming_template
     from tasks.costs.budget import BudgetExceeded
     from tasks.nightly.steps import estimate_backfill
@@ -88,7 +113,7 @@ def _estimate_cost(args: argparse.Namespace) -> None:
         "assumed_images_per_second": args.assumed_images_per_second,
     }
     try:
-        result = estimate_backfill(load_settings(), days_between(args.from_date, args.to_date), params)
+        result = estimate_backfill(load_settings(), _days(args), params)
     except BudgetExceeded as exc:
         raise SystemExit(f"REFUSED: {exc}") from None
     for day, n in result["per_day"].items():
@@ -111,6 +136,7 @@ def _estimate_backlog(args: argparse.Namespace) -> None:
     from tasks.backlog.steps import estimate_range, refuse_if_over
     from tasks.common.storage import incoming_template
 
+    _days(args)  # the range, checked with the flags' names before estimate_range reads it as params
     params = {
         "from_date": args.from_date,
         "to_date": args.to_date,
@@ -136,7 +162,6 @@ def _estimate_backlog(args: argparse.Namespace) -> None:
 
 
 def _predictions_summary(args: argparse.Namespace) -> None:
-    from tasks.backlog.plan import days_between
     from tasks.common import storage
     from tasks.costs.daily_report import REPORTS_DIR, daily_costs
     from tasks.model.demo_data import score
@@ -144,7 +169,7 @@ def _predictions_summary(args: argparse.Namespace) -> None:
 
     settings = load_settings()
     root = storage.root(settings)
-    days = days_between(args.from_date, args.to_date)
+    days = _days(args)
     costs = {row.day: row for row in daily_costs(root / storage.COSTS, args.to_date, window_days=len(days))}
     for day in days:
         partition = predictions.partition_dir(root / storage.PREDICTIONS, day)
@@ -166,16 +191,21 @@ def _predictions_summary(args: argparse.Namespace) -> None:
         print(line)
         print("    labels: " + ", ".join(f"{label}={n}" for label, n in stats["labels"].items()))
     report = root / storage.COSTS / REPORTS_DIR / f"day={args.to_date}"
-    print(f"cost report: {report}/costs.png (table: costs.md, costs.csv)")
+    if (report / "costs.png").exists():  # written by classify_images' cost_report task or `cost-report`, not here
+        print(f"cost report: {report}/costs.png (table: costs.md, costs.csv)")
+    else:
+        command = f"llava-pipelines cost-report --day {args.to_date}"
+        print(f"cost report: none for {args.to_date} yet (`{command}` writes it)")
 
 
 def _cost_report(args: argparse.Namespace) -> None:
     from datetime import UTC, datetime
 
+    from tasks.backlog.plan import parse_day
     from tasks.common import storage
     from tasks.costs.daily_report import write_report
 
-    day = args.day or datetime.now(UTC).date().isoformat()
+    day = parse_day(args.day, "--day").isoformat() if args.day else datetime.now(UTC).date().isoformat()
     paths = write_report(storage.root(load_settings()) / storage.COSTS, day, args.window_days)
     print(storage_path(paths["markdown"]).read_text())
     for name, path in paths.items():
@@ -260,14 +290,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("version", nargs="?", help="a version under <storage>/models/")
     p.add_argument("--min-accuracy", type=float, default=0.0, help="exit 1 below this held-out accuracy")
     p.add_argument("--max-train-seconds", type=float, default=float("inf"), help="warn above this training time")
-    p.set_defaults(func=_model_summary)
+    p.set_defaults(func=_model_summary, reads_storage=True)
 
     p = sub.add_parser("write-incoming", help="write a curated dataset's held-out test digits as incoming/dt=…/")
     p.add_argument("dataset_uri", help="a curated dataset (its curation_report.json lists the test split)")
     p.add_argument("--days", type=int, default=3, help="this many days ending yesterday (UTC)")
     p.add_argument("--from-date", help="or an explicit range")
     p.add_argument("--to-date")
-    p.set_defaults(func=_write_incoming)
+    p.set_defaults(func=_write_incoming, reads_storage=True)
 
     p = sub.add_parser("estimate-cost", help="budget guard for a backfill range, before `backfill create`")
     p.add_argument("--from-date", required=True)
@@ -275,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget-usd", type=float, required=True)
     p.add_argument("--assumed-images-per-second", type=float, default=1.0, help="until a throughput is measured")
     p.add_argument("--incoming-uri", default="", help="template with {dt}; default <storage>/incoming/dt={dt}/")
-    p.set_defaults(func=_estimate_cost)
+    p.set_defaults(func=_estimate_cost, reads_storage=True)
 
     p = sub.add_parser("estimate-backlog", help="pre-flight for classify_backlog: images, instance-hours, wall time, $")
     p.add_argument("--from-date", required=True)
@@ -289,18 +319,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--assumed-images-per-second", type=float, default=None, help="per instance, until measured")
     p.add_argument("--images", type=int, default=None, help="price this many images instead of counting the range")
     p.add_argument("--incoming-uri", default="", help="template with {dt}; default <storage>/incoming/dt={dt}/")
-    p.set_defaults(func=_estimate_backlog)
+    p.set_defaults(func=_estimate_backlog, reads_storage=True)
 
     p = sub.add_parser("predictions-summary", help="per-partition counts, labels and $/1000 images")
     p.add_argument("--from-date", required=True)
     p.add_argument("--to-date", required=True)
     p.add_argument("--demo-accuracy", action="store_true", help="score against the known digits of demo files")
-    p.set_defaults(func=_predictions_summary)
+    p.set_defaults(func=_predictions_summary, reads_storage=True)
 
     p = sub.add_parser("cost-report", help="write the daily cost table and chart under costs/reports/")
     p.add_argument("--day", help="last day of the report (default: today, UTC)")
     p.add_argument("--window-days", type=int, default=30)
-    p.set_defaults(func=_cost_report)
+    p.set_defaults(func=_cost_report, reads_storage=True)
 
     p = sub.add_parser("preflight", help="read-only check of the AWS account before the first sagemaker run")
     p.add_argument("--airflow-role-arn", default=None, help="the Airflow workers' role; default: the caller's")
@@ -322,6 +352,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser.parse_args(argv)
     try:
+        _check_flags(args)
         args.func(args)
     except (KeyboardInterrupt, SystemExit):
         raise

@@ -40,13 +40,31 @@ DEFAULT_INVOCATION_TIMEOUT_S = 600
 DEFAULT_INVOCATION_RETRIES = 1
 
 
-def days_between(first: str | None, last: str | None, today: date | None = None, days: int = DEFAULT_DAYS) -> list[str]:
+def parse_day(value: str, name: str) -> date:
+    """A dt given as exactly YYYY-MM-DD (not 20261101 or 2026-W48-1, which `date.fromisoformat` also takes); an
+    error names what gave it (`name`: a param or a CLI flag)."""
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        day = None
+    if day is None or day.isoformat() != value:
+        raise ValueError(f"{name}: {value!r} is not a date (YYYY-MM-DD)")
+    return day
+
+
+def days_between(
+    first: str | None,
+    last: str | None,
+    today: date | None = None,
+    days: int = DEFAULT_DAYS,
+    names: tuple[str, str] = ("from_date", "to_date"),
+) -> list[str]:
     """Every dt from `first` to `last`, inclusive; `last` defaults to yesterday (UTC), `first` to `days` days ending
-    at `last`."""
-    end = date.fromisoformat(last) if last else (today or datetime.now(UTC).date()) - timedelta(days=1)
-    start = date.fromisoformat(first) if first else end - timedelta(days=days - 1)
+    at `last`. Errors name `first` and `last` by `names` (the params, or the CLI's flags)."""
+    end = parse_day(last, names[1]) if last else (today or datetime.now(UTC).date()) - timedelta(days=1)
+    start = parse_day(first, names[0]) if first else end - timedelta(days=days - 1)
     if end < start:
-        raise ValueError(f"to_date {last} is before from_date {first}")
+        raise ValueError(f"{names[1]} {end} is before {names[0]} {start}")
     return [(start + timedelta(days=n)).isoformat() for n in range((end - start).days + 1)]
 
 

@@ -45,7 +45,9 @@ def test_estimate_cost_with_no_endpoint_prices_the_default_one_and_says_so(
 def test_errors_are_one_line_without_a_traceback(storage: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         cli.main(["estimate-cost", "--from-date", "2026-11-30", "--to-date", "30.11.2026", "--budget-usd", "1"])
-    assert str(exit_.value) == "python -m tasks.cli estimate-cost: error: Invalid isoformat string: '30.11.2026'"
+    assert str(exit_.value) == (
+        "python -m tasks.cli estimate-cost: error: --to-date: '30.11.2026' is not a date (YYYY-MM-DD)"
+    )
 
 
 def test_iam_policies_renders_both_documents_for_the_account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,3 +63,78 @@ def test_iam_policies_renders_both_documents_for_the_account(tmp_path: Path, mon
     assert "ACCOUNT_ID" not in text and "key/k1" in text
     execution = json.loads((tmp_path / "sagemaker-execution-role-policy.json").read_text())
     assert "arn:aws:s3:::acme-ml/llava/backlog/*" in json.dumps(execution)
+
+
+def _error(argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    return str(exit_.value)
+
+
+@pytest.mark.parametrize("value", ["2026-13-01", "2026-02-30", "yesterday", "20261101"])
+def test_a_date_that_does_not_parse_is_named_by_its_flag(storage: Path, value: str) -> None:
+    assert _error(["estimate-cost", "--from-date", value, "--to-date", "2026-11-30", "--budget-usd", "1"]) == (
+        f"python -m tasks.cli estimate-cost: error: --from-date: {value!r} is not a date (YYYY-MM-DD)"
+    )
+    assert _error(["cost-report", "--day", value]) == (
+        f"python -m tasks.cli cost-report: error: --day: {value!r} is not a date (YYYY-MM-DD)"
+    )
+
+
+@pytest.mark.parametrize("command", ["estimate-cost", "estimate-backlog", "predictions-summary", "write-incoming"])
+def test_a_reversed_range_is_refused_naming_both_flags(storage: Path, command: str) -> None:
+    argv = [command, "--from-date", "2026-11-30", "--to-date", "2026-11-01"]
+    argv += {"estimate-cost": ["--budget-usd", "1"], "estimate-backlog": ["--budget-usd", "1"]}.get(command, [])
+    argv = [*argv[:1], "file:///nowhere", *argv[1:]] if command == "write-incoming" else argv
+    expected = "--to-date 2026-11-01 is before --from-date 2026-11-30"
+    assert _error(argv) == f"python -m tasks.cli {command}: error: {expected}"
+
+
+@pytest.mark.parametrize("command", ["estimate-cost", "estimate-backlog"])
+def test_a_negative_budget_is_refused(storage: Path, command: str) -> None:
+    argv = [command, "--from-date", "2026-11-01", "--to-date", "2026-11-02", "--budget-usd", "-3"]
+    assert _error(argv) == f"python -m tasks.cli {command}: error: --budget-usd: -3.0 is negative"
+
+
+@pytest.mark.parametrize("window", ["0", "-5"])
+def test_an_empty_cost_report_window_is_refused(storage: Path, window: str) -> None:
+    assert _error(["cost-report", "--window-days", window]) == (
+        f"python -m tasks.cli cost-report: error: --window-days: {window} is below 1"
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["predictions-summary", "--from-date", "2026-11-01", "--to-date", "2026-11-02"],
+        ["estimate-cost", "--from-date", "2026-11-01", "--to-date", "2026-11-02", "--budget-usd", "1"],
+        ["estimate-backlog", "--from-date", "2026-11-01", "--to-date", "2026-11-02", "--budget-usd", "1"],
+        ["cost-report", "--day", "2026-11-02"],
+        ["model-summary"],
+    ],
+)
+def test_a_storage_root_that_does_not_exist_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    missing = tmp_path / "mistyped"
+    monkeypatch.setenv("PIPELINE_STORAGE_URI", str(missing))
+    assert _error(argv) == (
+        f"python -m tasks.cli {argv[0]}: error: storage root {missing} does not exist (PIPELINE_STORAGE_URI={missing})"
+    )
+    assert not missing.exists()
+
+
+def test_predictions_summary_prints_the_cost_report_path_only_once_it_is_written(
+    storage: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    summary = ["predictions-summary", "--from-date", "2026-11-01", "--to-date", "2026-11-02"]
+    cli.main(summary)
+    out = capsys.readouterr().out
+    assert "costs.png" not in out
+    assert "cost report: none for 2026-11-02 yet (`llava-pipelines cost-report --day 2026-11-02` writes it)" in out
+    cli.main(["cost-report", "--day", "2026-11-02", "--window-days", "2"])
+    capsys.readouterr()
+    cli.main(summary)
+    report = storage / "costs" / "reports" / "day=2026-11-02" / "costs.png"
+    out = capsys.readouterr().out
+    assert report.is_file() and f"cost report: file://{report} (table: costs.md, costs.csv)" in out

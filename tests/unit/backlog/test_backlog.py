@@ -549,3 +549,11 @@ def test_a_job_that_answered_no_file_gets_no_follow_up_for_more_than_a_few_recor
     monkeypatch.setattr(records, "MAX_BLIND_RECORDS", 3)
     [follow_up] = records.record_requests([config], "aws_default", lambda r: failed)
     assert follow_up["TransformJobName"] == plan.records_job(transform_job).name
+
+
+def test_days_between_names_the_params_of_a_bad_date_or_a_reversed_range() -> None:
+    with pytest.raises(ValueError, match=r"^to_date 2026-11-01 is before from_date 2026-11-30$"):
+        plan.days_between("2026-11-30", "2026-11-01")
+    with pytest.raises(ValueError, match=r"^from_date: '2026-11-1' is not a date \(YYYY-MM-DD\)$"):
+        plan.days_between("2026-11-1", "2026-11-02")
+    assert plan.days_between("2026-11-30", "2026-12-01") == ["2026-11-30", "2026-12-01"]
