@@ -63,6 +63,7 @@ serving the nightly traffic meanwhile.
 
 @dag(
     dag_id="classify_backlog",
+    description="Classifies a range of past days (Batch Transform) into the nightly predictions/dt=D/ partitions.",
     schedule=None,
     start_date=datetime(2026, 11, 1),
     catchup=False,

@@ -72,6 +72,7 @@ retried. Symlinks, FIFOs and unsafe file names are never read: they get `rejecte
 
 @dag(
     dag_id="classify_images",
+    description="Nightly: classifies one day's incoming/dt=D/ images into predictions/dt=D/, with quality and cost.",
     schedule=CronDataIntervalTimetable(SCHEDULE.cron, timezone="UTC"),
     start_date=datetime.combine(SCHEDULE.start_date, datetime.min.time(), UTC),
     catchup=True,

@@ -35,6 +35,7 @@ conflict. The report's `near_duplicates` lists the groups and the leakage check 
 
 @dag(
     dag_id="curate_dataset",
+    description="Validates and normalises a raw image drop into a split DatasetDict for fine-tuning.",
     schedule=None,
     catchup=False,
     tags=[*TAGS, "curation"],

@@ -39,6 +39,7 @@ wait) → verify it serves the new config → smoke test → autoscaling. Model 
 
 @dag(
     dag_id="deploy_endpoint",
+    description="Serves the promoted model on the endpoint, smoke-tests it and records it for classify_images.",
     schedule=[PROMOTED_MODEL],
     catchup=False,
     max_active_runs=1,  # two deploys of one endpoint would roll each other back

@@ -50,6 +50,7 @@ versions; `production` is what gets deployed.
 
 @dag(
     dag_id="finetune_llava",
+    description="Fine-tunes LLaVA-NeXT on a curated dataset, evaluates it and promotes it if it passes the gate.",
     schedule=[CURATED_DATASET],
     catchup=False,
     max_active_runs=1,  # one writer of registry.json at a time

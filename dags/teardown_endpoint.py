@@ -25,6 +25,7 @@ name — including ones a crashed run leaked. **Local**: the `transformers serve
 
 @dag(
     dag_id="teardown_endpoint",
+    description="Removes the endpoint record, then the serving endpoint and everything behind it.",
     schedule=None,
     catchup=False,
     max_active_runs=1,

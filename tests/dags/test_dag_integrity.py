@@ -42,7 +42,7 @@ for dag_id, dag in bag.dags.items():
     dags[dag_id] = {
         "form_errors": form_errors(dag.params),
         "deadlines": [alert.name for alert in (dag.deadline or [])],
-        "tags": sorted(dag.tags), "doc_md": bool(dag.doc_md),
+        "tags": sorted(dag.tags), "doc_md": bool(dag.doc_md), "description": dag.description or "",
         "tasks": {t.task_id: {"owner": t.owner, "retries": t.retries, "doc": bool(t.doc_md or t.doc),
                               "runbook": "Runbook" in (t.doc_md or ""),
                               "alerts": callbacks(t.on_failure_callback),
@@ -111,6 +111,9 @@ def test_dags_and_tasks_carry_owner_retries_tags_docs_and_alerting(bags: dict[st
     for dag_id, dag in (item for bag in bags.values() for item in bag["dags"].items()):
         assert dag["tags"], f"{dag_id} has no tags"
         assert dag["doc_md"], f"{dag_id} has no doc_md runbook"
+        # the DAG list shows it under the name: one line saying what the DAG does
+        assert dag["description"].strip(), f"{dag_id} has no description"
+        assert "\n" not in dag["description"] and len(dag["description"]) <= 120, f"{dag_id}: one short line"
         for task_id, task in dag["tasks"].items():
             assert task["owner"] == "ml-platform", f"{dag_id}.{task_id} owner"
             assert task["retries"] >= 1, f"{dag_id}.{task_id} has no retries"
