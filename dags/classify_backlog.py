@@ -32,29 +32,29 @@ range is large enough that an endpoint would run for days (see the README for th
 serving the nightly traffic meanwhile.
 
 **Runbook**
-- *plan_backlog: param incoming_uri … outside*: a day's `incoming_uri` is outside the storage root and
+- **plan_backlog: param incoming_uri … outside**: a day's `incoming_uri` is outside the storage root and
   `PIPELINE_INPUT_ROOTS`; refused before anything was listed, read or asked. Fix the param.
-- *plan_backlog: BudgetExceeded / misses the deadline*: nothing was spent; the log has the estimate (images,
+- **plan_backlog: BudgetExceeded / misses the deadline**: nothing was spent; the log has the estimate (images,
   instance-hours, wall time, $, the instance count the deadline needs). Raise `budget_usd`, `instance_count` or
   `deadline_hours`. Before triggering: `python -m tasks.cli estimate-backlog --from-date A --to-date B ...`.
-- *plan_backlog: not the deployed one*: `model_version` must be the deployed model; deploy it first.
-- *canary failed*: before any large job, the first 3 records of the first request file ran as one small job (the
+- **plan_backlog: not the deployed one**: `model_version` must be the deployed model; deploy it first.
+- **canary failed**: before any large job, the first 3 records of the first request file ran as one small job (the
   first job's request: same model and settings, one instance) and its `.out` was read by the join. The log has
   SageMaker's FailureReason, or the file and line that could not be parsed and why (the expected line is
   `{"key", "SageMakerOutput"}`: AWS DataProcessing.JoinSource). No large job was created and commit_day commits
   nothing. Fix the cause and trigger a new run (clearing the canary re-reads the same ended job).
-- *transform failed (Failed/Stopped)*: SageMaker's FailureReason is in the log; no retry (it would attach to the same
+- **transform failed (Failed/Stopped)**: SageMaker's FailureReason is in the log; no retry (it would attach to the same
   ended job). A file with one rejected record gets no `.out` (Batch Transform's unit of output is the file), so for a
-  *Failed* job `record_requests` writes every record of its unanswered files to a file of its own and
+  **Failed** job `record_requests` writes every record of its unanswered files to a file of its own and
   `transform_records` sends them again in one follow-up job (`records-<job>`, same model and settings): only the
   records that fail alone become `failed` rows, with both jobs' reasons. commit_day still commits every day. Trigger
   a new run for the range to retry the failed rows (only failed rows are classified again).
-- *commit_day: no line of the joined shape*: a non-empty `.out` whose lines are not `{"key", "SageMakerOutput"}`
+- **commit_day: no line of the joined shape**: a non-empty `.out` whose lines are not `{"key", "SageMakerOutput"}`
   objects fails the day loudly (nothing committed) instead of turning every image into a `failed` row; lines that
   cannot be parsed among good ones are counted and named in the failed rows' reason.
-- *transform still InProgress after the wait*: the job keeps running; clear the task to attach and wait again.
-- *commit_day: quality gate failed*: that day is not published (the previous version stays); its cost is recorded.
-- *commit_day: … being published by run …*: another run holds the day's publish lease (a nightly run of the
+- **transform still InProgress after the wait**: the job keeps running; clear the task to attach and wait again.
+- **commit_day: quality gate failed**: that day is not published (the previous version stays); its cost is recorded.
+- **commit_day: … being published by run …**: another run holds the day's publish lease (a nightly run of the
   same dt); exactly as in classify_images' runbook: a killed holder is taken over at once
   when Airflow no longer runs it, else at its expiry (≤ 2 min); clear the day's commit_day after that.
 - A retry or rerun of the same run attaches to the jobs it made; nothing is billed twice.

@@ -36,33 +36,33 @@ version (same key, size and version of the file) unless `reclassify` is set; `fa
 retried. Symlinks, FIFOs and unsafe file names are never read: they get `rejected` rows with the reason.
 
 **Runbook**
-- *plan_partition: no endpoint recorded*: run `deploy_endpoint`. *wants endpoint …*: the run is pinned to another
+- **plan_partition: no endpoint recorded**: run `deploy_endpoint`. **wants endpoint …**: the run is pinned to another
   endpoint (params `endpoint_name`/`endpoint_backend`); clear them or redeploy.
-- *check_budget: estimated $… above the budget*: nothing was spent. Raise `budget_usd` for this run if expected.
+- **check_budget: estimated $… above the budget**: nothing was spent. Raise `budget_usd` for this run if expected.
   Before a long backfill: `llava-pipelines estimate-cost --from-date A --to-date B --budget-usd X`.
-- *classify_shard failed or killed*: the endpoint is down or the task timed out; retries resume: a shard flushes
+- **classify_shard failed or killed**: the endpoint is down or the task timed out; retries resume: a shard flushes
   its answers every 25 answers or 5 s (`run=<token>/shard-N.answers/`), and its retry sends only the images
   without one; a new run of the dt (or a clear from `plan_partition`) carries the final answers of runs that never
-  committed. Throttling and bad answers do not fail a shard: they become `failed`/`invalid` rows. *circuit
-  breaker*: `max_consecutive_failures` requests in a row failed (a hung or dead endpoint); fix it and clear.
-- *plan_partition: … is being processed by DagRun …*: another run of the same dt is queued or running (one run
+  committed. Throttling and bad answers do not fail a shard: they become `failed`/`invalid` rows. **circuit
+  breaker**: `max_consecutive_failures` requests in a row failed (a hung or dead endpoint); fix it and clear.
+- **plan_partition: … is being processed by DagRun …**: another run of the same dt is queued or running (one run
   per dt: `predictions/dt=D/_CLAIM`, taken over as soon as that run has ended); wait for it.
-  *param incoming_uri … outside*: the param names something outside the storage root and
+  **param incoming_uri … outside**: the param names something outside the storage root and
   `PIPELINE_INPUT_ROOTS`; nothing was read.
-- *publish_partition: … is being published by run … (task …); its lease expires at …*: another run holds
+- **publish_partition: … is being published by run … (task …); its lease expires at …**: another run holds
   `predictions/dt=D/_LEASE` (120 s, renewed every 30 s while its holder works). A killed publisher is no obstacle:
   its retry, a clear, or a new run takes the lease over at once when Airflow no longer runs the task instance
   named there, else when it expires (at most 2 min after the kill); clear this task after that time. Only if you
   know the holder is dead and cannot wait: delete that `_LEASE` file, then clear. If the holder is alive, it is
-  publishing this dt: nothing to do. *listed file(s) missing*: a concurrent run of the dt published first and
+  publishing this dt: nothing to do. **listed file(s) missing**: a concurrent run of the dt published first and
   replaced this run's files; the partition is consistent (it holds that run's rows).
-- *collect_shards: accounting is off*: a bug, never data: open an issue with the log. Nothing was published.
-- *quality_gate failed*: invalid/failed rate or label shift over its threshold (values in the log); the new rows
+- **collect_shards: accounting is off**: a bug, never data: open an issue with the log. Nothing was published.
+- **quality_gate failed**: invalid/failed rate or label shift over its threshold (values in the log); the new rows
   are NOT published, the previous version of dt stays. Fix the endpoint/model and clear the run, or rerun with
   `quality.on_violation = warn` to publish anyway.
 - Late data: an empty partition is waited for until `late_data_wait_minutes` after the day ends (each look logs
   the dt, where and until when), then committed as zero images. Images that arrive later: clear the run (only
-  the new images are classified). *wait_for_partition: … beyond this sensor's 1 day timeout*: the dt has not
+  the new images are classified). **wait_for_partition: … beyond this sensor's 1 day timeout**: the dt has not
   happened yet (a manual run or `dags test` of a future day): run it once the day is over.
 - Query: `llava-pipelines predictions-summary --from-date A --to-date B`; costs:
   `llava-pipelines cost-report`. Read predictions only through `_SUCCESS`
@@ -147,7 +147,7 @@ def classify_images():
         mode="reschedule",
         doc_md="Waits for the first image of dt, at most until `late_data_wait_minutes` after the day; never fails "
         "for a missing partition (that is a day with zero images). Each look logs the dt, where it looks and until "
-        "when. **Runbook** — *the wait for late data would last until …*: the dt has not happened yet (a manual run "
+        "when. **Runbook** — **the wait for late data would last until …**: the dt has not happened yet (a manual run "
         "or `dags test` of a future day); run it once the day is over.",
     )
     def wait_for_partition(params=None, logical_date=None, data_interval_start=None) -> PokeReturnValue:
@@ -159,10 +159,10 @@ def classify_images():
     @task(
         doc_md="""Lists dt into a manifest, carries over rows already classified by this model, and shards the rest.
 
-**Runbook** — *no endpoint recorded*: run `deploy_endpoint`, then clear this task. *the deployed endpoint has
-endpoint_name=…; this run: …*: the run is pinned (params `endpoint_name`/`endpoint_backend`) to another endpoint;
+**Runbook** — **no endpoint recorded**: run `deploy_endpoint`, then clear this task. **the deployed endpoint has
+endpoint_name=…; this run: …**: the run is pinned (params `endpoint_name`/`endpoint_backend`) to another endpoint;
 trigger it again without the pin, or redeploy the pinned one. A local server that died is restarted here.
-*… is being processed by DagRun …*: another run of the same dt is active (one run per dt); wait for it."""
+**… is being processed by DagRun …**: another run of the same dt is active (one run per dt); wait for it."""
     )
     def plan_partition(found: dict, params=None, dag_run=None, ti=None) -> dict:
         from functools import partial
@@ -176,7 +176,7 @@ trigger it again without the pin, or redeploy the pinned one. A local server tha
         doc_md="""Estimates the partition's cost from measured throughput and the price table; refuses (no retry)
 above `budget_usd` before anything is spent. Returns the shards it approves.
 
-**Runbook** — *estimated $… above the budget*: nothing was spent. If the volume is expected, trigger the day again
+**Runbook** — **estimated $… above the budget**: nothing was spent. If the volume is expected, trigger the day again
 (Trigger → logical date D, or a backfill of D) with a higher `budget_usd`; if not, look at `incoming/dt=D/` first."""
     )
     def check_budget(planned: dict, params=None) -> list[dict]:
@@ -195,7 +195,7 @@ above `budget_usd` before anything is spent. Returns the shards it approves.
 (ok/invalid/failed so far, ETA) and writes its rows as one Parquet file. Bad images and bad answers are rows, not
 failures.
 
-**Runbook** — *failed or timed out*: the endpoint is down or far too slow (the log's last progress line says how far
+**Runbook** — **failed or timed out**: the endpoint is down or far too slow (the log's last progress line says how far
 it got). Check the endpoint (`deploy_endpoint`'s smoke test, its logs), then clear the failed shards only: a shard
 rewrites its own file, the others are kept.""",
     )
@@ -216,7 +216,7 @@ rewrites its own file, the others are kept.""",
     @task(
         doc_md="""Invalid rate, failed rate and label shift against trailing partitions; warn or fail per params.
 
-**Runbook** — *failed*: a threshold was crossed (values and thresholds in the log); nothing was published, the
+**Runbook** — **failed**: a threshold was crossed (values and thresholds in the log); nothing was published, the
 previous version of dt stays. Endpoint or model trouble: fix it and clear the run. A real change in the data:
 trigger the day again with `quality.on_violation = warn` (publishes, records the violation)."""
     )
@@ -229,7 +229,7 @@ trigger the day again with `quality.on_violation = warn` (publishes, records the
         outlets=[PREDICTIONS],
         doc_md="Under the partition's lease, writes `_SUCCESS` (the commit), deletes replaced runs, emits the asset. "
         "The run's outcome (dt, rows per status, quality verdict, model) is this task's return value and the asset "
-        "event's extra, both on the run in the UI. **Runbook** — *being published by run …*: see the DAG's runbook: "
+        "event's extra, both on the run in the UI. **Runbook** — **being published by run …**: see the DAG's runbook: "
         "a killed holder's lease is taken over as soon as Airflow no longer runs it, or at its expiry (≤ 2 min).",
     )
     def publish_partition(planned: dict, staged: dict, verdict: dict, outlet_events=None, ti=None) -> dict:

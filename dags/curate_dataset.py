@@ -18,16 +18,16 @@ vision conversational format (`images` + `messages`; answer `this is a photo of 
 
 **Input** (`raw_uri`): one folder per label, or a folder of images plus `labels.csv` (`path,label`).
 Every file is fully decoded. Broken, tiny, non-image and decompression-bomb files, unknown labels, duplicates
-and label conflicts are *rejected with a reason*; hidden/system files are *ignored*. Counts always add up.
+and label conflicts are **rejected with a reason**; hidden/system files are **ignored**. Counts always add up.
 Near-duplicates (resized, re-compressed, brightened copies: a 64-bit pHash within the taxonomy file's
 `near_duplicates.max_distance`) are grouped and each group goes to one split; a group with two labels is a label
 conflict. The report's `near_duplicates` lists the groups and the leakage check (`groups_across_splits` is 0).
 
 **Runbook**
-- *Task failed with `raw_uri ... does not exist`*: the drop is not where the param points. Fix the param, rerun.
-- *Task failed with a `labels.csv` header error*: the CSV needs a `path,label` header.
-- *Many rejections*: open `curation_report.json` (path in the log) — `rejection_reasons` counts them by kind.
-- *A huge near-duplicate group or many `cut_by_size_cap` rows*: the taxonomy's threshold is too loose for its
+- **Task failed with `raw_uri ... does not exist`**: the drop is not where the param points. Fix the param, rerun.
+- **Task failed with a `labels.csv` header error**: the CSV needs a `path,label` header.
+- **Many rejections**: open `curation_report.json` (path in the log) — `rejection_reasons` counts them by kind.
+- **A huge near-duplicate group or many `cut_by_size_cap` rows**: the taxonomy's threshold is too loose for its
   images; lower `near_duplicates.max_distance` in `include/taxonomies/<name>.yaml`.
 - Rerunning is safe: the dataset directory is replaced as a whole; the report is written last and marks it complete.
 """
@@ -74,8 +74,8 @@ def curate_dataset():
         outlets=[CURATED_DATASET],
         doc_md="""Decode, validate, dedupe, split and save.
 
-**Runbook** — *raw_uri … does not exist*: the drop is not where the param points; trigger again with the right
-`raw_uri`. *labels.csv header*: the CSV needs `path,label`. *Many rejections* are not a failure: the counts by
+**Runbook** — **raw_uri … does not exist**: the drop is not where the param points; trigger again with the right
+`raw_uri`. **labels.csv header**: the CSV needs `path,label`. **Many rejections** are not a failure: the counts by
 reason are in `curation_report.json` (path in the log). Rerunning is safe.""",
     )
     def curate(params=None, ts_nodash=None, outlet_events=None) -> dict:

@@ -25,13 +25,13 @@ wait) → verify it serves the new config → smoke test → autoscaling. Model 
 **Local**: `transformers serve` on 127.0.0.1.
 
 **Runbook**
-- *smoke_test failed*: the endpoint answered something that is not a label (log shows the answer); `roll_back`
+- **smoke_test failed**: the endpoint answered something that is not a label (log shows the answer); `roll_back`
   restored the previous config/server (or removed what this run created). Check the model's evaluation.
-- *deploy_endpoint failed*: SageMaker's FailureReason is in the log; a failed update leaves the old config serving.
-- *verify_deployment failed*: the wait ended InService, but on the old config or with a FailureReason (a failed
+- **deploy_endpoint failed**: SageMaker's FailureReason is in the log; a failed update leaves the old config serving.
+- **verify_deployment failed**: the wait ended InService, but on the old config or with a FailureReason (a failed
   update; AWS: DescribeEndpoint `FailureReason`). The old version keeps serving; `serving/endpoint.json` and the
   registry still name it, and cleanup removes only the failed new config and model.
-- *An endpoint stuck in `Failed`* (a failed first create) cannot be updated: run `teardown_endpoint`, then deploy.
+- **An endpoint stuck in `Failed`** (a failed first create) cannot be updated: run `teardown_endpoint`, then deploy.
 - `delete_superseded` always runs last and removes this endpoint's unused configs and models.
 - Turning it off: `teardown_endpoint` with the same endpoint name.
 """
@@ -76,7 +76,7 @@ def deploy_endpoint():
         doc_md="""Classify one known image through the endpoint client; the answer must parse as a taxonomy
         label (whether it is the right one is logged). Fails with the raw answer otherwise.
 
-**Runbook** — *failed*: the endpoint answers, but not with a label (raw answer in the log): `roll_back` restored
+**Runbook** — **failed**: the endpoint answers, but not with a label (raw answer in the log): `roll_back` restored
 what served before. Check the model's evaluation (Costs & quality view) and the serving config; do not force it.""",
     )
     def smoke_test(plan: dict, url: str | None) -> str:

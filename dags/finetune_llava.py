@@ -30,19 +30,19 @@ hyperparameters, instance type and count): a rerun of the same training resumes 
 versions; `production` is what gets deployed.
 
 **Runbook**
-- *plan: no curated dataset*: run `curate_dataset`, or pass `dataset_uri`.
-- *plan: training plan refused* (SageMaker): the sized plan (steps x the declared seconds per step of the instance
+- **plan: no curated dataset**: run `curate_dataset`, or pass `dataset_uri`.
+- **plan: training plan refused** (SageMaker): the sized plan (steps x the declared seconds per step of the instance
   type, tasks/training/sizing.py) cannot finish inside `max_run_seconds`; the message says what fits (fewer epochs,
   or the `max_run_seconds` needed). Nothing was uploaded or paid for. The plan task logs steps, hours, checkpoint
   size and interval of every sized plan.
-- *train failed*: see the task's runbook. The job name comes from the run's logical date (asset-triggered runs:
+- **train failed**: see the task's runbook. The job name comes from the run's logical date (asset-triggered runs:
   the run id), so clearing or rerunning reattaches to its job; to train again after a Failed/Stopped job, trigger a
-  run with another logical date. After a *Stopped* job (MaxRuntime) that run resumes the checkpoints the message
+  run with another logical date. After a **Stopped** job (MaxRuntime) that run resumes the checkpoints the message
   names, as long as the dataset and training config are the same (raise `max_run_seconds`; it is not in the key).
-- *evaluate: no eval_predictions.jsonl*: the script did not finish; the train log says why.
-- *promote skipped*: the gate said no, or a reviewer rejected it (reason in the log and in `registry.json`).
+- **evaluate: no eval_predictions.jsonl**: the script did not finish; the train log says why.
+- **promote skipped**: the gate said no, or a reviewer rejected it (reason in the log and in `registry.json`).
   Nothing is deployed.
-- *approve_promotion waiting* (`require_approval` on — recommended in production): answer it under the run's
+- **approve_promotion waiting** (`require_approval` on — recommended in production): answer it under the run's
   Required Actions; the request shows the metrics and the confusion matrix.
 - Cost: one ledger row per job (`costs/ledger/kind=training/`), shared with nightly classification.
 """
@@ -113,8 +113,8 @@ def finetune_llava():
     @task(
         doc_md="""Resolves the dataset and fixes this run's version, job name and paths.
 
-**Runbook** — *no curated dataset*: run `curate_dataset`, or trigger with `dataset_uri`. *not a complete curated
-dataset* / *no held-out test split*: curate it again (with `test_fraction` > 0)."""
+**Runbook** — **no curated dataset**: run `curate_dataset`, or trigger with `dataset_uri`. **not a complete curated
+dataset** / **no held-out test split**: curate it again (with `test_fraction` > 0)."""
     )
     def plan(params=None, dag=None, dag_run=None, triggering_asset_events=None) -> dict:
         events = triggering_asset_events.get(CURATED_DATASET, []) if triggering_asset_events else []
@@ -127,7 +127,7 @@ dataset* / *no held-out test split*: curate it again (with `test_fraction` > 0).
     @task(
         doc_md="""Scores the test split's answers with the strict parser; writes metrics.json and the plot.
 
-**Runbook** — *no eval_predictions.jsonl*: the training script did not finish; the train task's log says why.
+**Runbook** — **no eval_predictions.jsonl**: the training script did not finish; the train task's log says why.
 Retrying cannot help: fix the cause, then trigger a new run."""
     )
     def evaluate(plan: dict, outcome: dict) -> dict:
@@ -138,9 +138,9 @@ Retrying cannot help: fix the cause, then trigger a new run."""
         doc_md="""Registers the version (with this run's id) and promotes it if it passes the gate and no reviewer
         rejected it; else skips, with the reason in the log and in `registry.json`.
 
-**Runbook** — *skipped*: not an error; nothing is deployed. Gate refusal: the log says which bar it missed
+**Runbook** — **skipped**: not an error; nothing is deployed. Gate refusal: the log says which bar it missed
 (`min_accuracy`, or worse than production by more than `tolerance`); retrain, or rerun with other gate params if the
-bar is wrong. *Rejected in review*: the reviewer's name is in the decision; talk to them.""",
+bar is wrong. **Rejected in review**: the reviewer's name is in the decision; talk to them.""",
     )
     def promote(
         plan: dict, metrics: dict, review: dict, outcome: dict, params=None, outlet_events=None, dag=None, run_id=None
@@ -162,8 +162,8 @@ bar is wrong. *Rejected in review*: the reviewer's name is in the decision; talk
 Required Actions, showing the gate's verdict, metrics vs production, per-class scores and the confusion matrix.
 Otherwise passes straight through.
 
-**Runbook** — *waiting*: a reviewer must answer (unanswered for 3 days = rejected). *Approve* promotes and
-deploy_endpoint serves the version; *Reject* keeps it registered as rejected, nothing is deployed.""",
+**Runbook** — **waiting**: a reviewer must answer (unanswered for 3 days = rejected). **Approve** promotes and
+deploy_endpoint serves the version; **Reject** keeps it registered as rejected, nothing is deployed.""",
     )
     promote(planned, metrics, review.output, outcome)
 

@@ -18,7 +18,7 @@ name — including ones a crashed run leaked. **Local**: the `transformers serve
 
 **Runbook**
 - Safe to rerun; a missing endpoint or server is not an error.
-- *tear_down failed with "still Updating"*: a deploy is rolling; let it finish (or fail), then rerun.
+- **tear_down failed with "still Updating"**: a deploy is rolling; let it finish (or fail), then rerun.
 - Deploying again later: trigger `deploy_endpoint`; nothing from the old endpoint is reused.
 """
 

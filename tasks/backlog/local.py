@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 JOB_FILE = "job.json"
 TRANSFORM_DOC = """Runs the job's request files through the local endpoint the way Batch Transform would (one POST per
 record, `.out` files in input order, none for a file with a failed record). A job that already ran (its `job.json`
-exists) is not run again. *Failed*: the log names the files and the first error; `transform_records` sends their
+exists) is not run again. **Failed**: the log names the files and the first error; `transform_records` sends their
 records again one per file, and only the records that fail alone become `failed` rows in commit_day."""
 
 

@@ -36,7 +36,7 @@ file of its own and returns the follow-up job's CreateTransformJob request (same
 happened upstream; nothing to do (skipped downstream) when every job completed."""
 MAX_BLIND_RECORDS = 5_000  # a Failed job that answered no file at all: re-send at most this many records
 TRANSFORM_DOC = """The follow-up job of a Failed transform job: one record per request file, so a record the model
-rejects fails only itself. *Failed*: those records are `failed` rows with the reason (commit_day); the rest are
+rejects fails only itself. **Failed**: those records are `failed` rows with the reason (commit_day); the rest are
 joined as usual. A retry attaches to the same job."""
 
 

@@ -27,8 +27,8 @@ SEED_SECONDS_PER_1000 = 674  # the seed's measurement on one ml.g5.xlarge endpoi
 MODEL_STARTUP_S = 600  # container start + weight download + vLLM warm-up per instance (the seed's deploy: 8.5 min)
 TRANSFORM_DOC = """Creates the job's Batch Transform job, or attaches to it when an earlier try of this run already
 did (the name is a pure function of the run and the images it classifies): a retry or rerun never starts a second
-billed job. Waits deferred. *Failed/Stopped*: fails without retries with SageMaker's FailureReason; the files it
-could not process have no `.out`: after a *Failed* job, `transform_records` sends their records again one per file
+billed job. Waits deferred. **Failed/Stopped**: fails without retries with SageMaker's FailureReason; the files it
+could not process have no `.out`: after a **Failed** job, `transform_records` sends their records again one per file
 (tasks.backlog.records), and only the records that fail alone become `failed` rows in commit_day (a new run retries
 them). Job logs: CloudWatch `/aws/sagemaker/TransformJobs/<job>`."""
 
