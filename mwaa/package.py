@@ -11,27 +11,37 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MWAA = ROOT / "mwaa"
-DAGS_PATH = "/usr/local/airflow/dags"  # where MWAA syncs the S3 DAGs folder (on sys.path for every component)
+OVERRIDES = MWAA / "overrides-3.3.1.txt"
+DAGS_PATH = "/usr/local/airflow/dags"  # where MWAA syncs the S3 DAGs folder
 CONSTRAINTS_NAME = "constraints-3.3.1-llava.txt"
-# The code the DAGs import, shipped inside the DAGs folder so `import tasks` and `include/` resolve from there
-# (tasks/common/settings.py finds include/ beside tasks/); .airflowignore keeps the DAG processor out of them.
+# The code the DAGs, the plugin and the deadline alerts import, shipped in plugins.zip beside the plugin: Airflow 3
+# puts the plugins folder on sys.path in every process (settings.prepare_syspath_for_config_and_plugins), the DAGs
+# folder only while parsing DAGs (dag-processor, task runner). The API server (the Costs & quality view imports
+# tasks.dashboard, tasks.common) and the triggerer (a deadline's AsyncCallback imports tasks.common.notifications by
+# path) never parse DAGs. tasks/common/settings.py finds include/ beside tasks/. The plugins folder's .airflowignore
+# keeps Airflow's plugin loader, which imports every .py file under that folder by its bare name, out of both.
 CODE = ("tasks", "include")
 ZIP_DATE = (2026, 1, 1, 0, 0, 0)  # fixed timestamps: the same checkout gives byte-identical archives
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
+    )
 
 
-def merged_constraints() -> str:
+def merged_constraints(published: str | None = None) -> str:
     """MWAA's published constraints with this project's overrides (mwaa/overrides-3.3.1.txt) replacing their pins."""
     overrides = {
         re.split(r"[=<>!~]", line, maxsplit=1)[0].lower().replace("_", "-"): line
-        for line in (MWAA / "overrides-3.3.1.txt").read_text().splitlines()
+        for line in OVERRIDES.read_text().splitlines()
         if line and not line.startswith("#")
     }
     lines = []
-    for line in (MWAA / "constraints-3.3.1.txt").read_text().splitlines():
+    text = (MWAA / "constraints-3.3.1.txt").read_text() if published is None else published
+    for line in text.splitlines():
         name = re.split(r"[=<>!~]", line, maxsplit=1)[0].lower().replace("_", "-")
         lines.append(overrides.pop(name) + "  # overridden: mwaa/overrides-3.3.1.txt" if name in overrides else line)
     return "\n".join([*lines, *overrides.values()]) + "\n"
@@ -54,18 +64,18 @@ def _zip(files: list[tuple[Path, str]], target: Path) -> None:
 def build(out: Path) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     dags = out / "dags"
+    dags.mkdir(parents=True)
     for source in sorted((ROOT / "dags").glob("*.py")):
-        (dags / source.name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, dags / source.name)
-    for folder in CODE:
-        for path in _files(ROOT / folder):
-            target = dags / path.relative_to(ROOT)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
-    (dags / ".airflowignore").write_text("".join(f"{folder}/\n" for folder in CODE) + f"{CONSTRAINTS_NAME}\n")
+    (dags / ".airflowignore").write_text(f"{CONSTRAINTS_NAME}\n")
     (dags / CONSTRAINTS_NAME).write_text(merged_constraints())
     plugins = ROOT / "plugins"
-    _zip([(path, path.relative_to(plugins).as_posix()) for path in _files(plugins)], out / "plugins.zip")
+    members = [(path, path.relative_to(plugins).as_posix()) for path in _files(plugins)]
+    members += [(path, path.relative_to(ROOT).as_posix()) for folder in CODE for path in _files(ROOT / folder)]
+    ignore = out / ".airflowignore"  # written into the archive, then removed
+    ignore.write_text("".join(f"{folder}/\n" for folder in CODE))
+    _zip(sorted([*members, (ignore, ".airflowignore")], key=lambda member: member[1]), out / "plugins.zip")
+    ignore.unlink()
     (out / "requirements.txt").write_text(requirements())
     shutil.copy2(MWAA / "startup.sh", out / "startup.sh")
     return out
@@ -76,6 +86,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "mwaa")
     out = build(parser.parse_args().out)
     print(f"MWAA layout in {out}: upload dags/ to the DAGs folder, plugins.zip, requirements.txt and startup.sh")
+    print(
+        "  tasks/ and include/ are in plugins.zip: a code change needs a new plugins.zip version (update-environment)"
+    )
 
 
 if __name__ == "__main__":
