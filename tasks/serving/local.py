@@ -56,7 +56,7 @@ class LocalServing:
         @task(
             doc_md="""Start (or reuse) `transformers serve` for the model and wait until it lists the model;
             a dead server or one serving another model is replaced. pid/port are in the state file named in the
-            plan; the server log sits next to it (`local_server.log`). *Not ready in time*: read that log."""
+            plan; the server log sits next to it (`local_server.log`). **Not ready in time**: read that log."""
         )
         def deploy_endpoint(plan: dict, params: dict | None = None) -> str:
             return bring_up(plan, params["ready_timeout_s"])

@@ -338,7 +338,7 @@ class SageMakerServing:
             FailureReason. A failed UpdateEndpoint also ends InService, on the old config (AWS: DescribeEndpoint
             `FailureReason`), and the provider's wait reports that as success.
 
-**Runbook** — *failed*: the log has SageMaker's reason (health check, image pull, role access to the model prefix,
+**Runbook** — **failed**: the log has SageMaker's reason (health check, image pull, role access to the model prefix,
 model_loading_timeout); the old config still serves and `roll_back` says so; `serving/endpoint.json` and the registry
 keep the version that really serves. Fix the cause and trigger again.""",
         )
@@ -387,8 +387,8 @@ keep the version that really serves. Fix the cause and trigger again.""",
                 retry_delay=timedelta(minutes=10),
                 doc_md="""Create the endpoint, or update it to the new config (blue/green: no downtime), and wait
                 for InService in the triggerer. Skipped when the endpoint already ran this config at plan time.
-                *Failed*: SageMaker's FailureReason is in the log (often: image pull, role access to the model
-                S3 prefix, model_loading_timeout). *`Cannot update in-progress endpoint`*: a previous attempt's
+                **Failed**: SageMaker's FailureReason is in the log (often: image pull, role access to the model
+                S3 prefix, model_loading_timeout). **`Cannot update in-progress endpoint`**: a previous attempt's
                 update is still rolling; clear the task once the endpoint has settled.""",
             )
             package_serving_config(plan) >> model >> config >> endpoint

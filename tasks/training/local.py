@@ -49,7 +49,7 @@ Builds the offline tiny LLaVA-NeXT (small Llama + CLIP, vocabulary from the data
 TRAIN_DOC = """
 Runs `include/training/launch.py` as a subprocess; its output streams into this log. `local_processes` >= 2 runs
 accelerate + DeepSpeed ZeRO-3 on CPU. A retry resumes from the newest checkpoint in `models/<version>/checkpoints/`.
-**Runbook** — *fails with `training exited with N`*: the log ends with the script's last lines (out of memory, a bad
+**Runbook** — **fails with `training exited with N`**: the log ends with the script's last lines (out of memory, a bad
 hyperparameter); fix it and clear the task, which resumes from the newest checkpoint.
 """
 

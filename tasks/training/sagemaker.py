@@ -58,15 +58,15 @@ SAGEMAKER_HYPERPARAMETERS: dict[str, Any] = {
 
 PREPARE_DOC = """
 Uploads `include/training/` as `models/<version>/source/sourcedir.tar.gz` and builds the CreateTrainingJob request
-(image for the region, train channel = dataset, output/checkpoint paths, managed spot). Rendered in *Rendered
-Template* of `train`.
+(image for the region, train channel = dataset, output/checkpoint paths, managed spot). Rendered in **Rendered
+Template** of `train`.
 """
 TRAIN_DOC = """
 Creates the SageMaker training job, or attaches to it when an earlier try of this run already did (the name is
 deterministic per run: clearing or rerunning never launches a second billed job). Waits deferred. On completion the
 model's location is read from DescribeTrainingJob (`ModelArtifacts.S3ModelArtifacts`) and returned with the outcome.
-**Runbook** — *Failed/Stopped*: the task fails without retries and the log has SageMaker's FailureReason; a run
-with another logical date (another job name) trains again. *Stopped* (MaxRuntime reached): the checkpoints stay at
+**Runbook** — **Failed/Stopped**: the task fails without retries and the log has SageMaker's FailureReason; a run
+with another logical date (another job name) trains again. **Stopped** (MaxRuntime reached): the checkpoints stay at
 the URI the message names (`models/checkpoints/<training key>/`); a new run with the same dataset and training
 config resumes from the newest of them — raise `max_run_seconds` (it is not part of the key). Job logs: CloudWatch
 `/aws/sagemaker/TrainingJobs/<job>`.
