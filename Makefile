@@ -23,8 +23,9 @@ UV_INSTALL = $(UV) pip install -q -c constraints.txt $(TORCH_SOURCE)
 install: $(STAMP) $(TRAINING_STAMP) $(SERVING_STAMP)
 
 # The Airflow environment (requirements.txt, what production installs) plus the test tooling and, for the tests that
-# load models in process, the training container's libraries.
-$(STAMP): requirements.txt requirements-dev.txt include/training/requirements.txt constraints.txt pyproject.toml
+# load models in process, the training container's and the local engine's libraries.
+$(STAMP): requirements.txt requirements-dev.txt include/training/requirements.txt include/serving/local-requirements.txt \
+  constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip "setuptools>=70.1" uv==0.13.9
 	$(UV_INSTALL) --python $(PY) $(TORCH) -r requirements.txt -r requirements-dev.txt
