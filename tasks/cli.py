@@ -58,6 +58,7 @@ def _curation_summary(args: argparse.Namespace) -> None:
 
 def _model_summary(args: argparse.Namespace) -> None:
     from tasks.common import storage
+    from tasks.training.calibration import RISK_COVERAGE_FILE
     from tasks.training.evaluation import CONFUSION_MATRIX_FILE, METRICS_FILE, summary
     from tasks.training.registry import versions as registered
 
@@ -77,6 +78,8 @@ def _model_summary(args: argparse.Namespace) -> None:
     print(f"held-out accuracy: {metrics['accuracy']:.4f}   train_seconds: {metrics['train_seconds']:.1f}")
     print(f"model:            {metrics['model_uri']}")
     print(f"confusion matrix: {models / version / CONFUSION_MATRIX_FILE}")
+    if (metrics.get("calibration") or {}).get("after"):
+        print(f"risk-coverage:    {models / version / RISK_COVERAGE_FILE}")
     if metrics["train_seconds"] > args.max_train_seconds:  # a busy machine is slow, not wrong: say so, go on
         print(
             f"WARNING: training took {metrics['train_seconds']:.0f} s, above {args.max_train_seconds:.0f} s "
@@ -96,9 +99,15 @@ def _write_incoming(args: argparse.Namespace) -> None:
     report = read_json(storage_path(args.dataset_uri, settings.aws_conn_id) / REPORT_NAME)
     if report is None:
         raise SystemExit(f"no {REPORT_NAME} under {args.dataset_uri}: curate first")
-    counts = write_incoming(storage.root(settings) / storage.INCOMING, days, held_out_indices(report))
+    incoming = storage.root(settings) / storage.INCOMING
+    counts = write_incoming(incoming, days, held_out_indices(report), corrupt=args.corrupt)
+    what = (
+        "held-out test digits, blurred, rotated or replaced by photo patches"
+        if args.corrupt
+        else "held-out test digits"
+    )
     for day, n in counts.items():
-        print(f"dt={day}: {n} held-out test digits")
+        print(f"dt={day}: {n} {what}")
     print(f"FROM_DATE={days[0]} TO_DATE={days[-1]}")
 
 
@@ -297,6 +306,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--days", type=int, default=3, help="this many days ending yesterday (UTC)")
     p.add_argument("--from-date", help="or an explicit range")
     p.add_argument("--to-date")
+    p.add_argument(
+        "--corrupt",
+        action="store_true",
+        help="a bad night: every image blurred, rotated or off-domain (the gate's test)",
+    )
     p.set_defaults(func=_write_incoming, reads_storage=True)
 
     p = sub.add_parser("estimate-cost", help="budget guard for a backfill range, before `backfill create`")

@@ -24,14 +24,29 @@ SLOW_S = 3.0  # a "sleep" answer arrives after the client has given up
 FAST = {"timeout_s": CLIENT_TIMEOUT_S, "max_retries": 2, "backoff_base_s": 0.01, "backoff_max_s": 0.05}
 
 
-def ok_body(answer: str = "this is a photo of 3.") -> bytes:
+def ok_body(answer: str = "this is a photo of 3.", logprobs: dict | None = None) -> bytes:
+    choice = {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}
     return json.dumps(
         {
             "object": "chat.completion",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+            "choices": [choice | ({"logprobs": logprobs} if logprobs else {})],
             "usage": {"prompt_tokens": 80, "completion_tokens": 7, "total_tokens": 87},
         }
     ).encode()
+
+
+def vllm_logprobs(decision: dict[int, float], chosen: int, forced: tuple[int, ...] = (5, 6, 7)) -> dict:
+    """A choice's `logprobs` as vLLM returns them with `return_tokens_as_token_ids` under the label constraint
+    (chat_completion/serving.py `_create_chat_logprobs`): forced tokens at log-probability 0 (their masked
+    alternatives clamped to -9999.0), then the decision token with its alternatives, most likely first."""
+
+    def entry(token: int, logprob: float, top: list[tuple[int, float]]) -> dict:
+        alternatives = [{"token": f"token_id:{t}", "logprob": lp, "bytes": []} for t, lp in top]
+        return {"token": f"token_id:{token}", "logprob": logprob, "bytes": [], "top_logprobs": alternatives}
+
+    ranked = sorted(decision.items(), key=lambda item: -item[1])
+    content = [entry(t, 0.0, [(t, 0.0), (t + 100, -9999.0)]) for t in forced]
+    return {"content": [*content, entry(chosen, decision[chosen], ranked), entry(2, 0.0, [(2, 0.0)])]}
 
 
 # An image's width picks its script: what the server answers on the 1st, 2nd, ... attempt (the last step repeats).

@@ -8,8 +8,11 @@ Inputs: a `datasets` DatasetDict (saved with `save_to_disk`) with splits train/v
 into the predictions, never trained on.
 Outputs: the model + processor in --model_dir; eval_predictions.jsonl, label_scores.jsonl and train_summary.json in
 --output_data_dir. Raw answers are written as generated: parsing them into labels is the caller's job (one parser for
-the project). label_scores.jsonl holds, per train/validation row, the model's probability of every label (teacher-
-forced likelihood of each label's answer): the caller flags likely mislabels from it.
+the project). label_scores.jsonl holds, per row of the --score_splits, the model's probability of every label (teacher-
+forced likelihood of each label's answer), from which the caller flags likely mislabels, and, when every label's
+answer has its own first token after the shared words, that token's log-probability among the labels' first tokens
+(`decision_logprobs`): the number serving reads under the label constraint, from which the caller fits and checks
+the confidence calibration. decision_tokens.json maps each label to that token's id.
 
 Spot-friendly: checkpoints go to --checkpoint_dir (SageMaker syncs /opt/ml/checkpoints to S3) and a restarted job
 resumes from the newest complete one.
@@ -41,6 +44,7 @@ logger = logging.getLogger("train")
 TRAIN_COLUMNS = ["images", "messages"]
 PREDICTIONS_FILE = "eval_predictions.jsonl"
 SCORES_FILE = "label_scores.jsonl"
+DECISION_TOKENS_FILE = "decision_tokens.json"
 SUMMARY_FILE = "train_summary.json"
 SAGEMAKER_CHECKPOINT_DIR = "/opt/ml/checkpoints"
 # On SageMaker the predictions and summary go under the model dir: /opt/ml/output/data is uploaded as one
@@ -107,8 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--label_column", default="label", help="copied into predictions when the test split has it")
     p.add_argument(
         "--score_splits",
-        default="train,validation",
-        help="splits whose every label is scored, for mislabel flags (comma-separated; empty: none)",
+        default="train,validation,test",
+        help="splits whose every label is scored, for mislabel flags and calibration (comma-separated; empty: none)",
     )
     p.add_argument(
         "--score_batch_size",
@@ -353,6 +357,21 @@ def answer_suffixes(processor: Any, row: dict, texts: list[str]) -> list[list[in
     ]
 
 
+def split_answers(suffixes: list[list[int]]) -> tuple[list[int], list[list[int]]]:
+    """The answers' shared first tokens ("this is a photo of"), and each answer's own tokens after them (the shared
+    part stops where the answers first differ, or one token before the shortest answer ends)."""
+    columns = enumerate(zip(*suffixes, strict=False))
+    shared = next((i for i, column in columns if len(set(column)) > 1), min(map(len, suffixes)) - 1)
+    return suffixes[0][:shared], [suffix[shared:] for suffix in suffixes]
+
+
+def decision_tokens(labels: list[str], own: list[list[int]]) -> dict[str, int] | None:
+    """label -> the first token of its own part, when those are all distinct (one token decides the answer);
+    None when two labels share it, and then only the full-answer scores are written."""
+    firsts = [tokens[0] for tokens in own]
+    return dict(zip(labels, firsts, strict=True)) if len(set(firsts)) == len(firsts) else None
+
+
 def score_labels(trainer: SFTTrainer, processor: Any, split, answers: dict[str, str], args: argparse.Namespace) -> list:
     """Per row, the probability of every label: the teacher-forced log-likelihood of each label's answer after the
     row's prompt and image, softmaxed over the labels. The prompt (with its image) and the answers' common start
@@ -363,11 +382,10 @@ def score_labels(trainer: SFTTrainer, processor: Any, split, answers: dict[str, 
     model = trainer.model
     model.eval()
     labels, texts = list(answers), list(answers.values())
-    suffixes = answer_suffixes(processor, split[0], texts)
-    columns = enumerate(zip(*suffixes, strict=False))  # up to the shortest answer, which keeps one own token
-    shared = next((i for i, column in columns if len(set(column)) > 1), min(map(len, suffixes)) - 1)
-    common = torch.tensor([suffixes[0][:shared]], dtype=torch.long, device=accelerator.device)
-    suffixes = [suffix[shared:] for suffix in suffixes]
+    prefix, suffixes = split_answers(answer_suffixes(processor, split[0], texts))
+    decisions = decision_tokens(labels, suffixes)
+    decision_ids = torch.tensor(list(decisions.values()) if decisions else [], device=accelerator.device)
+    common = torch.tensor([prefix], dtype=torch.long, device=accelerator.device)
     width = max(len(suffix) for suffix in suffixes)
     tokens = torch.tensor([suffix + [0] * (width - len(suffix)) for suffix in suffixes], device=accelerator.device)
     in_answer = torch.tensor(
@@ -403,24 +421,33 @@ def score_labels(trainer: SFTTrainer, processor: Any, split, answers: dict[str, 
                     [inputs["attention_mask"].repeat_interleave(len(texts), 0), in_answer.repeat(len(indices), 1)], 1
                 )
                 answer_out = model(input_ids=tokens.repeat(len(indices), 1), attention_mask=mask, cache=cache)
+            decision = prompt_out.logits[:, -1].float()[:, decision_ids].log_softmax(-1).tolist() if decisions else None
             first = prompt_out.logits[:, -1].float().log_softmax(-1).repeat_interleave(len(texts), 0)
             likelihood = first.gather(-1, tokens[:, :1].repeat(len(indices), 1)).squeeze(-1)
             rest = answer_out.logits[:, :-1].float().log_softmax(-1)
             rest = rest.gather(-1, tokens[:, 1:].repeat(len(indices), 1).unsqueeze(-1)).squeeze(-1)
             likelihood = likelihood + (rest * in_answer[:, 1:].repeat(len(indices), 1)).sum(-1)
             probabilities = likelihood.view(n // len(texts), len(texts)).softmax(-1).tolist()
-            for index, row_probabilities, row in zip(indices, probabilities, batch, strict=True):
+            for position, (index, row_probabilities, row) in enumerate(zip(indices, probabilities, batch, strict=True)):
                 row_scores = dict(zip(labels, row_probabilities, strict=True))
-                rows.append(score_row(index, row_scores, row, args.label_column))
+                scored = score_row(index, row_scores, row, args.label_column)
+                if decision is not None:
+                    scored["decision_logprobs"] = {
+                        k: round(v, 6) for k, v in zip(labels, decision[position], strict=True)
+                    }
+                rows.append(scored)
     by_index = {row["index"]: row for row in gather_object(rows)}
     return [by_index[index] for index in sorted(by_index)]
 
 
 def score_splits(trainer: SFTTrainer, processor: Any, splits: DatasetDict, args: argparse.Namespace) -> tuple:
-    """Label scores of the --score_splits rows (each tagged with its split), and the seconds they took."""
+    """Label scores of the --score_splits rows (each tagged with its split), the labels' decision tokens (None when
+    they collide) and the seconds they took."""
     started = time.perf_counter()
     names = [name.strip() for name in args.score_splits.split(",") if name.strip() in splits]
     answers = label_answers(splits["train"], args.label_column)
+    _, own = split_answers(answer_suffixes(processor, splits["train"][0], list(answers.values())))
+    decisions = decision_tokens(list(answers), own)
     scores = [
         {"split": name, **row}
         for name in names
@@ -428,7 +455,9 @@ def score_splits(trainer: SFTTrainer, processor: Any, splits: DatasetDict, args:
     ]
     seconds = time.perf_counter() - started
     logger.info("Scored every label for %d rows (%s) in %.1f s", len(scores), ",".join(names), seconds)
-    return scores, seconds
+    if decisions is None:
+        logger.warning("Two labels' answers start with the same token: no decision-token scores, no calibration")
+    return scores, decisions, seconds
 
 
 def score_row(index: int, probabilities: dict[str, float], row: dict, label_column: str) -> dict:
@@ -501,13 +530,15 @@ def main(argv: list[str] | None = None) -> None:
     predictions = generate_answers(trainer, processor, splits["test"], args)
     generation_seconds = time.perf_counter() - started
     logger.info("Answered %d test rows in %.1f s", len(predictions), generation_seconds)
-    scores, scoring_seconds = score_splits(trainer, processor, splits, args)
+    scores, decisions, scoring_seconds = score_splits(trainer, processor, splits, args)
 
     if trainer.accelerator.is_main_process:
         output_dir = Path(args.output_data_dir)
         lines = "".join(json.dumps(row) + "\n" for row in predictions)
         write_json_atomically(output_dir / PREDICTIONS_FILE, lines)
         write_json_atomically(output_dir / SCORES_FILE, "".join(json.dumps(row) + "\n" for row in scores))
+        if decisions is not None:
+            write_json_atomically(output_dir / DECISION_TOKENS_FILE, json.dumps(decisions, indent=2) + "\n")
         summary = {
             "train_seconds": round(train_seconds, 2),
             "global_step": trainer.state.global_step,

@@ -12,7 +12,7 @@ on it, or never ran), or its line is missing — becomes a `failed` row that say
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from tasks.backlog.plan import OUTPUT_SUFFIX, REQUEST_SUFFIX, RequestFile, TransformJob, records_job
 from tasks.backlog.requests import read_index
 from tasks.common import storage
+from tasks.model.calibration import Calibration
 from tasks.model.taxonomy import Taxonomy
 from tasks.nightly import predictions
 from tasks.nightly.classification import PartitionJob, ShardResult, result_row
@@ -115,9 +116,12 @@ def read_answers(output: Any, request_name: str, no_output_reason: str) -> tuple
     return parsed.answers, f"no answer: {request_name}{OUTPUT_SUFFIX} has no line for this image"
 
 
-def answer_result(key: str, body: bytes, taxonomy: Taxonomy) -> ClassificationResult:
-    """One joined answer through the endpoint client's own parser (the nightly path's statuses and reasons)."""
-    return ClassificationResult(**{**parse_response(key, body, taxonomy).__dict__, "attempts": 1})
+def answer_result(
+    key: str, body: bytes, taxonomy: Taxonomy, calibration: Calibration | None = None
+) -> ClassificationResult:
+    """One joined answer through the endpoint client's own parser (the nightly path's statuses, reasons and
+    calibrated confidence)."""
+    return replace(parse_response(key, body, taxonomy, calibration), attempts=1)
 
 
 def missing_reason(job: TransformJob, request: RequestFile, outcome: dict[str, Any] | None) -> str:
@@ -186,7 +190,7 @@ def join_file(
         if entry["rejected"] is not None:
             result = ClassificationResult(key, "rejected", error=entry["rejected"])
         elif key in answers:
-            result = answer_result(key, answers.pop(key), taxonomy)
+            result = answer_result(key, answers.pop(key), taxonomy, day.record and day.record.calibration)
         else:
             result = ClassificationResult(key, "failed", error=missing)
         rows.append(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -79,16 +79,59 @@ def known_label(key: str) -> str:
     return _targets()[digit_index(key)]
 
 
-def write_incoming(incoming: ObjectStoragePath, days: list[str], indices: list[int]) -> dict[str, int]:
+def blurred(image: Image.Image, position: int) -> Image.Image:
+    """Out of focus: a Gaussian blur wider than a digit's strokes."""
+    from PIL import ImageFilter
+
+    return image.filter(ImageFilter.GaussianBlur(radius=3))
+
+
+def rotated(image: Image.Image, position: int) -> Image.Image:
+    """Uploaded sideways or upside down (EXIF orientation lost)."""
+    return image.rotate((90, 180, 270)[position % 3], fillcolor=(255, 255, 255))
+
+
+def off_domain(image: Image.Image, position: int) -> Image.Image:
+    """Not a digit at all: a patch of one of scikit-learn's bundled photos (a temple, a flower)."""
+
+    photos = _sample_photos()
+    photo = photos[position % len(photos)]
+    side = min(photo.size) // 4
+    x, y = (position * 37) % (photo.width - side), (position * 53) % (photo.height - side)
+    return photo.crop((x, y, x + side, y + side)).resize(image.size, Image.Resampling.BILINEAR)
+
+
+@cache
+def _sample_photos() -> tuple[Image.Image, ...]:
+    from sklearn.datasets import load_sample_images
+
+    return tuple(Image.fromarray(array) for array in load_sample_images().images)
+
+
+# What a bad night looks like while its label mix stays usual: each corrupted image gets the next of these in turn.
+CORRUPTIONS: dict[str, Callable[[Image.Image, int], Image.Image]] = {
+    "blur": blurred,
+    "rotate": rotated,
+    "off_domain": off_domain,
+}
+
+
+def write_incoming(
+    incoming: ObjectStoragePath, days: list[str], indices: list[int], *, corrupt: bool = False
+) -> dict[str, int]:
     """Spread digits round-robin over `days` as `incoming/dt=<day>/digit-<index>.png` (no label in the path);
-    each day's partition is replaced as a whole. Returns images per day."""
+    each day's partition is replaced as a whole. `corrupt`: every image is blurred, rotated or replaced by an
+    off-domain photo patch, in turn (CORRUPTIONS). Returns images per day."""
     from tasks.common import storage
 
     for day in days:
         storage.remove_tree(incoming / storage.partition_name(day), owner=incoming)
     counts = dict.fromkeys(days, 0)
+    damage = list(CORRUPTIONS.values())
     for position, digit in enumerate(digits(indices)):
         day = days[position % len(days)]
+        if corrupt:
+            digit = Digit(digit.index, digit.label, damage[position % len(damage)](digit.image, position))
         _write(incoming / storage.partition_name(day) / _file_name(digit.index), digit)
         counts[day] += 1
     return counts

@@ -70,6 +70,7 @@ class PartitionJob:
             taxonomy,
             policy=policy,
             prompt=self.record.prompt,
+            calibration=self.record.calibration,
             max_consecutive_failures=self.max_consecutive_failures,
         )
 
@@ -305,6 +306,9 @@ def result_row(
         "completion_tokens": r.completion_tokens,
         "latency_s": r.latency_s,
         "attempts": r.attempts,
+        "confidence": r.confidence,
+        "runner_up": r.runner_up,
+        "margin": r.margin,
         "model_version": job.model_version,
         "endpoint": job.endpoint_name,
     }

@@ -20,6 +20,7 @@ from tasks.nightly.partitions import PartitionPlan
 from tasks.nightly.predictions import RowStats
 
 log = logging.getLogger(__name__)
+QUALITY_TEXT = {"violated": "violated (published: on_violation=warn)"}  # "passed" and "no data" read as they are
 
 
 def gate(
@@ -51,7 +52,8 @@ def publish(
         "dt": manifest["dt"],
         "rows": manifest["rows"],
         "statuses": manifest["stats"]["statuses"],
-        "quality": "passed" if verdict["passed"] else "violated (published: on_violation=warn)",
+        "quality": QUALITY_TEXT.get(verdict.get("verdict", "passed"), verdict.get("verdict")),
+        "estimated_accuracy": verdict.get("estimated_accuracy"),
         "model_version": manifest["model_version"],
     }
 

@@ -35,6 +35,7 @@ LEASE_TTL_S = 120.0  # a publish takes seconds and renews its lease every LEASE_
 LEASE_RENEW_S = 30.0
 RUN_PREFIX = "run="
 STATUSES = ("ok", "invalid", "rejected", "failed")
+CONFIDENCE_BINS = 20  # of RowStats' confidence histogram: thresholds in steps of 0.05
 ROW_GROUP_ROWS = 10_000  # readers stream a file a row group at a time: keep groups small whatever the file
 
 # One row per image: (name, Arrow type name). Nothing time-dependent but latency, so a rerun that reclassifies
@@ -52,6 +53,9 @@ ROW_COLUMNS: tuple[tuple[str, str], ...] = (
     ("completion_tokens", "int64"),
     ("latency_s", "float64"),
     ("attempts", "int64"),
+    ("confidence", "float64"),  # calibrated probability of `label` (tasks.serving.confidence); null: not known
+    ("runner_up", "string"),  # the next most probable label
+    ("margin", "float64"),  # confidence minus the runner-up's probability
     ("model_version", "string"),
     ("endpoint", "string"),
 )
@@ -72,15 +76,41 @@ class RowStats:
     labels: Counter[str] = field(default_factory=Counter)  # of `ok` rows
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Calibrated confidence of the `ok` rows that have one: its sum (mean = estimated accuracy) and histogram
+    # (CONFIDENCE_BINS equal bins over [0, 1]: the low-confidence share and drift without the rows).
+    confidence_sum: float = 0.0
+    confidence_histogram: list[int] = field(default_factory=lambda: [0] * CONFIDENCE_BINS)
+
+    @property
+    def confident_rows(self) -> int:
+        return sum(self.confidence_histogram)
+
+    @property
+    def mean_confidence(self) -> float | None:
+        """The mean calibrated confidence: the label-free estimate of this set's accuracy (None: no confidence)."""
+        return self.confidence_sum / self.confident_rows if self.confident_rows else None
+
+    def share_below(self, threshold: float) -> float | None:
+        """The share of confident rows below `threshold` (rounded to a bin edge)."""
+        if not self.confident_rows:
+            return None
+        return sum(self.confidence_histogram[: round(threshold * CONFIDENCE_BINS)]) / self.confident_rows
 
     def add(self, table: pa.Table | pa.RecordBatch) -> RowStats:
+        import numpy as np
         import pyarrow.compute as pc
 
         self.rows += table.num_rows
         self.statuses.update(_value_counts(table.column("status")))
-        self.labels.update(_value_counts(pc.filter(table.column("label"), pc.equal(table.column("status"), "ok"))))
+        ok = pc.equal(table.column("status"), "ok")
+        self.labels.update(_value_counts(pc.filter(table.column("label"), ok)))
         self.prompt_tokens += pc.sum(table.column("prompt_tokens")).as_py() or 0
         self.completion_tokens += pc.sum(table.column("completion_tokens")).as_py() or 0
+        if "confidence" in table.schema.names:  # files committed before confidence existed have none
+            confidence = pc.drop_null(pc.filter(table.column("confidence"), ok)).to_numpy(zero_copy_only=False)
+            self.confidence_sum += float(confidence.sum())
+            counts, _ = np.histogram(confidence, bins=CONFIDENCE_BINS, range=(0.0, 1.0))
+            self.confidence_histogram = [a + int(b) for a, b in zip(self.confidence_histogram, counts, strict=True)]
         return self
 
     def merge(self, other: RowStats) -> RowStats:
@@ -89,6 +119,10 @@ class RowStats:
         self.labels.update(other.labels)
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
+        self.confidence_sum += other.confidence_sum
+        self.confidence_histogram = [
+            a + b for a, b in zip(self.confidence_histogram, other.confidence_histogram, strict=True)
+        ]
         return self
 
     @classmethod
@@ -97,8 +131,10 @@ class RowStats:
         import pyarrow.parquet as pq
 
         stats = cls()
-        columns = ["status", "label", "prompt_tokens", "completion_tokens"]
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=columns, use_threads=False):
+        source = pq.ParquetFile(path)
+        columns = ["status", "label", "prompt_tokens", "completion_tokens", "confidence"]
+        columns = [name for name in columns if name in source.schema_arrow.names]
+        for batch in source.iter_batches(batch_size=65_536, columns=columns, use_threads=False):
             stats.add(batch)
         return stats
 
@@ -109,6 +145,8 @@ class RowStats:
             "labels": dict(sorted(self.labels.items())),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "confidence_sum": round(self.confidence_sum, 6),
+            "confidence_histogram": list(self.confidence_histogram),
         }
 
     @classmethod
@@ -119,6 +157,8 @@ class RowStats:
             labels=Counter(doc.get("labels", {})),
             prompt_tokens=doc.get("prompt_tokens", 0),
             completion_tokens=doc.get("completion_tokens", 0),
+            confidence_sum=doc.get("confidence_sum", 0.0),
+            confidence_histogram=list(doc.get("confidence_histogram") or [0] * CONFIDENCE_BINS),
         )
 
 

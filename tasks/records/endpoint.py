@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from tasks.model.calibration import Calibration
 from tasks.model.vision_tokens import VisionGeometry
 from tasks.records.base import parse, resolve, to_doc
 
@@ -15,7 +16,8 @@ ImageBudgetSource = Literal["as trained", "override"]
 @dataclass(frozen=True)
 class EndpointRecord:
     """Which endpoint to call and how to prepare its requests: the model version's taxonomy, prompt, geometry and
-    image-token budget (as trained, unless the deploy overrode it: `image_budget`), and how its cost is priced.
+    image-token budget (as trained, unless the deploy overrode it: `image_budget`), its confidence calibration, and
+    how its cost is priced.
 
     `model` is a storage reference (tasks.records.base); `url` is None on SageMaker (reached by `endpoint_name`),
     `config_name` None locally.
@@ -38,6 +40,7 @@ class EndpointRecord:
     config_name: str | None
     deployed_at: str
     image_budget: ImageBudgetSource = "as trained"
+    calibration: Calibration | None = None  # the model version's (tasks.records.model)
 
     def model_uri(self, storage_uri: str) -> str:
         return resolve(self.model, storage_uri)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from tasks.model.calibration import Calibration
 from tasks.model.vision_tokens import DEFAULT_MAX_IMAGE_TOKENS, VisionGeometry
 from tasks.records.base import parse, resolve, to_doc
 
@@ -15,6 +16,8 @@ class ModelVersion:
 
     `model` and `dataset` are storage references (tasks.records.base.storage_ref): relative to the storage root when
     inside it. `max_image_tokens` is the budget its dataset's images were prepared with, so serving resizes the same.
+    `calibration` turns served log-probabilities into calibrated confidence (None: evaluated without decision-token
+    scores, so its predictions carry no confidence).
     """
 
     version: str
@@ -33,6 +36,7 @@ class ModelVersion:
     created_at: str | None = None
     dag_id: str | None = None  # the DAG run that trained it
     run_id: str | None = None
+    calibration: Calibration | None = None
 
     @property
     def accuracy(self) -> float:

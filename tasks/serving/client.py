@@ -29,9 +29,11 @@ from typing import Any, Literal, Protocol
 import httpx
 from airflow.sdk.exceptions import AirflowFailException
 
+from tasks.model.calibration import Calibration
 from tasks.model.images import ImageRejected, decode_slot, load_image
 from tasks.model.taxonomy import Taxonomy
 from tasks.model.vision_tokens import DEFAULT_POLICY, ResizePolicy, prepare_image
+from tasks.serving.confidence import served_confidence
 from tasks.serving.runtime import serving_runtime
 
 Status = Literal["ok", "invalid", "rejected", "failed"]
@@ -54,7 +56,9 @@ class EndpointSpec:
     endpoint_name: str | None = None
     aws_conn_id: str = "aws_default"
     model: str | None = None  # the request's `model` field; LMI and a pinned `transformers serve` need none
-    supports_choice: bool = False  # server honours the serving runtime's label constraint (vLLM in LMI async mode)
+    # The server is the serving runtime's vLLM (LMI's async mode, or the local backend's vLLM): it honours the label
+    # constraint and returns the decision token's log-probabilities.
+    supports_choice: bool = False
     max_tokens: int = 32  # the longest answer ("this is a photo of …") is ~15 tokens
     timeout_s: float = 60.0  # per attempt (SageMaker's own limit for a real-time invocation is 60 s)
     max_retries: int = 4
@@ -81,6 +85,9 @@ class ClassificationResult:
     elapsed_s: float = 0.0  # everything: preparing the image, all attempts, backoff
     attempts: int = 0
     error: str | None = None
+    confidence: float | None = None  # calibrated probability of `label` (tasks.serving.confidence); None: not known
+    runner_up: str | None = None  # the next most probable label
+    margin: float | None = None  # confidence minus the runner-up's probability
 
 
 class RequestError(Exception):
@@ -136,7 +143,8 @@ def encode_image(data: bytes, policy: ResizePolicy) -> bytes:
 
 
 def build_request(prompt: str, jpeg: bytes, spec: EndpointSpec, choices: list[str] | None = None) -> dict[str, Any]:
-    """The chat-completions body; `choices` constrain the answer where the server supports it."""
+    """The chat-completions body; where the server supports it, `choices` constrain the answer and the decision
+    token's log-probabilities come back with it."""
     image_url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
     body: dict[str, Any] = {
         "messages": [
@@ -151,13 +159,18 @@ def build_request(prompt: str, jpeg: bytes, spec: EndpointSpec, choices: list[st
     if spec.model:
         body["model"] = spec.model
     if choices and spec.supports_choice:
-        body |= serving_runtime().label_constraint(choices)  # the field that runtime's vLLM honours
+        runtime = serving_runtime()  # the fields that runtime's vLLM honours
+        body |= runtime.label_constraint(choices) | runtime.confidence_request(len(choices))
     return body
 
 
-def parse_response(key: str, payload: bytes, taxonomy: Taxonomy) -> ClassificationResult:
+def parse_response(
+    key: str, payload: bytes, taxonomy: Taxonomy, calibration: Calibration | None = None
+) -> ClassificationResult:
     """Strictly parse a chat.completion body. A malformed body is `failed`; an answer that is not exactly one of
-    the taxonomy's answers is `invalid` (the same parser as evaluation, so "invalid" means one thing)."""
+    the taxonomy's answers is `invalid` (the same parser as evaluation, so "invalid" means one thing). An `ok`
+    answer carries its calibrated confidence when the body has the decision token's log-probabilities and the
+    ranking agrees with the answer."""
     try:
         doc = json.loads(payload)
     except ValueError:
@@ -184,7 +197,11 @@ def parse_response(key: str, payload: bytes, taxonomy: Taxonomy) -> Classificati
         return ClassificationResult(
             key, "invalid", raw_answer=answer, error=f"answer is not a label (finish_reason={finish})", **tokens
         )
-    return ClassificationResult(key, "ok", label=label, raw_answer=answer, **tokens)
+    ranked = served_confidence(doc["choices"][0], calibration)
+    if ranked is None or ranked.label != label:
+        return ClassificationResult(key, "ok", label=label, raw_answer=answer, **tokens)
+    confidence = {"confidence": ranked.confidence, "runner_up": ranked.runner_up, "margin": ranked.margin}
+    return ClassificationResult(key, "ok", label=label, raw_answer=answer, **tokens, **confidence)
 
 
 class EndpointClient:
@@ -197,11 +214,12 @@ class EndpointClient:
         *,
         policy: ResizePolicy = DEFAULT_POLICY,
         prompt: str | None = None,
+        calibration: Calibration | None = None,
         max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
     ) -> None:
         if max_consecutive_failures < 1:
             raise ValueError("max_consecutive_failures must be >= 1")
-        self.spec, self.taxonomy, self.policy = spec, taxonomy, policy
+        self.spec, self.taxonomy, self.policy, self.calibration = spec, taxonomy, policy, calibration
         self.prompt = prompt if prompt is not None else taxonomy.prompt()
         self.choices = [taxonomy.answer(label) for label in taxonomy.labels]
         self.max_consecutive_failures = max_consecutive_failures
@@ -281,7 +299,9 @@ class EndpointClient:
             try:
                 payload = await transport.post(body)
                 latency = round(time.monotonic() - sent, 4)
-                result = replace(parse_response(key, payload, self.taxonomy), latency_s=latency, attempts=attempt)
+                result = replace(
+                    parse_response(key, payload, self.taxonomy, self.calibration), latency_s=latency, attempts=attempt
+                )
                 if result.status == "failed":  # a 200 with a malformed or truncated body: a server fault
                     raise RequestError(result.error or "malformed response", retryable=True)
             except RequestError as exc:

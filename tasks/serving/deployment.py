@@ -18,6 +18,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from tasks.common import storage
 from tasks.common.aws_names import ENDPOINT_PREFIX, check_sagemaker_name
 from tasks.common.settings import Settings
+from tasks.model.calibration import Calibration
 from tasks.model.taxonomy import Taxonomy
 from tasks.model.vision_tokens import ResizePolicy
 from tasks.records.endpoint import EndpointRecord
@@ -75,6 +76,7 @@ def base_plan(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
         "vision_geometry": release.vision_geometry.to_dict(),
         "max_image_tokens": budget,
         "image_budget": source,
+        "calibration": release.calibration.to_dict() if release.calibration else None,
         "smoke_image_uri": params["smoke_image_uri"],
     }
 
@@ -162,6 +164,7 @@ def smoke_test(
     *,
     prompt: str,
     policy: ResizePolicy,
+    calibration: Calibration | None = None,
     expected: str | None = None,
 ) -> str:
     """Classify one known image; return its label. Raises `SmokeTestFailed` when the answer is not a label, and a
@@ -170,7 +173,8 @@ def smoke_test(
     Correctness is logged, not required: one image says nothing about accuracy (evaluation did that), but an
     endpoint that cannot produce a label at all would turn a whole night's images into `invalid` rows.
     """
-    result = EndpointClient(spec, taxonomy, policy=policy, prompt=prompt).classify(image, key="smoke-test")
+    client = EndpointClient(spec, taxonomy, policy=policy, prompt=prompt, calibration=calibration)
+    result = client.classify(image, key="smoke-test")
     where = spec.url or spec.endpoint_name
     if result.status == "invalid":
         raise SmokeTestFailed(
@@ -180,5 +184,12 @@ def smoke_test(
         raise RuntimeError(f"smoke test on {where}: no usable answer ({result.status}: {result.error})")
     if expected is not None and taxonomy.match(expected) is not None:
         verdict = "matches" if result.label == expected else f"differs from the expected {expected!r}"
-        log.info("smoke test label %r %s (%.0f ms)", result.label, verdict, (result.latency_s or 0) * 1000)
+        confidence = "unknown" if result.confidence is None else f"{result.confidence:.3f}"
+        log.info(
+            "smoke test label %r %s (confidence %s, %.0f ms)",
+            result.label,
+            verdict,
+            confidence,
+            (result.latency_s or 0) * 1000,
+        )
     return result.label

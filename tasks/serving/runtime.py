@@ -59,6 +59,12 @@ class ServingRuntime:
         key = constraint.get("key")
         return {constraint["field"]: {key: list(choices)} if key else list(choices)}
 
+    def confidence_request(self, labels: int) -> dict[str, Any]:
+        """The request fields that return the decision token's log-probabilities with every label's alternative
+        (as many as this vLLM returns: `top_logprobs` is capped by its `max_logprobs`)."""
+        confidence = self.doc["request"]["confidence"]
+        return dict(confidence["fields"]) | {"top_logprobs": min(labels, int(confidence["max_top_logprobs"]))}
+
     def image_uri(self, region: str) -> str:
         """The container for `region`, from the file's `accounts` (see its `_image_source`)."""
         from tasks.common.aws_images import ecr_image_uri

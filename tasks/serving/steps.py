@@ -72,6 +72,7 @@ def smoke_test(settings: Settings, plan: dict[str, Any], url: str | None) -> str
         image,
         prompt=record.prompt,
         policy=deployment.resize_policy(record),
+        calibration=record.calibration,
         expected=expected,
     )
 

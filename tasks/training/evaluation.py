@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -19,9 +20,11 @@ from airflow.sdk.exceptions import AirflowFailException
 from tasks.common import storage
 from tasks.common.storage import CURATION_REPORT as REPORT_NAME
 from tasks.model.taxonomy import Taxonomy, load_taxonomy
+from tasks.training import calibration
 from tasks.training.mislabels import FLAGS_FILE, SCORES_FILE, flag_mislabels
 from tasks.training.plan import PREDICTIONS_FILE, TrainingOutcome, TrainingPlan
 
+log = logging.getLogger(__name__)
 INVALID = "invalid"
 METRICS_FILE = "metrics.json"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
@@ -116,6 +119,8 @@ def summary(metrics: dict[str, Any]) -> str:
     ]
     for label, m in metrics["per_class"].items():
         lines.append(f"{label:<40} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} {m['support']:>8}")
+    report = metrics.get("calibration")
+    lines.append(calibration.summary(report) if report else "calibration: none (no decision-token scores)")
     return "\n".join(lines)
 
 
@@ -148,18 +153,28 @@ def evaluate_version(plan: TrainingPlan, outcome: TrainingOutcome, conn_id: str 
     if copy != source:
         storage.write_bytes_atomic(copy, text.encode("utf-8"))
     storage.write_bytes_atomic(root / CONFUSION_MATRIX_FILE, confusion_matrix_png(metrics, plan.version))
-    metrics["mislabel_flags"] = write_flags(plan, root, conn_id)
+    scores = read_scores(plan, conn_id)
+    metrics["mislabel_flags"] = write_flags(plan, root, scores, conn_id)
+    metrics["calibration"] = write_calibration(plan, root, scores, conn_id)
     storage.write_json(root / METRICS_FILE, metrics)
+    log.info("%s", summary(metrics))
     return {key: value for key, value in metrics.items() if key not in ("per_class", "confusion_matrix")}
 
 
-def write_flags(plan: TrainingPlan, root: ObjectStoragePath, conn_id: str | None) -> int | None:
+def read_scores(plan: TrainingPlan, conn_id: str | None) -> list[dict[str, Any]] | None:
+    """The script's label scores (label_scores.jsonl), or None when the run scored no split."""
+    scores = storage.storage_path(f"{plan.output_uri}/{SCORES_FILE}", conn_id)
+    return read_predictions(scores.read_text(encoding="utf-8")) if scores.exists() else None
+
+
+def write_flags(
+    plan: TrainingPlan, root: ObjectStoragePath, scores: list[dict[str, Any]] | None, conn_id: str | None
+) -> int | None:
     """Flag likely mislabels from the script's label scores into `root/label_flags.jsonl` (tasks.training.mislabels
     documents the rows); the count, or None when the run scored no split. Never changes a label."""
-    scores = storage.storage_path(f"{plan.output_uri}/{SCORES_FILE}", conn_id)
-    if not scores.exists():
+    if scores is None:
         return None
-    flags = flag_mislabels(read_predictions(scores.read_text(encoding="utf-8")))
+    flags = flag_mislabels(scores)
     report = storage.read_json(storage.storage_path(f"{plan.dataset_uri}/{REPORT_NAME}", conn_id), default={})
     path_of = {row["sha256"]: row["path"] for row in report.get("kept", [])}
     lines = "".join(
@@ -171,3 +186,20 @@ def write_flags(plan: TrainingPlan, root: ObjectStoragePath, conn_id: str | None
     )
     storage.write_bytes_atomic(root / FLAGS_FILE, lines.encode("utf-8"))
     return len(flags)
+
+
+def write_calibration(
+    plan: TrainingPlan, root: ObjectStoragePath, scores: list[dict[str, Any]] | None, conn_id: str | None
+) -> dict[str, Any] | None:
+    """Fit the confidence temperature on the validation split, check it on the test split and draw the
+    risk-coverage curve into `root/risk_coverage.png` (tasks.training.calibration); None when the script wrote no
+    decision-token scores (no split scored, or two labels share a first token: serving then reports no confidence)."""
+    tokens = storage.read_json(storage.storage_path(f"{plan.output_uri}/{calibration.DECISION_TOKENS_FILE}", conn_id))
+    if scores is None or not tokens:
+        return None
+    report = calibration.calibrate(scores, tokens)
+    if report["after"] is not None:
+        storage.write_bytes_atomic(
+            root / calibration.RISK_COVERAGE_FILE, calibration.risk_coverage_png(report, plan.version)
+        )
+    return report

@@ -18,6 +18,7 @@ from tasks.common import storage
 from tasks.model.vision_tokens import VisionGeometry
 from tasks.records.base import storage_ref
 from tasks.records.model import ModelVersion
+from tasks.training.calibration import calibration_of
 from tasks.training.plan import TrainingPlan
 
 REGISTRY_FILE = "registry.json"
@@ -153,6 +154,7 @@ def register_and_gate(
         metrics=metrics,
         dag_id=(run or {}).get("dag_id"),
         run_id=(run or {}).get("run_id"),
+        calibration=calibration_of(metrics["calibration"]) if metrics.get("calibration") else None,
     )
     register_version(models_root, version)
     if refused:

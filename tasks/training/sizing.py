@@ -13,8 +13,8 @@ train log prints each logging step's time; replace the table's value with it):
   scale the same arithmetic with NVLink. Time per step is taken as linear in samples per GPU (batch x accumulation).
 - `forward_seconds`: one forward pass of test-split generation; under ZeRO-3 each new token gathers every layer
   again, so it is communication-bound (15 GB all-gathered per pass).
-- `score_seconds`: one row of train.py's label scoring (mislabel flags over `--score_splits`, train and validation
-  by default), per GPU: its prompt + image run once, forward only, 2 FLOPs/param/token x ~1.3k tokens = 2e13
+- `score_seconds`: one row of train.py's label scoring (mislabel flags and calibration over `--score_splits`,
+  every split by default), per GPU: its prompt + image run once, forward only, 2 FLOPs/param/token x ~1.3k tokens = 2e13
   FLOPs, ~0.45 s at ~45 TFLOPS on an A10G: 0.5 s; each label's own answer tokens (~`LABEL_TOKENS`) then run on
   the repeated cache. Each scoring batch pays two forwards' ZeRO-3 gathers (`forward_seconds`).
 - `write_gb_per_s`: writing a checkpoint to the instance's local NVMe (all ranks together), which blocks training;
@@ -58,7 +58,7 @@ SCRIPT_DEFAULTS = {
     "num_train_epochs": 20,
     "eval_batch_size": 8,
     "max_new_tokens": 16,
-    "score_splits": "train,validation",
+    "score_splits": "train,validation,test",
     "score_batch_size": 8,
 }
 

@@ -3,7 +3,8 @@ ChatCompletionRequest validates it (djl_python/lmi_vllm/vllm_async_service.py fi
 `to_sampling_params` turns it into the SamplingParams the engine generates with.
 
 stdin: {"body": {...}}. stdout (last line): JSON with the choice constraint that reached SamplingParams, the
-fields vLLM kept but ignores (model_extra), max_tokens and temperature.
+fields vLLM kept but ignores (model_extra), max_tokens, temperature, the number of log-probabilities per token the
+engine will compute (SamplingParams.logprobs) and whether tokens come back as ids.
 """
 
 import inspect
@@ -39,6 +40,8 @@ print(
             "ignored": sorted(req.model_extra or {}),
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
+            "logprobs": params.logprobs,
+            "tokens_as_ids": req.return_tokens_as_token_ids,
         }
     )
 )

@@ -12,6 +12,7 @@ from support.endpoints import endpoint_record
 from tasks.common.settings import load_settings
 from tasks.common.storage import storage_path
 from tasks.curation.curate import CurationOptions, curate_uri
+from tasks.model.calibration import Calibration
 from tasks.model.demo_data import write_labelled
 from tasks.model.taxonomy import load_taxonomy
 from tasks.model.vision_tokens import DEFAULT_MAX_IMAGE_TOKENS, TINY_GEOMETRY, ResizePolicy, image_tokens
@@ -33,7 +34,7 @@ def settings(tmp_path):
     return load_settings({"PIPELINE_BACKEND": "local", "PIPELINE_STORAGE_URI": tmp_path.as_uri()})
 
 
-def curate_and_register(settings, budget: int) -> str:
+def curate_and_register(settings, budget: int, metrics: dict | None = None) -> str:
     """Curate 40 digits at `budget`, plan a training on the result and register it as finetune_llava does."""
     root = storage_path(settings.storage_uri)
     write_labelled(root / "raw", range(40))
@@ -44,9 +45,9 @@ def curate_and_register(settings, budget: int) -> str:
     plan = plan_training(
         training_backend(settings), settings, PARAMS, release, dag_id="finetune_llava", run_key="r", run_time=RUN_AFTER
     )
-    decision = register_and_gate(
-        root / "models", plan, {"accuracy": 1.0}, storage_uri=settings.storage_uri, min_accuracy=0.0, tolerance=1.0
-    )
+    metrics = metrics or {"accuracy": 1.0}
+    gate = {"storage_uri": settings.storage_uri, "min_accuracy": 0.0, "tolerance": 1.0}
+    decision = register_and_gate(root / "models", plan, metrics, **gate)
     assert decision.promoted
     return release.fingerprint
 
@@ -61,6 +62,16 @@ def test_serving_resizes_with_the_budget_chosen_at_curation(settings):
     record = deployment.endpoint_record(deploy, "http://127.0.0.1:9")
     assert (record.max_image_tokens, record.image_budget) == (CURATED_BUDGET, "as trained")
     assert deployment.resize_policy(record) == ResizePolicy(CURATED_BUDGET, TINY_GEOMETRY)
+
+
+def test_the_calibration_evaluation_fitted_reaches_the_endpoint_record(settings):
+    tokens = {label: 10 + i for i, label in enumerate("0123456789")}
+    calibration = {"temperature": 1.7, "decision_tokens": tokens, "test_rows": 30, "before": None, "after": None}
+    curate_and_register(settings, CURATED_BUDGET, {"accuracy": 1.0, "calibration": calibration})
+    deploy = local.plan(deployment.base_plan(settings, DEPLOY_DEFAULTS | {"max_image_tokens": None}), settings)
+    record = deployment.endpoint_record(deploy, "http://127.0.0.1:9")
+    assert record.calibration == Calibration(decision_tokens=tokens, temperature=1.7)
+    assert EndpointRecord.from_dict(json.loads(json.dumps(record.to_dict()))) == record
 
 
 def test_an_endpoint_record_written_before_the_typed_record_still_reads(tmp_path):

@@ -18,6 +18,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 from PIL import Image
 
+from tasks.model.calibration import Calibration
 from tasks.model.taxonomy import load_taxonomy
 from tasks.model.vision_tokens import ResizePolicy
 from tasks.serving.client import (
@@ -42,6 +43,7 @@ from tests.fault_server import (
     ok_body,
     scripted_server,
     sized_image,
+    vllm_logprobs,
 )
 
 TAXONOMY = load_taxonomy("digits")
@@ -118,9 +120,47 @@ def test_request_body_is_exactly_the_chat_completions_schema(server):
     text, image = message["content"]
     assert text == {"type": "text", "text": TAXONOMY.prompt()}
     assert image["type"] == "image_url" and image["image_url"]["url"].startswith("data:image/jpeg;base64,")
-    assert set(constrained) == {"messages", "max_tokens", "temperature", "model", "structured_outputs"}
+    assert set(constrained) == {
+        "messages",
+        "max_tokens",
+        "temperature",
+        "model",
+        "structured_outputs",
+        "logprobs",
+        "top_logprobs",
+        "return_tokens_as_token_ids",
+    }
     assert constrained["model"] == "served-name" and constrained["max_tokens"] == 20
     assert constrained["structured_outputs"] == {"choice": [TAXONOMY.answer(label) for label in TAXONOMY.labels]}
+    # every label's alternative at the decision token (10 digits, within vLLM's 20), keyed by token id
+    assert (constrained["logprobs"], constrained["top_logprobs"], constrained["return_tokens_as_token_ids"]) == (
+        True,
+        10,
+        True,
+    )
+
+
+DIGIT_TOKENS = {label: 40 + int(label) for label in TAXONOMY.labels}
+
+
+def test_an_answer_carries_the_calibrated_confidence_of_its_decision_token():
+    calibration = Calibration(decision_tokens=DIGIT_TOKENS, temperature=2.0)
+    decision = {43: math.log(0.9), 48: math.log(0.08), 45: math.log(0.02)}
+    body = ok_body("this is a photo of 3.", vllm_logprobs(decision, chosen=43))
+    result = parse_response("k", body, TAXONOMY, calibration)
+    sharp = [0.9**0.5, 0.08**0.5, 0.02**0.5]
+    assert (result.status, result.label, result.runner_up) == ("ok", "3", "8")
+    assert result.confidence == pytest.approx(sharp[0] / sum(sharp))
+    assert result.margin == pytest.approx((sharp[0] - sharp[1]) / sum(sharp))
+    # without a calibration, log-probabilities, token ids, or with a ranking that contradicts the answer: unknown
+    assert parse_response("k", body, TAXONOMY).confidence is None
+    assert parse_response("k", ok_body("this is a photo of 3."), TAXONOMY, calibration).confidence is None
+    as_text = body.replace(b"token_id:", b"tok")
+    assert parse_response("k", as_text, TAXONOMY, calibration).confidence is None
+    contradicted = parse_response(
+        "k", ok_body("this is a photo of 8.", vllm_logprobs(decision, 43)), TAXONOMY, calibration
+    )
+    assert (contradicted.label, contradicted.confidence) == ("8", None)
 
 
 def test_images_are_read_lazily_and_requests_are_bounded(server):

@@ -48,6 +48,7 @@ def test_the_plan_deploys_the_production_model(settings):
         "vision_geometry": TINY_GEOMETRY.to_dict(),
         "max_image_tokens": 1200,
         "image_budget": "as trained",
+        "calibration": None,  # registered without decision-token scores
         "smoke_image_uri": None,
     }
     assert deployment.base_plan(settings, PARAMS | {"model_version": "v2"})["model_version"] == "v2"

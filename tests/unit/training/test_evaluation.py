@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from tasks.common.settings import load_settings
 from tasks.model.taxonomy import Taxonomy, load_taxonomy
+from tasks.training.calibration import DECISION_TOKENS_FILE
 from tasks.training.evaluation import compute_metrics, confusion_matrix_png, evaluate_version
 from tasks.training.mislabels import SCORES_FILE
 from tasks.training.plan import TrainingOutcome, plan_training
@@ -168,3 +171,60 @@ def test_the_scores_file_name_is_the_training_scripts():
     from tests.unit.training.test_shipped_script import train
 
     assert train.SCORES_FILE == SCORES_FILE
+
+
+def decision_rows(split: str, n: int, seed: int) -> list[dict]:
+    """Scores of an over-confident two-digit model: log-probabilities 3x too sharp for how often it is right."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for index in range(n):
+        margin = rng.normal(0, 1.5)
+        truth = "3" if rng.random() < 1 / (1 + math.exp(-margin)) else "8"
+        logits = {"3": 3 * margin / 2, "8": -3 * margin / 2}
+        norm = math.log(sum(math.exp(v) for v in logits.values()))
+        scores = {k: v - norm for k, v in logits.items()}
+        probabilities = {"3": 0.5, "8": 0.5}  # the full-answer scores (mislabel flags): not what is calibrated
+        rows.append(
+            {
+                "split": split,
+                "index": index,
+                "sha256": f"{split}{index}",
+                "label": truth,
+                "probabilities": probabilities,
+            }
+            | {"decision_logprobs": scores}
+        )
+    return rows
+
+
+def test_calibration_is_fitted_on_validation_checked_on_test_and_drawn(plan, tmp_path):
+    root = tmp_path / "models" / plan.version
+    root.mkdir(parents=True)
+    (root / "eval_predictions.jsonl").write_text(json.dumps({"label": "3", "answer": "this is a photo of 3."}) + "\n")
+    rows = decision_rows("validation", 600, 1) + decision_rows("test", 600, 2)
+    (root / "label_scores.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (root / "decision_tokens.json").write_text(json.dumps({"3": 13, "8": 18}))
+
+    report = evaluate_version(plan, OUTCOME)["calibration"]
+    assert report["temperature"] == pytest.approx(3.0, rel=0.25)  # the sharpening the scores were made with
+    assert report["fitted_on"] == {"split": "validation", "rows": 600} and report["test_rows"] == 600
+    assert report["after"]["ece"] < report["before"]["ece"] and report["after"]["nll"] < report["before"]["nll"]
+    assert 0.5 < report["after"]["auroc"] <= 1 and report["accuracy_top_80pct"] >= report["after"]["accuracy"]
+    assert report["decision_tokens"] == {"3": 13, "8": 18} and len(report["risk_coverage"]) == 20
+    assert (root / "risk_coverage.png").read_bytes().startswith(b"\x89PNG")
+    assert json.loads((root / "metrics.json").read_text())["calibration"] == report
+
+
+def test_without_decision_tokens_there_is_no_calibration(plan, tmp_path):
+    root = tmp_path / "models" / plan.version
+    root.mkdir(parents=True)
+    (root / "eval_predictions.jsonl").write_text(json.dumps({"label": "3", "answer": "this is a photo of 3."}) + "\n")
+    (root / "label_scores.jsonl").write_text(json.dumps(decision_rows("test", 1, 0)[0]) + "\n")
+    assert evaluate_version(plan, OUTCOME)["calibration"] is None  # two labels shared a first token: no tokens file
+    assert not (root / "risk_coverage.png").exists()
+
+
+def test_the_decision_tokens_file_name_is_the_training_scripts():
+    from tests.unit.training.test_shipped_script import train
+
+    assert train.DECISION_TOKENS_FILE == DECISION_TOKENS_FILE

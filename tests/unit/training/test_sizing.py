@@ -42,9 +42,9 @@ def test_the_defaults_finish_on_ten_thousand_images_inside_the_default_max_runti
     assert size.final_model_gb == 15.1
     assert size.estimated_seconds < DEFAULT_MAX_RUN_SECONDS == 8 * 3600 and 5.5 < size.estimated_hours < 6
     assert set(size.parts) == {"load", "train", "checkpoints", "final save", "test generation", "label scoring"}
-    # 8,000 train/validation rows / 8 GPUs: one prompt forward each (0.5 s, +8% for 26 labels x 4 answer tokens),
-    # plus two gathers per batch of 8 rows per GPU
-    assert size.parts["label scoring"] == round(1000 * 0.5 * (1 + 26 * 4 / 1300) + 125 * 2 * 2.0)
+    # all 10,000 rows (train/validation for mislabels, validation/test for calibration) / 8 GPUs: one prompt forward
+    # each (0.5 s, +8% for 26 labels x 4 answer tokens), plus two gathers per batch of 8 rows per GPU
+    assert size.parts["label scoring"] == round(1250 * 0.5 * (1 + 26 * 4 / 1300) + 157 * 2 * 2.0)
     without_scoring = default_size(score_splits="")
     assert "label scoring" not in without_scoring.parts and 5 < without_scoring.estimated_hours < 5.5
     # even when all 10,000 are training examples
