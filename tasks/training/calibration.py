@@ -85,8 +85,9 @@ def risk_coverage_png(report: dict[str, Any], title: str) -> bytes:
         ax.set_ylabel("accuracy of the kept predictions")
         ax.set_xlim(0, 100)
         ax.set_title(
-            f"{title}: risk-coverage on {report['test_rows']} held-out images\n"
-            f"T={report['temperature']}, ECE {report['before']['ece']:.3f} → {report['after']['ece']:.3f}"
+            f"{title}\nrisk-coverage on {report['test_rows']} held-out images, "
+            f"T={report['temperature']}, ECE {report['before']['ece']:.3f} → {report['after']['ece']:.3f}",
+            fontsize=9,
         )
         ax.legend(loc="lower left")
         ax.grid(alpha=0.3)
