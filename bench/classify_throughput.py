@@ -120,7 +120,7 @@ def main() -> None:
     server = start_local_server(model, state)
     os.sched_setaffinity(0, cores[:-1] or cores)
     try:
-        record = endpoint_record(server.base_url, model_uri=model.as_uri())
+        record = endpoint_record(server.base_url, model_uri=model.as_uri(), supports_choice=True)
         client = PartitionJob(DT, "", "", "", record, 1, "aws_default").client()
         jpegs = [encode_image(p.read_bytes(), client.policy) for p in files]
         bodies = [json.dumps(build_request(client.prompt, j, client.spec, client.choices)).encode() for j in jpegs]

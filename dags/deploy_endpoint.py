@@ -22,7 +22,7 @@ the nightly `classify_images` reads. Runs on every **promoted_model** event, or 
 `<storage>/serving/<endpoint>/<name>/` → model → endpoint config → endpoint create-or-update (blue/green, deferred
 wait) → verify it serves the new config → smoke test → autoscaling. Model and config share the name
 `<endpoint>-<version>-<digest>`; existing ones are skipped, so retries and reruns never duplicate.
-**Local**: `transformers serve` on 127.0.0.1.
+**Local**: vLLM (its CPU build) on 127.0.0.1; it starts in about a minute.
 
 **Runbook**
 - **smoke_test failed**: the endpoint answered something that is not a label (log shows the answer); `roll_back`

@@ -14,7 +14,7 @@ DOC = """
 ### Teardown endpoint
 Removes the endpoint record first (so `classify_images` stops calling it), then everything behind the endpoint.
 **SageMaker**: autoscaling target and policy, the endpoint, and every endpoint config and model tagged with its
-name — including ones a crashed run leaked. **Local**: the `transformers serve` process and all its children.
+name — including ones a crashed run leaked. **Local**: the vLLM server and all its processes.
 
 **Runbook**
 - Safe to rerun; a missing endpoint or server is not an error.

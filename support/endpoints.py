@@ -20,9 +20,15 @@ STABLE = ["key", "content_sha256", "source_size", "source_version", "status", "l
 
 
 def endpoint_record(
-    url: str, *, model_version: str = "v1", model_uri: str = "file:///unused", max_image_tokens: int | None = 1200
+    url: str,
+    *,
+    model_version: str = "v1",
+    model_uri: str = "file:///unused",
+    max_image_tokens: int | None = 1200,
+    supports_choice: bool = False,
 ) -> EndpointRecord:
-    """A local endpoint record as deploy_endpoint writes it."""
+    """A local endpoint record as deploy_endpoint writes it (`supports_choice` as the local vLLM does; test servers
+    that do not apply a label constraint leave it False)."""
     return EndpointRecord(
         backend="local",
         endpoint_name="llava-classifier",
@@ -35,7 +41,7 @@ def endpoint_record(
         instance_type="local",
         instance_count=1,
         price_region="local",
-        supports_choice=False,
+        supports_choice=supports_choice,
         max_image_tokens=max_image_tokens,
         vision_geometry=TINY_GEOMETRY,
         config_name=None,
@@ -46,7 +52,9 @@ def endpoint_record(
 def deploy_locally(settings: Settings, model: Path, model_version: str) -> EndpointRecord:
     """What deploy_endpoint leaves behind on the local backend: a running server and its endpoint record."""
     server = start_local_server(model, state_path(settings))
-    record = endpoint_record(server.base_url, model_version=model_version, model_uri=model.as_uri())
+    record = endpoint_record(
+        server.base_url, model_version=model_version, model_uri=model.as_uri(), supports_choice=True
+    )
     deployment.publish_record(deployment.serving_root(settings), record)
     return record
 

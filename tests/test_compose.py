@@ -130,6 +130,12 @@ def test_dockerfile_targets_use_the_project_pins_and_runtimes() -> None:
     assert "torch" not in production.lower().split("copy", 1)[1], "the production image installs no torch"
     assert local.startswith("FROM production\n")
     assert torch_pin[1] in local and "https://download.pytorch.org/whl/cpu" in local
+    allowed = (REPO_ROOT / ".dockerignore").read_text().splitlines()
     for runtime, requirements in REQUIREMENTS.items():
         assert f"COPY {requirements} /tmp/pip/{runtime}.txt" in local
-        assert f"!{requirements}" in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+        assert f"!{requirements}" in allowed
+    # The serving runtime as the Makefile builds it: its own constraints and excludes, and the torchvision hook.
+    serving = ("local-constraints.txt", "local-excludes.txt", "torchvision_cpu_ops.py", "torchvision_cpu_ops.pth")
+    for name in serving:
+        assert f"include/serving/{name}" in local and f"!include/serving/{name}" in allowed, name
+    assert "-c /tmp/pip/serving/local-constraints.txt --excludes /tmp/pip/serving/local-excludes.txt" in local

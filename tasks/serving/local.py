@@ -1,4 +1,4 @@
-"""The local serving backend: one managed `transformers serve` on loopback per storage root.
+"""The local serving backend: one managed vLLM server (its CPU build) on loopback per storage root.
 
 The server's pid/port state file must sit on the disk of the machine that runs the process: under the storage root
 when that is `file://`, else (local backend against `s3://` storage) under `$AIRFLOW_HOME/serving/`.
@@ -12,13 +12,14 @@ from typing import Any
 from urllib.parse import urlparse
 
 from airflow.sdk import TriggerRule, XComArg, task, task_group
+from airflow.sdk.exceptions import AirflowFailException
 
 from tasks.common.settings import Settings
 from tasks.common.storage import SERVING, local_path
 from tasks.costs.pricing import EndpointPricing
 from tasks.records.endpoint import EndpointRecord
 from tasks.serving import deployment
-from tasks.serving.local_server import local_server_status, start_local_server, stop_local_server
+from tasks.serving.local_server import ServerExited, local_server_status, start_local_server, stop_local_server
 from tasks.serving.steps import NOTHING_TO_DO, PLAN_DOC, PLAN_TASK, ROLL_BACK_DOC, plan_or_skip
 
 STATE_NAME = "local_server.json"
@@ -26,7 +27,7 @@ PRICE_REGION = "local"  # the price table prices the local server as a small CPU
 
 
 class LocalServing:
-    """A `transformers serve` process on loopback for the promoted tiny model."""
+    """A vLLM server process on loopback for the promoted tiny model: the engine production's container runs."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -54,12 +55,17 @@ class LocalServing:
             return None
 
         @task(
-            doc_md="""Start (or reuse) `transformers serve` for the model and wait until it lists the model;
-            a dead server or one serving another model is replaced. pid/port are in the state file named in the
-            plan; the server log sits next to it (`local_server.log`). **Not ready in time**: read that log."""
+            doc_md="""Start (or reuse) vLLM's OpenAI-compatible server for the model and wait until it lists the
+            model (about a minute on 2 cores); a dead server or one serving another model is replaced. pid/port are
+            in the state file named in the plan; the server log sits next to it (`local_server.log`).
+            **Not ready in time**: read that log. **Exited before it was ready** (not retried): the log's last lines,
+            in the error, say why (e.g. a model directory it cannot load)."""
         )
         def deploy_endpoint(plan: dict, params: dict | None = None) -> str:
-            return bring_up(plan, params["ready_timeout_s"])
+            try:
+                return bring_up(plan, params["ready_timeout_s"])
+            except ServerExited as exc:  # not retried: the same model exits the same way again
+                raise AirflowFailException(str(exc)) from exc
 
         @task(doc_md=NOTHING_TO_DO.format(why="deploy_endpoint returns only once the server lists this model"))
         def verify_deployment() -> None:
@@ -136,7 +142,7 @@ def plan(base: dict[str, Any], settings: Settings) -> dict[str, Any]:
         "instance_count": 1,
         "transport": "openai_http",
         "price_region": PRICE_REGION,
-        "supports_choice": False,  # `transformers serve` has no structured outputs for chat completions
+        "supports_choice": True,  # vLLM honours `structured_outputs: {"choice": [...]}`, as in production
         "config_name": None,
         "state_path": str(state),
         "previous_server": {"model_dir": running.model_dir, "port": running.port} if running else None,

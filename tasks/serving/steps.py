@@ -4,7 +4,7 @@ Both backends run the same sequence with the same task ids, wired once in the DA
 serving config → model → endpoint config → endpoint) → smoke test → publish → scale, a rollback when bringing up or
 the smoke test fails, and a cleanup that always runs. A step with nothing to do on a backend is a no-op task there.
 `serving_backend` picks the deployment's `ServingBackend` once: the provider's SageMaker operators (idempotent
-through deterministic names and existence checks), or a managed `transformers serve` process.
+through deterministic names and existence checks), or a managed vLLM server process (its CPU build).
 """
 
 from __future__ import annotations

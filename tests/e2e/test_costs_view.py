@@ -63,7 +63,7 @@ def run_demo(stack: AirflowStack) -> None:
     """Produce what a night of the pipeline leaves in storage: ledger rows and a promoted model.
 
     THE SEAM: until finetune_llava / deploy_endpoint / classify_images land, this runs their real pieces at task
-    level (real curation, a real `transformers serve`, real classification requests, real ledger writes). Replace
+    level (real curation, a real vLLM server, real classification requests, real ledger writes). Replace
     this body with triggering curate_dataset → … → classify_images through `stack.client()`; the tests below only
     read what lands in `stack.storage_root`.
     """

@@ -1,4 +1,4 @@
-"""classify_backlog through `bin/airflow dags test`: on the local backend against a real `transformers serve` (the
+"""classify_backlog through `bin/airflow dags test`: on the local backend against a real vLLM server (the
 days it commits equal what classify_images commits), and on the SageMaker backend against moto_server (a canary that
 wrote no `.out` fails the run before any large job exists; then one transform job per planned chunk with the Batch
 Transform settings, none more on a rerun; prepared `.out` files join into rows).

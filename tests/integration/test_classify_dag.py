@@ -1,4 +1,4 @@
-"""`classify_images` through `bin/airflow dags test` on the local backend, against a real `transformers serve`:
+"""`classify_images` through `bin/airflow dags test` on the local backend, against a real vLLM server:
 three partitions, then reruns of one — committed rows equal the images listed, and a rerun reproduces them."""
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """deploy_endpoint and teardown_endpoint on the local backend through `bin/airflow dags test`: a really trained tiny
-model is served and passes the smoke test; a killed server comes back on the recorded URL; an untrained model fails the
-smoke test and the previous server comes back on that URL too; teardown leaves no process behind."""
+model is served and passes the smoke test; a killed server comes back on the recorded URL; a model the server cannot
+load fails the deploy at once (no retries) and the previous server comes back on that URL too; teardown leaves no
+process behind. (An untrained model no longer fails the smoke test: vLLM's label constraint makes it answer a label.)"""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def storage(runner: AirflowRunner) -> Path:
 
 @pytest.fixture(scope="module")
 def models(storage: Path, tmp_path_factory) -> dict[str, Path]:
-    """A tiny model trained for a few dozen steps with the shipped script, and the same model untrained."""
+    """A tiny model trained for a few dozen steps with the shipped script, and a copy of the untrained one whose
+    weights file was cut short (an interrupted copy)."""
     work = tmp_path_factory.mktemp("deploy-training")
     base, data = tiny_digits_model(work / "base"), digits_dataset_dict(work / "data", count=100)
     trained = storage / MODELS / "trained" / "model"
@@ -80,8 +82,10 @@ def models(storage: Path, tmp_path_factory) -> dict[str, Path]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")} | {"HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    untrained = shutil.copytree(base, storage / MODELS / "untrained" / "model")
-    return {"trained": trained, "untrained": untrained}
+    broken = shutil.copytree(base, storage / MODELS / "broken" / "model")
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:64])
+    return {"trained": trained, "broken": broken}
 
 
 def promote(storage: Path, version: str, model_dir: Path) -> None:
@@ -120,13 +124,14 @@ def test_deploy_serves_rolls_back_and_tears_down_without_orphans(runner, storage
         assert first.base_url == record.url
         assert first.model_dir == str(models["trained"])
 
-        promote(storage, "untrained", models["untrained"])
+        promote(storage, "broken", models["broken"])
         failed = runner.dags_test("deploy_endpoint")
         assert not failed.succeeded and "state=failed, run_type" in failed.output, failed.output[-6000:]
-        assert "SmokeTestFailed" in failed.output and "serving " + str(models["trained"]) + " again" in failed.output
+        assert "before it was ready; last log lines" in failed.output and "AirflowFailException" in failed.output
+        assert "serving " + str(models["trained"]) + " again" in failed.output
         back = local_server_status(state)
         assert back.model_dir == str(models["trained"]) and back.base_url == record.url  # the record stays true
-        assert current_endpoint(serving) == record and not servers_of(models["untrained"])
+        assert current_endpoint(serving) == record and not servers_of(models["broken"])
         assert group_gone(first)
 
         torn = runner.dags_test("teardown_endpoint")
@@ -136,7 +141,7 @@ def test_deploy_serves_rolls_back_and_tears_down_without_orphans(runner, storage
 
         stop_local_server(state)  # never leave a server behind, even when an assertion above failed
     assert current_endpoint(serving) is None and not state.exists()
-    assert group_gone(back) and not servers_of(models["trained"]) and not servers_of(models["untrained"])
+    assert group_gone(back) and not servers_of(models["trained"]) and not servers_of(models["broken"])
 
 
 def test_a_copied_storage_root_deploys_from_the_copy(runner, storage, models, tmp_path):

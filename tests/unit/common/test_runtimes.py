@@ -25,7 +25,7 @@ def test_a_missing_runtime_names_the_command_and_the_requirements(
 ) -> None:
     monkeypatch.setenv("PIPELINE_RUNTIMES_DIR", str(tmp_path))
     with pytest.raises(RuntimeMissing, match=r"run `make install`.*include/serving/local-requirements\.txt"):
-        runtime_executable("serving", "transformers")
+        runtime_executable("serving")
 
 
 @pytest.mark.parametrize("runtime", sorted(REQUIREMENTS))
