@@ -188,9 +188,11 @@ def _predictions_summary(args: argparse.Namespace) -> None:
             continue
         stats = manifest["stats"]
         line = f"dt={day}: {stats['rows']} rows {stats['statuses']} (carried {manifest['carried']})"
+        estimated = predictions.RowStats.from_dict(stats).mean_confidence
+        line += "" if estimated is None else f", estimated accuracy {estimated:.3f}"
         if args.demo_accuracy:
             correct, asked = score(predictions.read_partition(partition).to_pylist())
-            line += f", accuracy {correct}/{asked} = {correct / asked:.3f}" if asked else ""
+            line += f", true accuracy {correct}/{asked} = {correct / asked:.3f}" if asked else ""
         cost = costs.get(day)
         if cost and cost.images:
             line += (
