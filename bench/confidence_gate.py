@@ -66,10 +66,11 @@ def line(name: str, rows: list[dict], baseline: RowStats, thresholds: QualityThr
     violated = [name for name, c in checks.items() if not c.passed]
     true = sum(r["correct"] for r in rows) / len(rows)
     estimated, low = stats.mean_confidence, stats.share_below(thresholds.low_confidence_below)
+    below = sum(r["confidence"] is not None and r["confidence"] < thresholds.low_confidence_below for r in rows)
     drop = checks["confidence_drop"].value
     shift = checks["label_shift"].value
     return (
-        f"| {name} | {len(rows)} | {true:.3f} | {estimated:.3f} | {low:.3f} | "
+        f"| {name} | {len(rows)} | {true:.3f} | {estimated:.3f} | {low:.3f} ({below}) | "
         f"{'—' if drop is None else f'{drop:+.3f}'} | {'—' if shift is None else f'{shift:.3f}'} | "
         f"{', '.join(violated) or 'passed'} |"
     )
