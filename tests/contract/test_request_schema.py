@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +51,29 @@ def test_a_response_built_by_vllm_parses_to_the_calibrated_confidence(vllm_path)
     expected = calibration.rank({"7": math.log(0.7), "1": math.log(0.25), "9": math.log(0.05)})
     assert (result.status, result.label, result.runner_up) == ("ok", "7", "1")
     assert (result.confidence, result.margin) == pytest.approx((expected.confidence, expected.margin))
+
+
+def test_the_local_endpoints_response_rebuilt_by_the_runtimes_vllm_parses_to_the_same_confidence(vllm_path):
+    """The local vLLM (0.32) and production's (0.23) return the same logprob schema: a recorded local answer, its
+    token ids and log-probabilities fed through vLLM 0.23's own response code, parses to the same confidence."""
+    recorded = json.loads((Path(__file__).parent / "data" / "local_vllm_response.json").read_text())
+    taxonomy, calibration = load_taxonomy("digits"), Calibration.from_dict(recorded["calibration"])
+    local = recorded["response"]
+    content = local["choices"][0]["logprobs"]["content"]
+    steps = [{t["token"].removeprefix("token_id:"): t["logprob"] for t in e["top_logprobs"]} for e in content]
+    rebuilt = run_probe(
+        "response",
+        vllm_path,
+        {
+            "answer": local["choices"][0]["message"]["content"],
+            "token_ids": [int(e["token"].removeprefix("token_id:")) for e in content],
+            "logprobs": steps,
+            "top_logprobs": len(content[0]["top_logprobs"]),
+        },
+    )
+    served = parse_response("local", json.dumps(local).encode(), taxonomy, calibration)
+    production = parse_response("lmi", json.dumps(rebuilt).encode(), taxonomy, calibration)
+    assert served.label == production.label == recorded["label"] and served.confidence is not None
+    assert (production.confidence, production.runner_up, production.margin) == pytest.approx(
+        (served.confidence, served.runner_up, served.margin)
+    )
