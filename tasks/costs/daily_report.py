@@ -14,7 +14,7 @@ from datetime import date, timedelta
 
 from airflow.sdk import ObjectStoragePath
 
-from tasks.common import storage
+from tasks.common import plots, storage
 from tasks.costs import ledger
 from tasks.costs.pricing import usd_per_1000_images
 
@@ -90,14 +90,8 @@ def to_markdown(rows: list[DailyCost]) -> str:
 
 def chart_png(rows: list[DailyCost], title: str) -> bytes:
     """Stacked daily spend by kind, with $/1000 images (all-in) on a second axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     x = list(range(len(rows)))  # positions, labelled with the days (dates as strings would be guessed at)
-    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
-    try:
+    with plots.figure(figsize=(10, 4.5), dpi=100) as (fig, ax):
         bottom = [0.0] * len(rows)
         for name, color in (("classification_usd", "#4c72b0"), ("idle_usd", "#c4c4c4"), ("training_usd", "#dd8452")):
             values = [getattr(row, name) for row in rows]
@@ -112,12 +106,7 @@ def chart_png(rows: list[DailyCost], title: str) -> bytes:
         right.set_ylabel("USD per 1000 images")
         handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
         ax.legend(handles=handles, loc="upper left", fontsize="small")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
-    finally:
-        plt.close(fig)
+        return plots.png(fig)
 
 
 def write_report(costs_root: ObjectStoragePath, day: str, window_days: int = WINDOW_DAYS) -> dict[str, str]:

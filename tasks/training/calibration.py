@@ -8,12 +8,12 @@ A test row counts as right when its top decision token is its label's: what serv
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
+from tasks.common import plots
 from tasks.model.calibration import (
     Calibration,
     accuracy_at_coverage,
@@ -71,14 +71,8 @@ def calibration_of(report: dict[str, Any]) -> Calibration:
 
 def risk_coverage_png(report: dict[str, Any], title: str) -> bytes:
     """Accuracy against the share of predictions kept (most confident first), with the all-images accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     curve = report["risk_coverage"]
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    try:
+    with plots.figure(figsize=(5.5, 4)) as (fig, ax):
         ax.plot([p["coverage"] * 100 for p in curve], [p["accuracy"] for p in curve], marker="o", markersize=3)
         ax.axhline(report["after"]["accuracy"], color="grey", linestyle="--", label="all predictions")
         ax.set_xlabel("predictions kept, most confident first (%)")
@@ -91,12 +85,7 @@ def risk_coverage_png(report: dict[str, Any], title: str) -> bytes:
         )
         ax.legend(loc="lower left")
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        return buf.getvalue()
-    finally:
-        plt.close(fig)
+        return plots.png(fig)
 
 
 def summary(report: dict[str, Any]) -> str:

@@ -7,7 +7,6 @@ nightly classification.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Iterable
@@ -17,7 +16,7 @@ from typing import Any
 from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
 
-from tasks.common import storage
+from tasks.common import plots, storage
 from tasks.common.storage import CURATION_REPORT as REPORT_NAME
 from tasks.model.taxonomy import Taxonomy, load_taxonomy
 from tasks.training import calibration
@@ -79,16 +78,10 @@ def read_predictions(text: str) -> list[dict[str, Any]]:
 
 def confusion_matrix_png(metrics: dict[str, Any], title: str) -> bytes:
     """The confusion matrix as a PNG (matplotlib's Agg backend: no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cm = metrics["confusion_matrix"]
     counts, rows, columns = cm["counts"], cm["rows"], cm["columns"]
     side = max(4.0, 0.45 * len(columns) + 2)
-    fig, ax = plt.subplots(figsize=(side + 1, side))
-    try:
+    with plots.figure(figsize=(side + 1, side)) as (fig, ax):
         image = ax.imshow(counts, cmap="Blues")
         fig.colorbar(image, ax=ax, fraction=0.046)
         ax.set_xticks(range(len(columns)), columns, rotation=60, ha="right")
@@ -102,12 +95,7 @@ def confusion_matrix_png(metrics: dict[str, Any], title: str) -> bytes:
                 if value:
                     color = "white" if value > peak / 2 else "black"
                     ax.text(c, r, str(value), ha="center", va="center", fontsize=7, color=color)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        return buf.getvalue()
-    finally:
-        plt.close(fig)
+        return plots.png(fig)
 
 
 def summary(metrics: dict[str, Any]) -> str:
