@@ -37,7 +37,9 @@ def labeling_config(taxonomy: Taxonomy) -> str:
 
 
 def image_uri(item: QueueItem, storage_uri: str) -> str:
-    """Where Label Studio (through its cloud storage) finds the image: the day's incoming file, or a flag's path."""
+    """Where Label Studio (through its cloud storage) finds the image: the day's incoming file. A mislabel flag has
+    only its path relative to the raw drop it was curated from (the curation report does not record the drop's URI),
+    so a reviewer locates that one by path and hash."""
     if item.dt is None:
         return item.key
     return f"{storage_uri.rstrip('/')}/{storage.INCOMING}/{storage.partition_name(item.dt)}/{item.key}"
