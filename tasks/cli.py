@@ -223,6 +223,59 @@ def _cost_report(args: argparse.Namespace) -> None:
         print(f"{name}: {path}")
 
 
+def _review_export(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from tasks.common import storage
+    from tasks.model.taxonomy import load_taxonomy
+    from tasks.review import decisions, label_studio, queue
+
+    settings = load_settings()
+    root = storage.root(settings)
+    reviewed = decisions.reviewed_labels(root)
+    items = [item for item in queue.read_queue(root) if args.all or item.content_sha256 not in reviewed]
+    Path(args.out).write_text(json.dumps(label_studio.export_tasks(items, settings.storage_uri), indent=2) + "\n")
+    print(f"{len(items)} Label Studio task(s): {args.out}")
+    if args.config:
+        Path(args.config).write_text(label_studio.labeling_config(load_taxonomy(settings.taxonomy)))
+        print(f"labeling config: {args.config}")
+
+
+def _review_import(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from tasks.common import storage
+    from tasks.model.taxonomy import load_taxonomy
+    from tasks.review import label_studio, queue
+
+    settings = load_settings()
+    root = storage.root(settings)
+    tasks = json.loads(Path(args.annotations).read_text(encoding="utf-8"))
+    done = label_studio.import_annotations(root, tasks, queue.read_queue(root), load_taxonomy(settings.taxonomy))
+    print(f"{len(done.recorded)} decision(s) recorded, {done.unchanged} already recorded, {len(done.skipped)} skipped")
+    for reason in done.skipped:
+        print(f"    skipped {reason}")
+
+
+def _review_enqueue_flags(args: argparse.Namespace) -> None:
+    from tasks.common import storage
+    from tasks.review import queue
+
+    added = queue.enqueue_flags(storage.root(load_settings()), args.version)
+    print(f"{len(added)} likely mislabel(s) of {args.version} queued for review")
+
+
+def _production_accuracy(args: argparse.Namespace) -> None:
+    from tasks.common import storage
+    from tasks.review import accuracy, decisions, queue
+
+    root = storage.root(load_settings())
+    weeks = accuracy.production_accuracy(queue.read_queue(root), decisions.reviewed_labels(root))
+    print("\n".join(week.line() for week in weeks) or "no reviewed golden-sample images yet")
+
+
 def _preflight(args: argparse.Namespace) -> None:
     from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
@@ -347,6 +400,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--day", help="last day of the report (default: today, UTC)")
     p.add_argument("--window-days", type=int, default=30)
     p.set_defaults(func=_cost_report, reads_storage=True)
+
+    p = sub.add_parser("review-export", help="write the review queue as Label Studio tasks (JSON)")
+    p.add_argument("--out", default="review-tasks.json", help="the tasks file to write")
+    p.add_argument("--config", help="also write the Label Studio labeling config (XML) here")
+    p.add_argument("--all", action="store_true", help="include images already reviewed")
+    p.set_defaults(func=_review_export, reads_storage=True)
+
+    p = sub.add_parser("review-import", help="record Label Studio annotations (its JSON export) as review decisions")
+    p.add_argument("annotations", help="Label Studio's JSON export of the tasks review-export wrote")
+    p.set_defaults(func=_review_import, reads_storage=True)
+
+    p = sub.add_parser("review-enqueue-flags", help="queue a model version's likely mislabels for review")
+    p.add_argument("version", help="a version under <storage>/models/ with a label_flags.jsonl")
+    p.set_defaults(func=_review_enqueue_flags, reads_storage=True)
+
+    p = sub.add_parser("production-accuracy", help="accuracy per ISO week from the reviewed golden sample, 95%% CI")
+    p.set_defaults(func=_production_accuracy, reads_storage=True)
 
     p = sub.add_parser("preflight", help="read-only check of the AWS account before the first sagemaker run")
     p.add_argument("--airflow-role-arn", default=None, help="the Airflow workers' role; default: the caller's")

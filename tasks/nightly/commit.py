@@ -1,7 +1,7 @@
 """How a classified day ends, whichever DAG classified it (classify_images over the endpoint, classify_backlog through
-Batch Transform): the quality gate, the commit under the partition's lease, the count of a day's images and the
-cost report. Typed functions: each DAG's steps module turns its own XComs into these arguments, so reshaping one
-DAG's XComs never touches the other.
+Batch Transform): the quality gate, the commit under the partition's lease, the day's review queue, the count of a
+day's images and the cost report. Typed functions: each DAG's steps module turns its own XComs into these
+arguments, so reshaping one DAG's XComs never touches the other.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from tasks.nightly import classification, partitions, predictions, quality
 from tasks.nightly.classification import PartitionJob, StagedPartition
 from tasks.nightly.partitions import PartitionPlan
 from tasks.nightly.predictions import RowStats
+from tasks.review import queue as review_queue
 
 log = logging.getLogger(__name__)
 QUALITY_TEXT = {"violated": "violated (published: on_violation=warn)"}  # "passed" and "no data" read as they are
@@ -48,6 +49,7 @@ def publish(
         manifest["rows"],
         manifest["stats"]["statuses"],
     )
+    queue_for_review(job)
     return {
         "dt": manifest["dt"],
         "rows": manifest["rows"],
@@ -56,6 +58,24 @@ def publish(
         "estimated_accuracy": verdict.get("estimated_accuracy"),
         "model_version": manifest["model_version"],
     }
+
+
+def queue_for_review(job: PartitionJob) -> None:
+    """Queue the committed day's golden sample and doubtful rows (tasks.review.queue), one committed file at a time.
+    A failure is logged, never raised: the day is committed and its readers are served whatever happens here, and
+    the next publish of the day (a rerun, which carries its rows over) queues what this one missed."""
+    partition = storage.storage_path(job.partition_uri, job.conn_id)  # <root>/predictions/dt=D
+    try:
+        rows = (
+            row
+            for path, _ in predictions.committed_files(partition)
+            for row in predictions.read_table(path).select(list(review_queue.ROW_FIELDS)).to_pylist()
+        )
+        added = review_queue.enqueue_day(partition.parent.parent, job.dt, rows)
+    except Exception:
+        log.exception("dt=%s is committed, but queueing it for review failed: rerun the day to queue it", job.dt)
+        return
+    log.info("review queue: %d item(s) added for dt=%s", len(added), job.dt)
 
 
 def gate_and_publish(

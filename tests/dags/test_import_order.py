@@ -11,13 +11,16 @@ from pathlib import Path
 from tests.conftest import REPO_ROOT
 
 # Lowest first. Each package may import the ones before it. training comes before curation because curation asks the
-# training backend for the vision geometry it prepares images for (curation/steps.py); tasks/cli.py is "cli".
+# training backend for the vision geometry it prepares images for (curation/steps.py); review sits between them: it
+# reads training's mislabel flags, nightly's commit queues each day into it and curation is to fold its reviewed
+# labels into the next dataset. tasks/cli.py is "cli".
 LAYERS = (
     "common",
     "model",
     "records",
     "costs",
     "training",
+    "review",
     "curation",
     "serving",
     "nightly",
