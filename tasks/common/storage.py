@@ -37,6 +37,7 @@ PREDICTIONS = "predictions"
 COSTS = "costs"
 SERVING = "serving"
 BACKLOG = "backlog"  # classify_backlog's request files and transform outputs, per run
+REVIEW = "review"  # the review queue and reviewers' decisions (tasks/review)
 CURATION_REPORT = "curation_report.json"  # in datasets/<version>/, written last: a dataset is complete once it exists
 ENDPOINT_RECORD = "endpoint.json"  # in serving/: the deployed endpoint (tasks.serving.deployment), removed at teardown
 

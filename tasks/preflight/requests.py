@@ -26,6 +26,7 @@ STORAGE_PREFIXES = (
     storage.COSTS,
     storage.SERVING,
     storage.BACKLOG,
+    storage.REVIEW,
 )
 RUN_TIME = datetime(2026, 12, 1, tzinfo=UTC)
 DAY = "2026-11-30"

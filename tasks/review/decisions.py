@@ -21,7 +21,7 @@ from airflow.sdk import ObjectStoragePath
 from tasks.common import storage
 from tasks.model.taxonomy import Taxonomy
 from tasks.records.base import parse, to_doc
-from tasks.review.queue import REVIEW, QueueItem, Reason
+from tasks.review.queue import QueueItem, Reason
 
 DECISIONS = "decisions"
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -56,7 +56,7 @@ class Decision:
 
 
 def decisions_dir(root: ObjectStoragePath) -> ObjectStoragePath:
-    return root / REVIEW / DECISIONS
+    return root / storage.REVIEW / DECISIONS
 
 
 def record(

@@ -31,7 +31,6 @@ from tasks.common import storage
 from tasks.records.base import parse, to_doc
 from tasks.training.mislabels import FLAG_SCHEMA, FLAGS_FILE
 
-REVIEW = "review"  # under the storage root
 QUEUE = "queue"
 DEFAULT_LOW_CONFIDENCE_BUDGET = 50  # per day
 DEFAULT_GOLDEN_SAMPLE = 20  # per day
@@ -69,7 +68,7 @@ class QueueItem:
 
 
 def queue_dir(root: ObjectStoragePath) -> ObjectStoragePath:
-    return root / REVIEW / QUEUE
+    return root / storage.REVIEW / QUEUE
 
 
 def day_file(root: ObjectStoragePath, dt: str) -> ObjectStoragePath:
