@@ -70,8 +70,9 @@ retried. Symlinks, FIFOs and unsafe file names are never read: they get `rejecte
   **no data**). **Deadline "nightly run overdue"** (4 h after the run was queued) = the longest late-data wait
   (2 h, the param's maximum: a scheduled run is queued when its day ends) + 2 h for the night's work, so it never
   pages while the sensor is still waiting as designed; it pages a night stuck after that (endpoint, pool).
-  Images that arrive later: clear the run (only the new images are classified). **wait_for_partition: … beyond this sensor's 1 day timeout**: the dt has not
-  happened yet (a manual run or `dags test` of a future day): run it once the day is over.
+  Images that arrive later: clear the run (only the new images are classified). **wait_for_partition: … beyond
+  this sensor's 1 day timeout**: the dt has not happened yet (a manual run or `dags test` of a future day): run it
+  once the day is over.
 - Query: `llava-pipelines predictions-summary --from-date A --to-date B`; costs:
   `llava-pipelines cost-report`. Read predictions only through `_SUCCESS`
   (tasks.nightly.predictions.read_partition).
@@ -236,10 +237,10 @@ rewrites its own file, the others are kept.""",
 previous version of dt stays. Endpoint or model trouble: fix it and clear the run. A real change in the data:
 trigger the day again with `quality.on_violation = warn` (publishes, records the violation)."""
     )
-    def quality_gate(planned: dict, staged: dict, params=None) -> dict:
+    def quality_gate(planned: dict, staged: dict, params=None, ti=None) -> dict:
         from tasks.nightly.steps import quality_gate
 
-        return quality_gate(SETTINGS, planned, staged, params["quality"])
+        return quality_gate(SETTINGS, planned, staged, params["quality"], ti)
 
     @task(doc_md="Ledger rows for dt: the classification (busy time, images, tokens) and the endpoint's idle time.")
     def record_costs(planned: dict, staged: dict, dag_run=None) -> dict:

@@ -193,14 +193,26 @@ def collect(planned: dict[str, Any], results: list[dict[str, Any]]) -> dict[str,
 
 
 def quality_gate(
-    settings: Settings, planned: dict[str, Any], staged: dict[str, Any], thresholds: dict[str, Any]
+    settings: Settings,
+    planned: dict[str, Any],
+    staged: dict[str, Any],
+    thresholds: dict[str, Any],
+    ti: Any | None = None,
 ) -> dict[str, Any]:
-    return commit.gate(
-        settings,
-        PartitionPlan.from_dict(planned["plan"]),
-        StagedPartition(**staged),
-        quality.QualityThresholds.from_params(thresholds),
-    )
+    """The gate's verdict; when it refuses the day (on_violation=fail), the run's note says so before the task
+    fails — nothing is published, so publish_partition never writes one."""
+    plan_ = PartitionPlan.from_dict(planned["plan"])
+    try:
+        return commit.gate(
+            settings, plan_, StagedPartition(**staged), quality.QualityThresholds.from_params(thresholds)
+        )
+    except AirflowFailException:
+        if ti is not None:
+            summary = {"dt": plan_.dt, "rows": staged["stats"]["rows"], "statuses": staged["stats"]["statuses"]}
+            summary["model_version"] = PartitionJob.from_dict(planned["job"]).model_version
+            outcome = day_outcome(plan_, summary, {"verdict": "violated: NOT published"}, {})
+            run_notes.write_note(ti.dag_id, ti.run_id, outcome.note())
+        raise
 
 
 def publish(
