@@ -172,12 +172,13 @@ def classify_backlog():
 
     @task(
         doc_md="Writes the cost report for the 30 days up to to_date, whatever the days' outcome (a teardown: "
-        "it runs after them all and does not decide the run's state, so a failed day fails the run)."
+        "it runs after them all and does not decide the run's state, so a failed day fails the run), then the "
+        "**run note**: the range, days committed, images, $, and one line per day (statuses, quality verdict, $)."
     )
-    def cost_report(run: dict, committed: list) -> dict:
+    def cost_report(run: dict, committed: list, ti=None) -> dict:
         from tasks.backlog.steps import cost_report
 
-        return cost_report(SETTINGS, run)
+        return cost_report(SETTINGS, run, committed, ti)
 
     days = plan_backlog()
     jobs, run = XComArg(days.operator, key="jobs"), XComArg(days.operator, key="run")

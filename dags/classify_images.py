@@ -8,7 +8,7 @@ from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, Trigg
 
 from tasks.common import storage
 from tasks.common.assets import PREDICTIONS
-from tasks.common.dag_defaults import SETTINGS, TAGS, default_args, nightly_deadline
+from tasks.common.dag_defaults import LATE_DATA_WAIT, NIGHTLY_WORK, SETTINGS, TAGS, default_args, nightly_deadline
 from tasks.common.settings import BACKENDS
 from tasks.nightly.partitions import POKE_INTERVAL, WAIT_TIMEOUT, NightlySchedule, say_when_nothing_ran
 from tasks.nightly.quality import QualityThresholds
@@ -21,13 +21,18 @@ DOC = f"""
 `predictions/dt=D/`). Scheduled runs have the data interval [D, D+1 day) and logical date D and start when D is
 over, so `bin/airflow backfill create --dag-id classify_images --from-date A --to-date B` makes exactly one run per
 dt in [A, B], and `bin/airflow dags test classify_images D` processes D (for D before the start date Airflow
-creates no tasks: the run logs "NOTHING RAN" and the backfill command that processes D). A manual run without a
-logical date processes the last complete day. One active run per dt: a second one fails at `plan_partition`.
-Catchup covers every dt from `PIPELINE_CLASSIFY_START_DATE`; older days need a backfill (`--max-active-runs 1` or
-2: the pool, not the backfill, protects the endpoint).
+creates no tasks: the run is marked **failed** with a run note **NOTHING RAN** naming the backfill command that
+processes D — never a green run that did nothing). **A manual run made during its logical date's day — the
+trigger form with its default logical date, now — processes the last complete day (yesterday)**; pick an earlier
+logical date for another day. A manual run without a logical date processes the last complete day too. Every run
+ends with a **run note**: dt, images listed/classified/carried, statuses, quality verdict, $ and $/1000 images,
+model version (the asset event's extra: the same fields, flat). One active run per dt: a second one fails at
+`plan_partition`. Catchup covers every dt from `PIPELINE_CLASSIFY_START_DATE`; older days need a backfill
+(`--max-active-runs 1` or 2: the pool, not the backfill, protects the endpoint).
 
 `wait_for_partition` → `plan_partition` → `check_budget` → `classify_shard` ×N (pool `endpoint_inference`) →
-`collect_shards` → `quality_gate` → `publish_partition` (asset **predictions**) ‖ `record_costs` → `cost_report`
+`collect_shards` → `quality_gate` ‖ `record_costs` → `publish_partition` (asset **predictions**, the run note);
+`record_costs` → `cost_report`
 
 Each image gets one row (ok | invalid | rejected | failed, with a reason). A run writes under
 `predictions/dt=D/run=<token>/` and becomes visible only when `_SUCCESS` lists its files; a rerun replaces the
@@ -61,9 +66,13 @@ retried. Symlinks, FIFOs and unsafe file names are never read: they get `rejecte
   are NOT published, the previous version of dt stays. Fix the endpoint/model and clear the run, or rerun with
   `quality.on_violation = warn` to publish anyway.
 - Late data: an empty partition is waited for until `late_data_wait_minutes` after the day ends (each look logs
-  the dt, where and until when), then committed as zero images. Images that arrive later: clear the run (only
-  the new images are classified). **wait_for_partition: … beyond this sensor's 1 day timeout**: the dt has not
-  happened yet (a manual run or `dags test` of a future day): run it once the day is over.
+  the dt, where, what it found and until when), then committed as zero images (run note: **NO IMAGES**, quality
+  **no data**). **Deadline "nightly run overdue"** (4 h after the run was queued) = the longest late-data wait
+  (2 h, the param's maximum: a scheduled run is queued when its day ends) + 2 h for the night's work, so it never
+  pages while the sensor is still waiting as designed; it pages a night stuck after that (endpoint, pool).
+  Images that arrive later: clear the run (only the new images are classified). **wait_for_partition: … beyond
+  this sensor's 1 day timeout**: the dt has not happened yet (a manual run or `dags test` of a future day): run it
+  once the day is over.
 - Query: `llava-pipelines predictions-summary --from-date A --to-date B`; costs:
   `llava-pipelines cost-report`. Read predictions only through `_SUCCESS`
   (tasks.nightly.predictions.read_partition).
@@ -79,7 +88,8 @@ retried. Symlinks, FIFOs and unsafe file names are never read: they get `rejecte
     max_active_runs=2,  # the endpoint_inference pool bounds the load on the endpoint across runs
     dagrun_timeout=timedelta(hours=12),  # a hung night fails instead of blocking the next ones
     on_success_callback=say_when_nothing_ran,  # a dt before the start date runs no task: never silently
-    deadline=nightly_deadline(),  # pages when a night is not done 4 h after it was queued (see nightly_deadline)
+    # pages when a night is not done 4 h after it was queued: the longest late-data wait + the night's work
+    deadline=nightly_deadline(LATE_DATA_WAIT + NIGHTLY_WORK),
     tags=[*TAGS, "classification"],
     doc_md=DOC,
     default_args=default_args(execution_timeout=timedelta(minutes=30)),
@@ -118,7 +128,13 @@ retried. Symlinks, FIFOs and unsafe file names are never read: they get `rejecte
             description="Throughput estimate until one is measured.",
             section="Budget",
         ),
-        "late_data_wait_minutes": Param(120, type="integer", minimum=0, description="After the day, for late data."),
+        "late_data_wait_minutes": Param(
+            LATE_DATA_WAIT // timedelta(minutes=1),
+            type="integer",
+            minimum=0,
+            maximum=LATE_DATA_WAIT // timedelta(minutes=1),  # the deadline allows no longer wait (runbook)
+            description="After the day, for late data; at most the default: the 4 h deadline counts on it.",
+        ),
         "reclassify": Param(False, type="boolean", description="Ignore rows already classified by this model."),
         "request_timeout_s": Param(
             60.0, type="number", exclusiveMinimum=0, description="Per endpoint request.", section="Endpoint"
@@ -150,10 +166,11 @@ def classify_images():
         "when. **Runbook** — **the wait for late data would last until …**: the dt has not happened yet (a manual run "
         "or `dags test` of a future day); run it once the day is over.",
     )
-    def wait_for_partition(params=None, logical_date=None, data_interval_start=None) -> PokeReturnValue:
+    def wait_for_partition(params=None, logical_date=None, data_interval_start=None, dag_run=None) -> PokeReturnValue:
         from tasks.nightly.steps import look_for_partition
 
-        done, found = look_for_partition(SETTINGS, params, logical_date, data_interval_start)
+        run_after = dag_run.run_after
+        done, found = look_for_partition(SETTINGS, params, logical_date, data_interval_start, run_after=run_after)
         return PokeReturnValue(is_done=done, xcom_value=found)
 
     @task(
@@ -220,33 +237,35 @@ rewrites its own file, the others are kept.""",
 previous version of dt stays. Endpoint or model trouble: fix it and clear the run. A real change in the data:
 trigger the day again with `quality.on_violation = warn` (publishes, records the violation)."""
     )
-    def quality_gate(planned: dict, staged: dict, params=None) -> dict:
+    def quality_gate(planned: dict, staged: dict, params=None, ti=None) -> dict:
         from tasks.nightly.steps import quality_gate
 
-        return quality_gate(SETTINGS, planned, staged, params["quality"])
-
-    @task(
-        outlets=[PREDICTIONS],
-        doc_md="Under the partition's lease, writes `_SUCCESS` (the commit), deletes replaced runs, emits the asset. "
-        "The run's outcome (dt, rows per status, quality verdict, model) is this task's return value and the asset "
-        "event's extra, both on the run in the UI. **Runbook** — **being published by run …**: see the DAG's runbook: "
-        "a killed holder's lease is taken over as soon as Airflow no longer runs it, or at its expiry (≤ 2 min).",
-    )
-    def publish_partition(planned: dict, staged: dict, verdict: dict, outlet_events=None, ti=None) -> dict:
-        from tasks.nightly.steps import publish
-
-        summary = publish(planned, staged, verdict, ti)
-        outlet_events[PREDICTIONS].extra = summary
-        return summary
+        return quality_gate(SETTINGS, planned, staged, params["quality"], ti)
 
     @task(doc_md="Ledger rows for dt: the classification (busy time, images, tokens) and the endpoint's idle time.")
-    def record_costs(planned: dict, staged: dict, dag_run=None) -> list[str]:
+    def record_costs(planned: dict, staged: dict, dag_run=None) -> dict:
         from tasks.nightly.steps import record_costs
 
         return record_costs(SETTINGS, planned, staged, dag_run.run_id, dag_run.dag_id)
 
+    @task(
+        outlets=[PREDICTIONS],
+        doc_md="Under the partition's lease, writes `_SUCCESS` (the commit), deletes replaced runs, emits the asset, "
+        "and writes the **run note**: dt, images listed/classified/carried, statuses, quality verdict, $ and "
+        "$/1000 images, model version (the asset event's extra has the same flat fields). **Runbook** — **being "
+        "published by run …**: see the DAG's runbook: a killed holder's lease is taken over as soon as Airflow no "
+        "longer runs it, or at its expiry (≤ 2 min). **run note … not written**: the REST API could not be reached "
+        "(the `airflow_api` connection); the commit is done, the note's text is in this log.",
+    )
+    def publish_partition(planned: dict, staged: dict, verdict: dict, costs: dict, outlet_events=None, ti=None) -> dict:
+        from tasks.nightly.steps import publish
+
+        summary = publish(planned, staged, verdict, ti, costs)
+        outlet_events[PREDICTIONS].extra = summary
+        return summary
+
     @task(doc_md="Writes `costs/reports/day=<dt>/costs.{csv,md,png}` for the 30 days up to dt.")
-    def cost_report(planned: dict, recorded: list[str]) -> dict:
+    def cost_report(planned: dict, recorded: dict) -> dict:
         from tasks.nightly.steps import cost_report
 
         return cost_report(SETTINGS, planned)
@@ -255,8 +274,9 @@ trigger the day again with `quality.on_violation = warn` (publishes, records the
     planned = plan_partition(found)
     results = classify_shard.partial(job=planned["job"]).expand(shard=check_budget(planned))
     staged = collect_shards(planned, results)
-    publish_partition(planned, staged, quality_gate(planned, staged))
-    cost_report(planned, record_costs(planned, staged))
+    costs = record_costs(planned, staged)  # priced first: the run note and the asset event carry the cost
+    publish_partition(planned, staged, quality_gate(planned, staged), costs)
+    cost_report(planned, costs)
 
 
 classify_images()

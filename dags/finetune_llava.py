@@ -125,13 +125,14 @@ dataset** / **no held-out test split**: curate it again (with `test_fraction` > 
         return steps.record_cost(SETTINGS, plan, outcome, run_id)
 
     @task(
-        doc_md="""Scores the test split's answers with the strict parser; writes metrics.json and the plot.
+        doc_md="""Scores the test split's answers with the strict parser; writes metrics.json and the plot, and
+registers the version as a **candidate** (a reviewer sees its metrics and confusion matrix before `promote` decides).
 
 **Runbook** — **no eval_predictions.jsonl**: the training script did not finish; the train task's log says why.
 Retrying cannot help: fix the cause, then trigger a new run."""
     )
-    def evaluate(plan: dict, outcome: dict) -> dict:
-        return steps.evaluate(SETTINGS, plan, outcome)
+    def evaluate(plan: dict, outcome: dict, dag=None, run_id=None) -> dict:
+        return steps.evaluate(SETTINGS, plan, outcome, {"dag_id": dag.dag_id, "run_id": run_id})
 
     @task(
         outlets=[PROMOTED_MODEL],
@@ -162,8 +163,9 @@ bar is wrong. **Rejected in review**: the reviewer's name is in the decision; ta
 Required Actions, showing the gate's verdict, metrics vs production, per-class scores and the confusion matrix.
 Otherwise passes straight through.
 
-**Runbook** — **waiting**: a reviewer must answer (unanswered for 3 days = rejected). **Approve** promotes and
-deploy_endpoint serves the version; **Reject** keeps it registered as rejected, nothing is deployed.""",
+**Runbook** — **waiting**: a reviewer must answer (unanswered for 3 days = rejected). **Approve**: `promote` makes
+it production; `deploy_endpoint` deploys it only if that DAG is unpaused. **Reject**: `promote` records it as
+rejected, nothing is deployed. The reviewer, the time and the comment are kept in `models/registry.json`.""",
     )
     promote(planned, metrics, review.output, outcome)
 

@@ -26,13 +26,14 @@ import logging
 import os
 import re
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate.utils import gather_object
 from datasets import DatasetDict, load_from_disk
-from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
+from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, TrainerCallback
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_pt_utils import remove_dummy_checkpoint
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_NAME
@@ -493,6 +494,39 @@ def last_logged_loss(log_history: list[dict]) -> float | None:
     return losses[-1] if losses else None
 
 
+class ProgressLog(TrainerCallback):
+    """A log line per logging step that says how far the run is: step n/N, epoch e/E, the loss and an ETA. The
+    Trainer's own line is a loss dict with a fractional epoch, which does not say whether 2 or 20 minutes are left.
+    The ETA is this process's pace since it started (a resumed run does not count the steps it inherited)."""
+
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        self.clock = clock
+        self.started = 0.0
+        self.first_step = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.started, self.first_step = self.clock(), state.global_step
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if state.is_world_process_zero and logs and "loss" in logs:
+            logger.info(progress_line(state, logs["loss"], self.clock() - self.started, self.first_step))
+
+
+def progress_line(state: Any, loss: float, elapsed_s: float, first_step: int = 0) -> str:
+    """`step 120/600 (20%) · epoch 3.00/15 · loss 0.4210 · 0:01:30 elapsed · ETA 0:06:00` from a TrainerState."""
+    done = state.global_step - first_step
+    eta = elapsed_s / done * (state.max_steps - state.global_step) if done > 0 else None
+    percent = f" ({state.global_step / state.max_steps:.0%})" if state.max_steps else ""
+    return (
+        f"step {state.global_step}/{state.max_steps}{percent} · epoch {state.epoch or 0:.2f}/{state.num_train_epochs}"
+        f" · loss {loss:.4f} · {_clock(elapsed_s)} elapsed · ETA {_clock(eta) if eta is not None else 'unknown'}"
+    )
+
+
+def _clock(seconds: float) -> str:
+    return str(timedelta(seconds=round(seconds)))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     is_main_process = int(os.environ.get("RANK", "0")) == 0  # one copy of our log lines per job, not per process
@@ -513,6 +547,7 @@ def main(argv: list[str] | None = None) -> None:
         train_dataset=splits["train"].select_columns(TRAIN_COLUMNS),
         eval_dataset=splits["validation"].select_columns(TRAIN_COLUMNS) if has_validation else None,
         processing_class=processor,
+        callbacks=[ProgressLog()],
     )
     resume_from = newest_checkpoint(Path(args.checkpoint_dir))
     if resume_from:

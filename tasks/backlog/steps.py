@@ -18,11 +18,11 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from tasks.backlog import join, plan, requests
 from tasks.backlog.plan import Estimate, Throughput, TransformJob, TransformResources
-from tasks.common import storage
+from tasks.common import run_notes, storage
 from tasks.common.settings import Settings
 from tasks.costs import budget, ledger
 from tasks.costs.pricing import EndpointPricing
-from tasks.nightly import classification, commit, partitions, predictions
+from tasks.nightly import classification, commit, partitions, predictions, steps
 from tasks.nightly.classification import PartitionJob
 from tasks.nightly.partitions import PartitionPlan, Shard
 from tasks.nightly.quality import QualityThresholds
@@ -199,7 +199,13 @@ def plan_backlog(
                 len(job.files),
                 res.instance_count,
             )
-    run = {"resources": asdict(res), "model_name": model_name, "to_date": days[-1], "estimate": result.to_dict()}
+    run = {
+        "resources": asdict(res),
+        "model_name": model_name,
+        "from_date": days[0],
+        "to_date": days[-1],
+        "estimate": result.to_dict(),
+    }
     return {"days": planned_days, "jobs": [job.to_dict() for job in jobs], "run": run}
 
 
@@ -256,7 +262,8 @@ def commit_day(
     ti: Any | None = None,
 ) -> dict[str, Any]:
     """Join the day's outputs into rows, check that every image is accounted for, record the day's share of the
-    billed time, then gate and publish exactly as classify_images does. Returns the asset event's extra."""
+    billed time, then gate and publish exactly as classify_images does. Returns the asset event's extra: the day's
+    outcome as flat fields (run_notes.DayOutcome), which cost_report sums up in the run's note."""
     from tasks.model.taxonomy import load_taxonomy
 
     backend = backlog_backend(settings)
@@ -295,8 +302,18 @@ def commit_day(
         res.instance_count,
         entry.cost_usd,
     )
-    return commit.gate_and_publish(settings, day, day_plan, staged, QualityThresholds.from_params(thresholds), ti)
+    verdict = commit.gate(settings, day_plan, staged, QualityThresholds.from_params(thresholds))
+    summary = commit.publish(day, day_plan, staged, verdict, ti)
+    costs = {"cost_usd": entry.cost_usd, "usd_per_1000_images": entry.usd_per_1000_images}
+    return steps.day_outcome(day_plan, summary, verdict, costs).extra()
 
 
-def cost_report(settings: Settings, run: dict[str, Any]) -> dict[str, str]:
+def cost_report(
+    settings: Settings, run: dict[str, Any], committed: list[dict[str, Any] | None], ti: Any | None = None
+) -> dict[str, str]:
+    """The cost report up to to_date, then the run's note: one line per day committed (commit_day's extras), and
+    the days that were not (their commit_day failed: quality gate, join)."""
+    days = plan.days_between(run["from_date"], run["to_date"])
+    if ti is not None:
+        run_notes.write_note(ti.dag_id, ti.run_id, run_notes.range_note(days, [c for c in committed or [] if c]))
     return commit.write_cost_report(settings, run["to_date"])

@@ -1,7 +1,9 @@
 """What the "Costs & quality" view shows: per-partition volume, cost and invalid rate from the cost ledger with each
-committed partition's quality-gate verdict (its `_SUCCESS` manifest) and the days with no committed partition (gaps),
-training spend, and the model registry: the production model, every version's metrics and promotion decision, and a
-chosen version's per-class metrics and confusion matrix. Every row links to the DAG run that produced it.
+committed partition's quality-gate verdict (its `_SUCCESS` manifest), days committed with no ledger row (zero images,
+no endpoint) and the days with no committed partition (gaps, up to the last complete day), training spend, and the
+model registry: the production model and whether an endpoint serves it, every version's metrics, promotion decision
+and review, and a chosen version's per-class metrics and confusion matrix. Every row links to the DAG run that
+produced it.
 
 Plain data and formatting, apart from the web layer, so tests can compute exactly the strings the page must show.
 """
@@ -9,15 +11,17 @@ Plain data and formatting, apart from the web layer, so tests can compute exactl
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 from airflow.sdk import ObjectStoragePath
 
-from tasks.common import storage
+from tasks.common import run_notes, storage
 from tasks.costs import ledger, pricing
 from tasks.nightly import predictions
+from tasks.nightly.partitions import NightlySchedule
+from tasks.serving import deployment
 from tasks.training import registry
 from tasks.training.evaluation import CONFUSION_MATRIX_FILE, METRICS_FILE
 
@@ -44,18 +48,23 @@ class PartitionRow:
     images_invalid: int
     images_rejected: int
     images_failed: int
-    cost_usd: float
+    cost_usd: float | None  # None: committed without a ledger row (zero images and no endpoint: nothing priced)
     usd_per_1000_images: float | None
     model_version: str
     run_id: str = ""
     dag_id: str = ""  # the DAG whose run committed the partition (classify_images or classify_backlog)
-    quality: str = "not committed"  # passed | violated (published anyway) | not committed: from _SUCCESS
+    # passed | violated (published anyway) | no data (zero images) | not committed: from _SUCCESS
+    quality: str = "not committed"
     quality_detail: str = ""
     gap: bool = False
 
     @property
     def run_link(self) -> str:
         return run_link(self.dag_id or NIGHTLY_DAG, self.run_id)
+
+    @property
+    def quality_class(self) -> str:
+        return self.quality.replace(" ", "-")
 
     @property
     def invalid_rate(self) -> float | None:
@@ -81,7 +90,8 @@ class TrainingRow:
 
 @dataclass(frozen=True)
 class Gap:
-    """A day between the oldest and the newest partition with nothing committed."""
+    """A day with nothing committed: between the oldest and the newest partition, or after the newest up to the
+    last complete day (from the nightly start date on: days a nightly run should have committed)."""
 
     dt: str
     gap: bool = True
@@ -96,6 +106,24 @@ class ModelSummary:
 
 
 @dataclass(frozen=True)
+class Serving:
+    """What the endpoint record (serving/endpoint.json) says is deployed: promoted is not serving until
+    deploy_endpoint has deployed it."""
+
+    endpoint: str
+    model_version: str
+    since: str
+
+    def describe(self, production: str | None) -> str:
+        if production and self.model_version != production:
+            return (
+                f"NOT serving {production}: endpoint {self.endpoint} serves {self.model_version} since {self.since} "
+                "(deploy_endpoint has not deployed the promotion: is it paused?)"
+            )
+        return f"serving on endpoint {self.endpoint} since {self.since}"
+
+
+@dataclass(frozen=True)
 class ModelRow:
     version: str
     status: str  # production | retired | rejected | candidate
@@ -106,6 +134,7 @@ class ModelRow:
     created_at: str
     dag_id: str
     run_id: str
+    review: str = ""  # "approved by alice at T: comment"; "" when nobody reviewed it
 
     @property
     def run_link(self) -> str:
@@ -139,6 +168,14 @@ class CostsQualityReport:
     days: list[PartitionRow | Gap]  # newest first: partitions with their verdicts, and the gaps between them
     models: list[ModelRow]  # newest first
     selected: ModelDetail | None  # the version whose per-class metrics and confusion matrix are shown
+    serving: Serving | None = None  # None: no endpoint deployed
+
+    @property
+    def serving_text(self) -> str:
+        production = self.model.version if self.model else None
+        if self.serving is None:
+            return "NOT serving: no endpoint deployed (run deploy_endpoint)" if production else ""
+        return self.serving.describe(production)
 
 
 _PARTITIONS_SQL = f"""
@@ -154,16 +191,17 @@ FROM ledger WHERE kind = 'training' ORDER BY recorded_at DESC
 _SPEND_SQL = "SELECT kind, SUM(CAST(cost_usd AS DOUBLE)) AS usd FROM ledger GROUP BY kind ORDER BY kind"
 
 
-def build_report(root: ObjectStoragePath, version: str | None = None) -> CostsQualityReport:
-    """Everything the view shows, from the storage root (the `costs/` ledger, the `predictions/` manifests and the
-    `models/` registry). `version`: whose per-class metrics and confusion matrix to show (default: production,
-    else the newest); an unknown one shows none."""
+def build_report(root: ObjectStoragePath, version: str | None = None, today: date | None = None) -> CostsQualityReport:
+    """Everything the view shows, from the storage root (the `costs/` ledger, the `predictions/` manifests, the
+    `models/` registry and the `serving/` endpoint record). `version`: whose per-class metrics and confusion matrix
+    to show (default: production, else the newest); an unknown one shows none. `today` (UTC) bounds the gaps."""
     costs_root = root / storage.COSTS
+    priced = [
+        with_verdict(PartitionRow(**row), root / storage.PREDICTIONS)
+        for row in ledger.query(costs_root, _PARTITIONS_SQL)
+    ]
     partitions = sorted(
-        (
-            with_verdict(PartitionRow(**row), root / storage.PREDICTIONS)
-            for row in ledger.query(costs_root, _PARTITIONS_SQL)
-        ),
+        priced + unpriced_partitions(root / storage.PREDICTIONS, {p.dt for p in priced}),
         key=lambda p: (is_day(p.dt), p.dt),
         reverse=True,
     )  # newest day first, bad records last: a hostile key is never "the latest partition"
@@ -173,16 +211,55 @@ def build_report(root: ObjectStoragePath, version: str | None = None) -> CostsQu
     chosen = version or next(
         (m.version for m in models if m.status == "production"), models[0].version if models else None
     )
+    last_complete = (today or datetime.now(UTC).date()) - timedelta(days=1)
     return CostsQualityReport(
         partitions=partitions,
         training=training,
         spend_by_kind=spend,
         model=production_model(root / storage.MODELS),
         prices_as_of=str(pricing.price_table()["as_of"]),
-        days=with_gaps(partitions, root / storage.PREDICTIONS),
+        days=with_gaps(partitions, root / storage.PREDICTIONS, expected_until=last_complete),
         models=models,
         selected=model_detail(root / storage.MODELS, chosen) if chosen else None,
+        serving=serving(root / storage.SERVING),
     )
+
+
+def serving(serving_root: ObjectStoragePath) -> Serving | None:
+    record = deployment.current_endpoint(serving_root)
+    if record is None:
+        return None
+    return Serving(endpoint=record.endpoint_name, model_version=record.model_version, since=record.deployed_at)
+
+
+def unpriced_partitions(predictions_root: ObjectStoragePath, priced: set[str]) -> list[PartitionRow]:
+    """Days committed without a ledger row — zero images with no endpoint deployed writes none — read from their
+    `_SUCCESS` manifests, so such a day shows as the zero-image day it is instead of vanishing. Only `dt=<day>`
+    folders are looked at, the newest MAX_PARTITIONS."""
+    if not predictions_root.exists():
+        return []
+    days = sorted(
+        (c.name.removeprefix("dt=") for c in predictions_root.iterdir() if c.name.startswith("dt=")), reverse=True
+    )
+    rows = []
+    for dt in [d for d in days if is_day(d) and d not in priced][:MAX_PARTITIONS]:
+        manifest = predictions.read_success(predictions.partition_dir(predictions_root, dt))
+        if manifest is None:
+            continue
+        statuses = (manifest.get("stats") or {}).get("statuses") or {}
+        row = PartitionRow(
+            dt=dt,
+            images=manifest.get("rows", 0),
+            images_ok=statuses.get("ok", 0),
+            images_invalid=statuses.get("invalid", 0),
+            images_rejected=statuses.get("rejected", 0),
+            images_failed=statuses.get("failed", 0),
+            cost_usd=None,
+            usd_per_1000_images=None,
+            model_version=manifest.get("model_version", ""),
+        )
+        rows.append(verdict_of(row, manifest))
+    return rows
 
 
 def is_day(text: str) -> bool:
@@ -202,35 +279,49 @@ def with_verdict(row: PartitionRow, predictions_root: ObjectStoragePath) -> Part
     manifest = predictions.read_success(predictions.partition_dir(predictions_root, row.dt))
     if manifest is None:
         return replace(row, quality="not committed")
+    return verdict_of(row, manifest)
+
+
+def verdict_of(row: PartitionRow, manifest: dict[str, Any]) -> PartitionRow:
+    """passed | violated | no data (zero images: nothing to judge, never "passed"), as run_notes words it."""
     verdict = manifest.get("quality") or {}
     checks = verdict.get("checks") or []
     detail = "; ".join(f"{c.get('name')}: {c.get('value')}" for c in checks if not c.get("passed", True))
-    return replace(row, quality="passed" if verdict.get("passed", True) else "violated", quality_detail=detail)
+    quality = run_notes.quality_verdict(verdict, manifest.get("rows", row.images))
+    return replace(row, quality=quality, quality_detail=detail)
 
 
-def with_gaps(partitions: list[PartitionRow], predictions_root: ObjectStoragePath) -> list[PartitionRow | Gap]:
-    """Partitions newest first, with a Gap for each day between the oldest and the newest that has no committed
-    partition (a day committed without a ledger row — no endpoint, zero images — is no gap), looked for in the
-    last MAX_GAP_DAYS only (one far-off date must not cost a storage lookup per day in between). Bad records (a dt
-    that is not a day) come last, as they are."""
+def with_gaps(
+    partitions: list[PartitionRow], predictions_root: ObjectStoragePath, expected_until: date | None = None
+) -> list[PartitionRow | Gap]:
+    """Partitions newest first, with a Gap for each day that has no committed partition: between the oldest and the
+    newest, and after the newest up to `expected_until` (the last complete day) from the nightly start date
+    (PIPELINE_CLASSIFY_START_DATE) on — a failed or missing latest night is a gap too. Looked for in the last
+    MAX_GAP_DAYS only (one far-off date must not cost a storage lookup per day in between). Bad records (a dt that is
+    not a day) come last, as they are."""
     bad = [p for p in partitions if not is_day(p.dt)]
     by_day = {p.dt: p for p in partitions if is_day(p.dt)}
     if not by_day:
         return list(bad)
-    first, last = date.fromisoformat(min(by_day)), date.fromisoformat(max(by_day))
+    first, newest = date.fromisoformat(min(by_day)), date.fromisoformat(max(by_day))
+    start = NightlySchedule.from_env().start_date
+    last = max(newest, expected_until or newest)
     window = min((last - first).days + 1, MAX_GAP_DAYS)
     days: list[PartitionRow | Gap] = []
     for n in range(window):
-        day = (last - timedelta(days=n)).isoformat()
-        if day in by_day:
-            days.append(by_day.pop(day))
-        elif predictions.read_success(predictions.partition_dir(predictions_root, day)) is None:
-            days.append(Gap(day))
+        day = last - timedelta(days=n)
+        if day > newest and day < start:  # after the newest partition, only nightly days are expected
+            continue
+        if day.isoformat() in by_day:
+            days.append(by_day.pop(day.isoformat()))
+        elif predictions.read_success(predictions.partition_dir(predictions_root, day.isoformat())) is None:
+            days.append(Gap(day.isoformat()))
     return days + sorted(by_day.values(), key=lambda p: p.dt, reverse=True) + bad
 
 
 def model_rows(models_root: ObjectStoragePath) -> list[ModelRow]:
-    """Every registered version with its held-out metrics and promotion decision, newest first."""
+    """Every registered version with its held-out metrics, promotion decision and review, newest first."""
+    reviews = registry.reviews(models_root)
     rows = [
         ModelRow(
             version=version,
@@ -242,10 +333,18 @@ def model_rows(models_root: ObjectStoragePath) -> list[ModelRow]:
             created_at=entry.created_at or "",
             dag_id=entry.dag_id or "",
             run_id=entry.run_id or "",
+            review=review_text(reviews.get(version)),
         )
         for version, entry in registry.versions(models_root).items()
     ]
     return sorted(rows[::-1], key=lambda row: row.created_at, reverse=True)  # ties: the later registered first
+
+
+def review_text(review: dict[str, Any] | None) -> str:
+    if not review:
+        return ""
+    comment = f": {review['comment']}" if review.get("comment") else ""
+    return f"{review['decision']} by {review['by']} at {review['at']}{comment}"
 
 
 def model_detail(models_root: ObjectStoragePath, version: str) -> ModelDetail | None:

@@ -63,33 +63,43 @@ WAIT_TIMEOUT = timedelta(hours=24)  # wait_for_partition: how long it may wait f
 POKE_INTERVAL = timedelta(minutes=5)
 
 
-def partition_dt(logical_date: datetime | None, data_interval_start: datetime) -> str:
-    """The partition a run processes: the UTC day of its logical date.
+def partition_dt(
+    logical_date: datetime | None, data_interval_start: datetime, run_after: datetime | None = None
+) -> str:
+    """The partition a run processes: the UTC day of its logical date — unless that day was still in progress when
+    the run was made (`run_after`, the same UTC day): then the last complete day, the one before.
 
-    Scheduled and backfill runs of the DAG's CronDataIntervalTimetable have the interval [D, D+1 day) and logical
-    date D, so `backfill create --from-date A --to-date B` makes exactly one run per dt in [A, B], and
-    `dags test classify_images D` processes D too. A manual run without a logical date processes the last complete
-    day (its inferred interval's start).
-    """
-    return (logical_date or data_interval_start).astimezone(UTC).strftime(DT_FORMAT)
+    Scheduled and backfill runs of the DAG's CronDataIntervalTimetable have the interval [D, D+1 day), logical
+    date D and run_after D+1, so `backfill create --from-date A --to-date B` makes exactly one run per dt in
+    [A, B], and `dags test classify_images D` processes D for a past D. The exception is for the trigger form,
+    which pre-fills the logical date with *now*: run with its defaults, it processes yesterday (the last complete
+    day) instead of waiting for today to end. A manual run without a logical date processes its inferred
+    interval's start, the last complete day too. A later day (the future) keeps its dt and is refused by the
+    sensor (steps.look_for_partition)."""
+    stamp = (logical_date or data_interval_start).astimezone(UTC)
+    if logical_date is not None and run_after is not None and stamp.date() == run_after.astimezone(UTC).date():
+        return (stamp.date() - timedelta(days=1)).strftime(DT_FORMAT)
+    return stamp.strftime(DT_FORMAT)
 
 
 def say_when_nothing_ran(context: Mapping[str, Any]) -> str | None:
     """The DAG's on_success_callback: a manual run (or `dags test`) whose logical date is before
     PIPELINE_CLASSIFY_START_DATE gets no task instances — Airflow creates none before the DAG's start date except for
     backfills — and "succeeds" having done nothing. Airflow hands such a run's callback a context without `dag_run`
-    (there is no task instance to build one from): say so loudly, with the command that does process the day."""
+    (there is no task instance to build one from). Such a run must not stay green: it gets a run note saying so,
+    with the command that does process the day, and is marked failed (run_notes.write_note, through the REST API;
+    the dag-processor log has the same text when the API cannot be reached)."""
+    from tasks.common import run_notes
+
     if "dag_run" in context:  # a task instance existed: the run did its work
         return None
     dag_id = getattr(context.get("dag"), "dag_id", "classify_images")
-    message = (
-        f"NOTHING RAN in {context.get('run_id')}: the run has no task instances. Airflow creates none for a "
-        f"non-backfill run whose logical date is before the DAG's start date (PIPELINE_CLASSIFY_START_DATE="
-        f"{NightlySchedule.from_env().start_date}). To process such a day D: "
-        f"bin/airflow backfill create --dag-id {dag_id} --from-date D --to-date D"
-    )
-    log.error(message)
-    return message
+    run_id = str(context.get("run_id"))
+    start = NightlySchedule.from_env().start_date.isoformat()
+    note = run_notes.nothing_ran_note(run_id, run_notes.logical_date(dag_id, run_id), start, dag_id)
+    log.error("NOTHING RAN in %s: the run has no task instances.\n%s", run_id, note)
+    run_notes.write_note(dag_id, run_id, note, state="failed")
+    return note
 
 
 CLAIM = "_CLAIM"

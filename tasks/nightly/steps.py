@@ -13,7 +13,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from tasks.common import storage
+from tasks.common import run_notes, storage
 from tasks.common.settings import Settings
 from tasks.costs import budget, ledger, pricing
 from tasks.nightly import classification, commit, partitions, predictions, quality
@@ -30,13 +30,25 @@ def look_for_partition(
     logical_date: datetime | None,
     data_interval_start: datetime,
     now: datetime | None = None,
+    run_after: datetime | None = None,
 ) -> tuple[bool, dict[str, Any]]:
     """(done waiting, {dt, present}): done once dt has an image, or `late_data_wait_minutes` after the day ended
     (an empty partition is a day with zero images, not a failure). Each look logs the dt, where and until when.
 
     A dt whose wait would end after the sensor's timeout (partitions.WAIT_TIMEOUT) — a manual run or `dags test` of
-    a day that has not happened yet — fails at once, saying so: it could only time out, after a day of waiting."""
-    dt = partitions.partition_dt(logical_date, data_interval_start)
+    a day that has not happened yet — fails at once, saying so: it could only time out, after a day of waiting.
+    A run made during its logical date's day (the trigger form's default: now) processes the day before
+    (partitions.partition_dt), and each look says so."""
+    dt = partitions.partition_dt(logical_date, data_interval_start, run_after)
+    if logical_date is not None and dt != partitions.partition_dt(logical_date, data_interval_start):
+        log.info(
+            "dt=%s: the logical date %s falls on a day that was not over when this run was made (%s): "
+            "processing the last complete day, %s",
+            dt,
+            logical_date.isoformat(),
+            run_after.isoformat() if run_after else "",
+            dt,
+        )
     incoming = incoming_path(settings, params["incoming_uri"].format(dt=dt))
     present = any(partitions.image_keys(incoming))
     day_end = datetime.fromisoformat(dt).replace(tzinfo=UTC) + timedelta(days=1)
@@ -181,31 +193,71 @@ def collect(planned: dict[str, Any], results: list[dict[str, Any]]) -> dict[str,
 
 
 def quality_gate(
-    settings: Settings, planned: dict[str, Any], staged: dict[str, Any], thresholds: dict[str, Any]
+    settings: Settings,
+    planned: dict[str, Any],
+    staged: dict[str, Any],
+    thresholds: dict[str, Any],
+    ti: Any | None = None,
 ) -> dict[str, Any]:
-    return commit.gate(
-        settings,
-        PartitionPlan.from_dict(planned["plan"]),
-        StagedPartition(**staged),
-        quality.QualityThresholds.from_params(thresholds),
-    )
+    """The gate's verdict; when it refuses the day (on_violation=fail), the run's note says so before the task
+    fails — nothing is published, so publish_partition never writes one."""
+    plan_ = PartitionPlan.from_dict(planned["plan"])
+    try:
+        return commit.gate(
+            settings, plan_, StagedPartition(**staged), quality.QualityThresholds.from_params(thresholds)
+        )
+    except AirflowFailException:
+        if ti is not None:
+            summary = {"dt": plan_.dt, "rows": staged["stats"]["rows"], "statuses": staged["stats"]["statuses"]}
+            summary["model_version"] = PartitionJob.from_dict(planned["job"]).model_version
+            outcome = day_outcome(plan_, summary, {"verdict": "violated: NOT published"}, {})
+            run_notes.write_note(ti.dag_id, ti.run_id, outcome.note())
+        raise
 
 
 def publish(
-    planned: dict[str, Any], staged: dict[str, Any], verdict: dict[str, Any], ti: Any | None = None
+    planned: dict[str, Any],
+    staged: dict[str, Any],
+    verdict: dict[str, Any],
+    ti: Any | None = None,
+    costs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Commit (tasks.nightly.commit.publish); returns the asset event's extra."""
+    """Commit (tasks.nightly.commit.publish), then write the run's note (run_notes: dt, images, statuses, verdict,
+    cost, model) when run by a task instance; returns the same fields flat: the asset event's extra."""
     plan_ = PartitionPlan.from_dict(planned["plan"])
-    return commit.publish(PartitionJob.from_dict(planned["job"]), plan_, StagedPartition(**staged), verdict, ti)
+    summary = commit.publish(PartitionJob.from_dict(planned["job"]), plan_, StagedPartition(**staged), verdict, ti)
+    outcome = day_outcome(plan_, summary, verdict, costs or {})
+    if ti is not None:
+        run_notes.write_note(ti.dag_id, ti.run_id, outcome.note())
+    return outcome.extra()
+
+
+def day_outcome(
+    plan_: PartitionPlan, summary: dict[str, Any], verdict: dict[str, Any], costs: dict[str, Any]
+) -> run_notes.DayOutcome:
+    """What the run note and the asset event say about a committed day (both DAGs: backlog/steps.py too)."""
+    return run_notes.DayOutcome(
+        dt=summary["dt"],
+        images=plan_.images,
+        classified=plan_.to_classify,
+        carried=plan_.carried,
+        statuses=summary["statuses"],
+        quality=run_notes.quality_verdict(verdict, summary["rows"]),
+        model_version=summary["model_version"],
+        cost_usd=costs.get("cost_usd"),
+        usd_per_1000_images=costs.get("usd_per_1000_images"),
+    )
 
 
 def record_costs(
     settings: Settings, planned: dict[str, Any], staged: dict[str, Any], run_id: str, dag_id: str
-) -> list[str]:
+) -> dict[str, Any]:
+    """The day's ledger rows (classification + the endpoint's idle time); returns their paths and the
+    classification's cost, which the run note and the asset event carry."""
     job = PartitionJob.from_dict(planned["job"])
     if job.record is None:
         log.info("dt=%s: no images and no endpoint deployed: nothing to price", job.dt)
-        return []
+        return {"ledger_rows": [], "cost_usd": None, "usd_per_1000_images": None}
     classification = ledger.classification_entry(
         job.dt,
         pricing.EndpointPricing.of_record(job.record),
@@ -220,7 +272,11 @@ def record_costs(
     costs_root = storage.root(settings) / storage.COSTS
     for entry in entries:
         log.info("%s %s: %.1f s, $%.6f", entry.kind, entry.key, entry.billable_seconds, entry.cost_usd)
-    return [str(ledger.record(costs_root, entry)) for entry in entries]
+    return {
+        "ledger_rows": [str(ledger.record(costs_root, entry)) for entry in entries],
+        "cost_usd": classification.cost_usd,
+        "usd_per_1000_images": classification.usd_per_1000_images,
+    }
 
 
 def cost_report(settings: Settings, planned: dict[str, Any]) -> dict[str, str]:

@@ -13,23 +13,33 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import HITLOperator
+from airflow.sdk import Param, ParamsDict
 
 APPROVE, REJECT = "Approve", "Reject"
 RESPONSE_TIMEOUT = timedelta(days=3)  # unanswered: rejected (the default option), nothing is deployed
 
 
 class PromotionApproval(HITLOperator):
-    """Returns {"approved": True | False | None (nobody asked), "by": reviewer, "reason": ...} for `promote`."""
+    """Returns {"approved": True | False | None (nobody asked), "by": reviewer, "at": when (ISO), "comment": their
+    comment, "reason": ...} for `promote`, which keeps it in the registry."""
 
     template_fields = (*HITLOperator.template_fields, "plan", "metrics")
 
     def __init__(self, *, plan: Any, metrics: Any, **kwargs: Any) -> None:
+        # The Required Action form's one field: why — kept in the registry with the reviewer's name. Added to the
+        # params Airflow merged in (the DAG's, marked source="dag", which HITLOperator leaves out of the form).
+        params = kwargs.pop("params", None)
+        params = params if isinstance(params, ParamsDict) else ParamsDict(params or {})
+        params["comment"] = Param(
+            None, type=["null", "string"], description="Why (kept in the registry).", source="task"
+        )
         super().__init__(
             subject="Promote this model?",  # replaced by the review request at run time
             options=[APPROVE, REJECT],
             defaults=[REJECT],
             multiple=False,
             response_timeout=RESPONSE_TIMEOUT,
+            params=params,
             **kwargs,
         )
         self.plan, self.metrics = plan, metrics
@@ -46,7 +56,7 @@ class PromotionApproval(HITLOperator):
         if request is None:
             reason = "the gate refuses it" if params["require_approval"] else "require_approval is off"
             self.log.info("no review needed: %s", reason)
-            return {"approved": None, "by": None, "reason": reason}
+            return {"approved": None, "by": None, "at": None, "comment": None, "reason": reason}
         self.subject, self.body = request
         self.log.info("waiting for a reviewer: %s", self.subject)
         return super().execute(context)
@@ -56,5 +66,8 @@ class PromotionApproval(HITLOperator):
         user = answer.get("responded_by_user") or {}
         by = user.get("name") or user.get("id") if isinstance(user, dict) else str(user)
         chosen = answer["chosen_options"][0]
-        self.log.info("%s by %s", chosen, by)
-        return {"approved": chosen == APPROVE, "by": by, "reason": chosen}
+        at = answer.get("responded_at")
+        at = at.isoformat(timespec="seconds") if hasattr(at, "isoformat") else str(at or "")
+        comment = (answer.get("params_input") or {}).get("comment") or None
+        self.log.info("%s by %s at %s%s", chosen, by, at, f": {comment}" if comment else "")
+        return {"approved": chosen == APPROVE, "by": by, "at": at, "comment": comment, "reason": chosen}

@@ -85,7 +85,7 @@ def gate(
 def check_gate(
     models_root: ObjectStoragePath, taxonomy: str, accuracy: float, *, min_accuracy: float, tolerance: float
 ) -> tuple[bool, str]:
-    """The gate against the current production model (what promote_if_better decides), without writing anything:
+    """The gate against the current production model (what `promote` decides), without writing anything:
     what a reviewer is told before approving. Another taxonomy's production model sets no bar beyond the minimum."""
     current = production_model(models_root)
     comparable = current if current and current.taxonomy == taxonomy else None
@@ -140,7 +140,18 @@ def register_and_gate(
     """Register an evaluated training run's version (with the DAG run that made it: `run` = {dag_id, run_id}), then
     put it through the promotion gate — unless `refused` already says why it must not be promoted. What lies under
     `storage_uri` is recorded relative to it (tasks.records.base.storage_ref)."""
-    version = ModelVersion(
+    register_version(models_root, candidate(plan, metrics, storage_uri=storage_uri, run=run))
+    if refused:
+        return refuse(models_root, plan.version, refused)
+    return promote_if_better(models_root, plan.version, min_accuracy=min_accuracy, tolerance=tolerance)
+
+
+def candidate(
+    plan: TrainingPlan, metrics: dict[str, Any], *, storage_uri: str, run: dict[str, str] | None = None
+) -> ModelVersion:
+    """The registry entry of an evaluated training run's version, with the DAG run that made it (`run` = {dag_id,
+    run_id}): what `evaluate` registers as a candidate before anyone reviews it, and `promote` registers again."""
+    return ModelVersion(
         version=plan.version,
         model=storage_ref(plan.model_uri, storage_uri),
         taxonomy=plan.taxonomy,
@@ -156,7 +167,26 @@ def register_and_gate(
         run_id=(run or {}).get("run_id"),
         calibration=calibration_of(metrics["calibration"]) if metrics.get("calibration") else None,
     )
-    register_version(models_root, version)
-    if refused:
-        return refuse(models_root, plan.version, refused)
-    return promote_if_better(models_root, plan.version, min_accuracy=min_accuracy, tolerance=tolerance)
+
+
+def record_review(
+    models_root: ObjectStoragePath, version: str, *, approved: bool, by: str | None, at: str, comment: str | None
+) -> dict[str, Any]:
+    """Keep who approved or rejected a version in review, when, and their comment (like a model registry's
+    approval status: the trail stays with the version, not only in a task log). The newest review counts."""
+    registry = read_registry(models_root)
+    review = {
+        "version": version,
+        "decision": "approved" if approved else "rejected",
+        "by": by or "unknown",
+        "at": at,
+        "comment": comment or "",
+    }
+    registry.setdefault("reviews", []).append(review)
+    storage.write_json(models_root / REGISTRY_FILE, registry)
+    return review
+
+
+def reviews(models_root: ObjectStoragePath) -> dict[str, dict[str, Any]]:
+    """The newest review of each reviewed version."""
+    return {review["version"]: review for review in read_registry(models_root).get("reviews", [])}

@@ -85,11 +85,19 @@ def record_cost(settings: Settings, plan: dict, outcome: dict, run_id: str) -> d
     return {"cost_usd": entry.cost_usd, "ledger_row": str(path)}
 
 
-def evaluate(settings: Settings, plan: dict, outcome: dict) -> dict:
+def evaluate(settings: Settings, plan: dict, outcome: dict, run: dict[str, str] | None = None) -> dict:
+    """Score the held-out split, then register the version as a candidate: its metrics and confusion matrix are
+    then served (Costs & quality, which serves registered versions only) to the reviewer of approve_promotion,
+    before `promote` decides anything."""
     from tasks.training.evaluation import evaluate_version
+    from tasks.training.registry import candidate, register_version
 
     located = TrainingOutcome(**outcome)
-    return evaluate_version(TrainingPlan.from_dict(plan).located(located), located, settings.aws_conn_id)
+    training = TrainingPlan.from_dict(plan).located(located)
+    metrics = evaluate_version(training, located, settings.aws_conn_id)
+    entry = candidate(training, metrics, storage_uri=settings.storage_uri, run=run)
+    register_version(storage.root(settings) / storage.MODELS, entry)
+    return metrics
 
 
 def review_request(
@@ -139,8 +147,11 @@ def review_request(
         "",
         f"![confusion matrix of {training.version}]({matrix})",
         "",
-        "Approve: promote_if_better registers it as production and deploy_endpoint serves it. Reject: it stays "
-        "registered as rejected; nothing is deployed.",
+        "**Approve**: the `promote` task makes it the registry's production version and emits the "
+        "`promoted_model` asset; `deploy_endpoint` then deploys it **only if that DAG is unpaused** (check its "
+        "toggle: a paused deploy_endpoint leaves the current endpoint serving the old version). **Reject**: "
+        "`promote` records it as rejected; nothing is deployed. Either way your name, the time and your comment "
+        "are kept in the registry (`models/registry.json`, shown in Costs & quality).",
     ]
     return f"Promote {training.version}?", "\n".join(lines)
 
@@ -159,24 +170,38 @@ def promote(
     outcome: dict | None = None,
 ) -> dict:
     """Register the version (with its DAG run) and promote it if it passes the gate and a reviewer did not reject
-    it (`review`: approve_promotion's result); a refusal skips the task (nothing to deploy). The model URI is the
-    one the train task located (`outcome`), not the plan's expectation."""
+    it (`review`: approve_promotion's result, kept in the registry with its reviewer, time and comment); a refusal
+    skips the task (nothing to deploy). The model URI is the one the train task located (`outcome`), not the plan's
+    expectation."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from tasks.training.registry import register_and_gate
+    from tasks.training.registry import record_review, register_and_gate
 
     training = TrainingPlan.from_dict(plan)
     if outcome:
         training = training.located(TrainingOutcome(**outcome))
+    models = storage.root(settings) / storage.MODELS
+    rejected = review.get("approved") is False
+    if review.get("approved") is not None:
+        record_review(
+            models,
+            training.version,
+            approved=bool(review["approved"]),
+            by=review.get("by"),
+            at=review.get("at") or "",
+            comment=review.get("comment"),
+        )
+    when = f" at {review['at']}" if review.get("at") else ""
+    comment = f": {review['comment']}" if review.get("comment") else ""
     decision = register_and_gate(
-        storage.root(settings) / storage.MODELS,
+        models,
         training,
         metrics,
         storage_uri=settings.storage_uri,
         min_accuracy=params["min_accuracy"],
         tolerance=params["tolerance"],
         run=run,
-        refused=None if review.get("approved") is not False else f"rejected in review by {review.get('by')}",
+        refused=f"rejected in review by {review.get('by')}{when}{comment}" if rejected else None,
     )
     if not decision.promoted:
         raise AirflowSkipException(f"{training.version} not promoted: {decision.reason}")

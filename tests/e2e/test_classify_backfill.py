@@ -1,5 +1,7 @@
 """Backfills for real: api-server, scheduler, dag-processor and triggerer (LocalExecutor, SQLite) run three nightly
-partitions, then `reprocess_behavior=completed` reruns them with identical outputs. Backfills are created through the
+partitions, each run ending with its run note (dt, images, statuses, verdict, $, model), then
+`reprocess_behavior=completed` reruns them with identical outputs; then a day without images (its note, and "no data"
+in Costs & quality: screenshots under test-artifacts/). Backfills are created through the
 API server (as bin/demo-backfill does): a CLI writer beside the scheduler can hit SQLite's `database is locked`."""
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 DAG_ID = "classify_images"
 DAYS = ["2026-11-02", "2026-11-03", "2026-11-04"]
+EMPTY_DAY = "2026-11-05"  # no images: a run note saying so, "no data" on the dashboard
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CONF = {"shard_size": 4, "concurrency": 2, "quality": {"on_violation": "warn"}}
 # Catchup starts today: unpausing the DAG (backfill runs wait for that) schedules nothing in the past.
 STACK = StackConfig(env=(("PIPELINE_CLASSIFY_START_DATE", datetime.now(UTC).date().isoformat()),))
@@ -34,11 +38,11 @@ STACK = StackConfig(env=(("PIPELINE_CLASSIFY_START_DATE", datetime.now(UTC).date
 BACKFILL_DONE_DEADLINE_S = 900.0
 
 
-def backfill(api: httpx.Client, reprocess_behavior: str = "none") -> None:
+def backfill(api: httpx.Client, reprocess_behavior: str = "none", days: tuple[str, str] = (DAYS[0], DAYS[-1])) -> None:
     body = {
         "dag_id": DAG_ID,
-        "from_date": f"{DAYS[0]}T00:00:00Z",
-        "to_date": f"{DAYS[-1]}T00:00:00Z",
+        "from_date": f"{days[0]}T00:00:00Z",
+        "to_date": f"{days[1]}T00:00:00Z",
         "max_active_runs": 1,
         "dag_run_conf": CONF,
         "reprocess_behavior": reprocess_behavior,
@@ -85,10 +89,20 @@ def test_backfill_create_then_reprocess_completed(airflow_stack: AirflowStack, t
             before = {day: committed(stack.storage_root, day) for day in DAYS}
             for manifest, rows in before.values():
                 assert manifest["rows"] == len(rows) == 4 == len({row["key"] for row in rows})
+            for run in runs:  # issue 24: the run list says which day, how many images, what outcome, what cost
+                assert run["note"].startswith(f"**dt={run['logical_date'][:10]} · 4 images · quality "), run["note"]
+                assert "- model: `v-e2e`" in run["note"] and " · $0." in run["note"].splitlines()[0]
 
             backfill(api, "completed")  # created once the first one is marked complete (create_backfill waits)
             runs = wait_for_backfills(api, stack)
             assert len(runs) == 3 and {r["state"] for r in runs} == {"success"}
+
+            backfill(api, days=(EMPTY_DAY, EMPTY_DAY))
+            runs = wait_for_backfills(api, stack)
+            (empty,) = [r for r in runs if r["logical_date"].startswith(EMPTY_DAY)]
+            assert empty["state"] == "success", empty
+            assert empty["note"].startswith(f"**dt={EMPTY_DAY} · NO IMAGES: nothing classified (quality no data)**")
+            screenshots(stack, empty["dag_run_id"])
     finally:
         stop_local_server(state_path(settings))
     for day in DAYS:
@@ -100,3 +114,38 @@ def test_backfill_create_then_reprocess_completed(airflow_stack: AirflowStack, t
         assert [row for row in rows if row["status"] not in ("invalid", "failed")] == final
         assert manifest["run"] != before[day][0]["run"] and manifest["carried"] == len(final)
     print(f"\nbackfill of 3 partitions: {first_s:.0f}s; with the reprocess: {time.monotonic() - started:.0f}s")
+
+
+def screenshots(stack: AirflowStack, empty_run: str) -> None:
+    """The run list (each row has its note behind a Note button), the zero-image day's run page with its note, and
+    that day in Costs & quality, as an operator sees them."""
+    from urllib.parse import quote
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.e2e.airflow_stack import ADMIN_USER
+    from tests.e2e.test_costs_view import CHROMIUM, CHROMIUM_ARGS, UI_STEP_DEADLINE_MS
+
+    expect.set_options(timeout=UI_STEP_DEADLINE_MS)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.set_default_timeout(UI_STEP_DEADLINE_MS)
+            page.goto(stack.api_url + "/")
+            page.get_by_label("Username").fill(ADMIN_USER)
+            page.get_by_label("Password").fill(stack.password)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(lambda url: "/login" not in url)
+            page.goto(f"{stack.api_url}/dags/{DAG_ID}/runs")
+            expect(page.get_by_role("button", name="Note").first).to_be_visible()
+            page.screenshot(path=ARTIFACTS / "ui_run_list.png", full_page=True)
+            page.goto(f"{stack.api_url}/dags/{DAG_ID}/runs/{quote(empty_run, safe='')}")
+            expect(page.get_by_text(f"dt={EMPTY_DAY} · NO IMAGES").first).to_be_visible()
+            page.screenshot(path=ARTIFACTS / "ui_run_note_zero_image_day.png", full_page=True)
+            page.goto(f"{stack.api_url}/plugin/costs-quality")
+            expect(page.frame_locator("iframe").locator("#partitions")).to_contain_text("no data (no images)")
+            page.screenshot(path=ARTIFACTS / "ui_dashboard_zero_image_day.png", full_page=True)
+        finally:
+            browser.close()

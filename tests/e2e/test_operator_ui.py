@@ -1,7 +1,9 @@
 """What an operator does in the Airflow UI, in headless Chromium against real Airflow processes (one stack for the
-module): log in; trigger each of the five DAGs from its trigger form with its default params; start a
-classify_images backfill from the backfill form; approve a pending promotion under Required Actions; open a finished
-task's log; find the confusion matrix and a working link to the run in the Costs & quality view.
+module): log in; read each DAG's description in the DAG list; trigger each of the five DAGs from its trigger form
+with its default params; start a classify_images backfill from the backfill form; see a past-date run end failed
+with a "NOTHING RAN" run note; approve a pending promotion under Required Actions with its confusion matrix
+rendered and a comment kept in the registry; open a finished task's log; find the confusion matrix, the review and
+working links (every one answers 200) in the Costs & quality view.
 
 Kept fast: DAGs stay paused while their forms are tried (the runs are seen created, then deleted), and only one
 finetune_llava run executes, on a curated drop of 60 digits for one epoch. Screenshots: test-artifacts/ui_*.png.
@@ -39,6 +41,7 @@ RUN_LISTED_DEADLINE_S = 120.0
 APPROVAL_REQUEST_DEADLINE_S = 1200.0
 ANSWER_RECORDED_DEADLINE_S = 300.0
 PROMOTE_DEADLINE_S = 600.0
+REVIEW_COMMENT = "matrix checked"
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +92,47 @@ def open_trigger_form(page, stack: AirflowStack, dag_id: str):
     unpause.wait_for()
     unpause.click()  # keep the DAG paused: the run is created and waits, nothing executes
     return dialog
+
+
+def test_the_dag_list_shows_what_each_dag_does(stack: AirflowStack, page) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{stack.api_url}/dags")
+    with stack.client() as api:
+        for dag_id in DAGS:
+            description = api.get(f"/dags/{dag_id}").raise_for_status().json()["description"]
+            assert description, dag_id
+            page.get_by_test_id("dag-id").filter(has_text=dag_id).first.hover()  # the list shows it as a tooltip
+            expect(page.get_by_text(description).first).to_be_visible()
+            if dag_id == "classify_images":
+                page.screenshot(path=ARTIFACTS / "ui_dag_list_description.png", full_page=True)
+
+
+def test_a_run_before_the_start_date_ends_failed_with_a_nothing_ran_note(stack: AirflowStack, page) -> None:
+    """Issue 24: such a run was "Success" with no task and no word in the UI; it must say it did nothing."""
+    from playwright.sync_api import expect
+
+    with stack.client() as api:
+        api.patch("/dags/classify_images", json={"is_paused": False}).raise_for_status()  # catchup starts today
+        try:
+            body = {"logical_date": "2026-11-25T00:00:00+00:00", "conf": {}}
+            run_id = api.post("/dags/classify_images/dagRuns", json=body).raise_for_status().json()["dag_run_id"]
+            run = lambda: api.get(f"/dags/classify_images/dagRuns/{quote(run_id, safe='')}").json()  # noqa: E731
+            stack.wait(
+                lambda: run()["state"] == "failed" and (run().get("note") or "").startswith("**NOTHING RAN"),
+                "the past-date run failed with its NOTHING RAN note",
+                RUN_LISTED_DEADLINE_S * 2,
+                "RUN_LISTED_DEADLINE_S * 2",
+                lambda: f"state {run()['state']}, note {run().get('note')!r}",
+            )
+            note = run()["note"]
+        finally:
+            api.patch("/dags/classify_images", json={"is_paused": True}).raise_for_status()
+    assert "dt=2026-11-25 is before the start date" in note
+    assert "backfill create --dag-id classify_images --from-date 2026-11-25 --to-date 2026-11-25" in note
+    page.goto(f"{stack.api_url}/dags/classify_images/runs/{quote(run_id, safe='')}")
+    expect(page.get_by_text("NOTHING RAN").first).to_be_visible()
+    page.screenshot(path=ARTIFACTS / "ui_past_date_nothing_ran.png", full_page=True)
 
 
 def test_every_dag_is_triggered_from_its_form_with_the_default_params(stack: AirflowStack, page) -> None:
@@ -170,6 +214,12 @@ def approved_run(stack: AirflowStack, page) -> str:
             page.goto(f"{stack.api_url}/required_actions")
             page.get_by_text("Promote ").first.click()
             expect(page.get_by_text("The gate says:").first).to_be_visible()
+            matrix = page.locator("img[alt^='confusion matrix of']").first
+            expect(matrix).to_be_visible()  # issue 24: a 404 before evaluate registered the candidate
+            matrix.scroll_into_view_if_needed()
+            page.wait_for_function("img => img.complete", arg=matrix.element_handle())
+            assert matrix.evaluate("img => img.naturalWidth") > 100, "the confusion matrix did not render"
+            page.locator("#element_comment").fill(REVIEW_COMMENT)  # the form field of the `comment` param
             page.screenshot(path=ARTIFACTS / "ui_approval_request.png", full_page=True)
             page.get_by_role("button", name="Approve").first.click()
             stack.wait(
@@ -201,6 +251,9 @@ def test_a_pending_promotion_is_approved_and_a_finished_tasks_log_opens(
     registry = json.loads((stack.storage_root / "models" / "registry.json").read_text())
     entry = registry["versions"][registry["production"]]
     assert (entry["status"], entry["run_id"], entry["dag_id"]) == ("production", approved_run, "finetune_llava")
+    review = registry["reviews"][-1]
+    assert (review["version"], review["decision"], review["by"]) == (registry["production"], "approved", ADMIN_USER)
+    assert review["comment"] == REVIEW_COMMENT and review["at"]
 
 
 def test_the_dashboard_shows_the_confusion_matrix_and_links_to_the_run(
@@ -215,7 +268,13 @@ def test_the_dashboard_shows_the_confusion_matrix_and_links_to_the_run(
     assert matrix.evaluate("img => img.complete && img.naturalWidth") > 100  # the PNG was served, behind the login
     expect(view.locator("#models")).to_contain_text("production")
     expect(view.locator("#per-class")).to_contain_text("support")
+    expect(view.locator("#models")).to_contain_text(f"approved by {ADMIN_USER}")
+    expect(view.locator("#serving")).to_contain_text("NOT serving")  # promoted; deploy_endpoint is paused
     page.screenshot(path=ARTIFACTS / "ui_dashboard.png", full_page=True)
+    hrefs = view.locator("a[href]").evaluate_all("links => links.map(a => a.href)")
+    with httpx.Client(cookies={"_token": stack.token()}, timeout=60) as browser_like:
+        answers = {href: browser_like.get(href).status_code for href in set(hrefs)}
+    assert answers and all(code == 200 for code in answers.values()), answers
     view.locator("#models a", has_text="run").first.click()
     page.wait_for_url(lambda url: "/dags/finetune_llava/runs/" in url)  # the UI itself navigates, not the iframe
     expect(page.get_by_text(approved_run).first).to_be_visible()

@@ -58,6 +58,9 @@ def test_local_backlog_commits_the_same_days_as_classify_images(local: AirflowRu
     result = local.dags_test("classify_backlog", CONF, logical_date=LOGICAL_DATE)
     assert result.succeeded, result.output[-6000:]
     assert "instance-hours" in result.output and "ASSUMED" in result.output  # the pre-flight, before any ledger row
+    # the run note (logged: no API server under dags test): the range, then a line per day
+    assert f"**dt={DAYS[0]}..{DAYS[-1]} · {len(DAYS)} of {len(DAYS)} days committed · 16 images" in result.output
+    assert f"- dt={DAYS[0]}: 6 images (ok " in result.output
     backlog = {}
     for day in DAYS:
         manifest, rows = committed(root, day)

@@ -57,14 +57,17 @@ def test_three_partitions_then_reruns_reproduce_them(airflow: AirflowRunner, dep
         manifest, rows = committed(deployed, day)
         images = sorted(p.name for p in (deployed / "incoming" / f"dt={day}").iterdir() if p.name != ".DS_Store")
         assert [row["key"] for row in rows] == images  # rows == images, each exactly once
-        assert event == {  # the asset event's extra: what the run did, readable on the run in the UI
+        cost = event.pop("cost_usd")
+        assert cost > 0 and event.pop("usd_per_1000_images") == pytest.approx(1000 * cost / len(images))
+        assert event == {  # the asset event's extra, flat: what the run did, readable on the run in the UI
             "dt": day,
-            "rows": len(images),
-            "statuses": manifest["stats"]["statuses"],
-            "quality": "passed" if manifest["quality"]["passed"] else "violated (published: on_violation=warn)",
+            "images": len(images),
+            "classified": len(images),
+            "carried": 0,
+            **manifest["stats"]["statuses"],
+            "quality": "passed" if manifest["quality"]["passed"] else "violated",
             "model_version": "v-it",
         }
-        assert sum(event["statuses"].values()) == len(images)
         assert sum(manifest["stats"]["statuses"].values()) == manifest["rows"] == len(images)
         assert all(row["status"] in ("ok", "invalid") for row in rows if row["key"] != "broken.png")
     _, rows = committed(deployed, DAYS[0])
@@ -95,13 +98,16 @@ def test_three_partitions_then_reruns_reproduce_them(airflow: AirflowRunner, dep
 
 
 def test_a_day_without_images_commits_an_empty_partition(airflow: AirflowRunner, deployed: Path) -> None:
-    statuses = {"failed": 0, "invalid": 0, "ok": 0, "rejected": 0}
     assert run(airflow, "2026-11-20") == {
         "dt": "2026-11-20",
-        "rows": 0,
-        "statuses": statuses,
-        "quality": "passed",
+        "images": 0,
+        "classified": 0,
+        "carried": 0,
+        **{"failed": 0, "invalid": 0, "ok": 0, "rejected": 0},
+        "quality": "no data",  # never "passed": there was nothing to judge
         "model_version": "v-it",
+        "cost_usd": 0.0,
+        "usd_per_1000_images": None,
     }
     manifest, rows = committed(deployed, "2026-11-20")
     assert (manifest["listed"], manifest["files"], rows) == (0, [], [])
@@ -111,4 +117,5 @@ def test_a_day_before_the_start_date_says_nothing_ran(airflow: AirflowRunner, de
     """Issue 9, defect 9: Airflow creates no tasks for a manual run before the DAG's start date; the run says so."""
     result = airflow.dags_test("classify_images", conf=CONF, logical_date="2026-10-15")
     assert "NOTHING RAN in manual__" in result.output, result.output[-4000:]
-    assert "backfill create --dag-id classify_images --from-date D --to-date D" in result.output
+    assert "so the run is marked failed" in result.output  # its note (no API server under dags test: logged)
+    assert "backfill create --dag-id classify_images --from-date" in result.output

@@ -124,6 +124,8 @@ def test_trains_writes_model_and_predictions_then_resumes(inputs, tmp_path):
 
     first_log = run_training(model, data, tmp_path, "--max_steps", "2")
     assert "Starting fresh" in first_log
+    assert "INFO train: step 1/2 (50%) · epoch " in first_log and " · ETA " in first_log  # the progress line
+    assert "INFO train: step 2/2 (100%) · epoch " in first_log and "ETA 0:00:00" in first_log
     assert (tmp_path / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
     assert weight_shapes(tmp_path / "model") == weight_shapes(model)  # the layout serving stacks expect
     for name in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json", "chat_template.jinja"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -113,16 +114,58 @@ def test_partitions_carry_their_gate_verdict_and_days_without_a_commit_are_gaps(
     record(storage_root / "costs", classification("2026-11-05", images=10, invalid=1, seconds=6))
     commit(storage_root, "2026-11-01", passed=True)
     commit(storage_root, "2026-11-02", passed=False)
-    commit(storage_root, "2026-11-04", passed=True)  # zero images, no ledger row: committed, not a gap
-    report = view_data.build_report(storage_root)
+    commit(storage_root, "2026-11-04", passed=True)  # zero images, no ledger row: committed, shown, not a gap
+    report = view_data.build_report(storage_root, today=date(2026, 11, 6))
     days = [(d.dt, "gap" if d.gap else d.quality) for d in report.days]
     assert days == [
         ("2026-11-05", "not committed"),
+        ("2026-11-04", "no data"),  # zero images: nothing to judge, never "passed"
         ("2026-11-03", "gap"),
         ("2026-11-02", "violated"),
         ("2026-11-01", "passed"),
     ]
-    assert report.days[2].quality_detail == "invalid_rate: 0.2"
+    assert report.days[3].quality_detail == "invalid_rate: 0.2"
+    zero = report.days[1]
+    assert (zero.images, zero.cost_usd, zero.run_link) == (0, None, "")
+
+
+def test_a_missing_latest_night_is_a_gap_from_the_start_date_on(storage_root, monkeypatch) -> None:
+    """Issue 24: gaps counted only between the oldest and the newest partition, so a failed latest night never
+    showed. Days up to the last complete day are expected from the nightly start date on."""
+    monkeypatch.setenv("PIPELINE_CLASSIFY_START_DATE", "2026-11-04")
+    commit(storage_root, "2026-11-01", passed=True)
+    commit(storage_root, "2026-11-02", passed=True)
+    report = view_data.build_report(storage_root, today=date(2026, 11, 6))
+    assert [(d.dt, d.gap) for d in report.days] == [
+        ("2026-11-05", True),  # yesterday: missing
+        ("2026-11-04", True),
+        ("2026-11-02", False),  # 2026-11-03: after the newest partition and before the start date: not expected
+        ("2026-11-01", False),
+    ]
+
+
+def test_promoted_is_not_serving_until_an_endpoint_serves_it(storage_root) -> None:
+    from support.endpoints import endpoint_record
+    from tasks.common import storage
+
+    assert (
+        view_data.build_report(storage_root).serving_text == "NOT serving: no endpoint deployed (run deploy_endpoint)"
+    )
+    record = endpoint_record("http://x", model_version="v1").to_dict() | {"deployed_at": "2026-11-30T10:00:00+00:00"}
+    storage.write_json(storage_root / "serving" / "endpoint.json", record)
+    text = view_data.build_report(storage_root).serving_text
+    assert text.startswith("NOT serving v2: endpoint llava-classifier serves v1 since 2026-11-30T10:00:00+00:00")
+    storage.write_json(storage_root / "serving" / "endpoint.json", record | {"model_version": "v2"})
+    serving = "serving on endpoint llava-classifier since 2026-11-30T10:00:00+00:00"
+    assert view_data.build_report(storage_root).serving_text == serving
+
+
+def test_a_versions_review_is_shown_with_who_when_and_why(storage_root) -> None:
+    from tasks.training.registry import record_review
+
+    record_review(storage_root / "models", "v2", approved=True, by="alice", at="2026-12-02T10:00:00", comment="ok")
+    (row,) = view_data.build_report(storage_root).models
+    assert row.review == "approved by alice at 2026-12-02T10:00:00: ok"
 
 
 def test_model_history_with_decisions_run_links_and_the_chosen_versions_metrics(storage_root) -> None:

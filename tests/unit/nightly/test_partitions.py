@@ -17,6 +17,18 @@ def test_a_run_processes_the_day_of_its_logical_date() -> None:
     assert partition_dt(d, d) == "2026-11-02"  # scheduled and backfill runs: logical date == interval start
     assert partition_dt(d, datetime(2026, 11, 1, tzinfo=UTC)) == "2026-11-02"  # `dags test … 2026-11-02`
     assert partition_dt(None, datetime(2026, 11, 1, tzinfo=UTC)) == "2026-11-01"  # manual run without a date
+    after = datetime(2026, 11, 3, tzinfo=UTC)  # scheduled and backfill runs: run_after is the interval's end
+    assert partition_dt(d, d, after) == "2026-11-02"
+
+
+def test_a_form_trigger_with_its_default_logical_date_processes_the_last_complete_day() -> None:
+    """Issue 24: the trigger form pre-fills the logical date with now; that day is not over, yesterday is."""
+    now = datetime(2026, 12, 2, 14, 5, tzinfo=UTC)
+    assert partition_dt(now, datetime(2026, 12, 1, tzinfo=UTC), run_after=now) == "2026-12-01"
+    past = datetime(2026, 11, 25, tzinfo=UTC)  # a day picked in the form: that day
+    assert partition_dt(past, datetime(2026, 11, 24, tzinfo=UTC), run_after=now) == "2026-11-25"
+    future = datetime(2026, 12, 5, tzinfo=UTC)  # the future keeps its dt (the sensor refuses it, saying why)
+    assert partition_dt(future, future, run_after=now) == "2026-12-05"
 
 
 def test_schedule_comes_from_the_environment() -> None:
@@ -78,14 +90,23 @@ def test_an_empty_or_missing_partition_plans_zero_shards(tmp_path: Path) -> None
     assert (planned.listed, planned.to_classify, planned.shards) == (0, 0, [])
 
 
-def test_a_run_before_the_start_date_says_that_nothing_ran(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue 9, defect 9: `dags test classify_images D` for D before the start date has no tasks; it says so.
+def test_a_run_before_the_start_date_says_that_nothing_ran_in_its_note_and_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 9, defect 9 / issue 24: a run for D before the start date has no tasks; it must not stay green.
     Airflow's callback context for a run without task instances has no `dag_run` (airflow.models.dagrun)."""
     from types import SimpleNamespace
 
+    from tasks.common import run_notes
+
+    written = []
+    monkeypatch.setattr(run_notes, "logical_date", lambda dag_id, run_id: "2026-10-25T00:00:00+00:00")
+    monkeypatch.setattr(run_notes, "write_note", lambda *args, **kwargs: written.append((args, kwargs)))
     monkeypatch.setenv("PIPELINE_CLASSIFY_START_DATE", "2026-11-01")
     empty = {"dag": SimpleNamespace(dag_id="classify_images"), "run_id": "manual__x", "reason": "success"}
     message = partitions.say_when_nothing_ran(empty)
-    assert "NOTHING RAN in manual__x" in message and "PIPELINE_CLASSIFY_START_DATE=2026-11-01" in message
-    assert "backfill create --dag-id classify_images --from-date D --to-date D" in message
+    assert "NOTHING RAN in manual__x: dt=2026-10-25" in message and "START_DATE=2026-11-01" in message
+    assert "backfill create --dag-id classify_images --from-date 2026-10-25 --to-date 2026-10-25" in message
+    assert written == [(("classify_images", "manual__x", message), {"state": "failed"})]
     assert partitions.say_when_nothing_ran(empty | {"dag_run": SimpleNamespace()}) is None
+    assert len(written) == 1

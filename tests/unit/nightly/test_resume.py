@@ -245,7 +245,7 @@ def test_a_publisher_killed_holding_the_lease_is_taken_over_at_once_by_its_retry
     took = time.monotonic() - started
 
     print(f"rerun after kill -9 during publish: committed in {took:.2f} s")
-    assert took < 10 and summary["rows"] == IMAGES  # not LEASE_TTL_S (120 s), nor the old 900 s
+    assert took < 10 and summary["images"] == IMAGES  # not LEASE_TTL_S (120 s), nor the old 900 s
     rows = stable(predictions.read_partition(storage_path(folder(out))).sort_by("key").to_pylist())
     assert rows == clean_rows(tmp_path, incoming, server.url)
     assert not (out / LEASE).exists()
@@ -264,4 +264,4 @@ def test_a_lease_whose_owner_airflow_still_runs_is_refused_saying_when_it_expire
     assert "expires at" in message and "delete the lease file" in message
 
     other_run.live = 0  # Airflow has marked it failed (its heartbeat stopped): taken over without waiting
-    assert steps.publish(planned, staged, {"passed": True}, other_run)["rows"] == IMAGES
+    assert steps.publish(planned, staged, {"passed": True}, other_run)["images"] == IMAGES

@@ -57,3 +57,14 @@ def test_a_far_future_day_fails_at_once_saying_why(tmp_path: Path) -> None:
     assert "until 2031-02-03T02:00:00+00:00" in message and "beyond this sensor's 1 day, 0:00:00 timeout" in message
     # the day before the deadline is within the timeout: it waits
     assert look(tmp_path, "2026-12-02", "2026-12-02T17:00:00+00:00")[0] is False
+
+
+def test_a_run_made_during_its_days_says_it_processes_the_last_complete_day(tmp_path: Path, caplog) -> None:
+    settings = load_settings({"PIPELINE_STORAGE_URI": tmp_path.as_uri()})
+    params = {"incoming_uri": f"{tmp_path.as_uri()}/incoming/dt={{dt}}/", "late_data_wait_minutes": 120}
+    now = datetime(2026, 12, 2, 14, 5, tzinfo=UTC)
+    with caplog.at_level(logging.INFO, logger="tasks.nightly.steps"):
+        done, found = look_for_partition(settings, params, now, now, now=now, run_after=now)
+    assert (done, found) == (True, {"dt": "2026-12-01", "present": False})  # its late-data wait ended at 02:00
+    assert "dt=2026-12-01: the logical date 2026-12-02T14:05:00+00:00 falls on a day that was not over" in caplog.text
+    assert "a day with zero images" in caplog.text

@@ -86,3 +86,52 @@ def test_the_production_model_is_the_comparison_column(evaluated, tmp_path) -> N
     steps.promote(settings(tmp_path), training.to_dict() | {"version": "v0"}, {"accuracy": 0.89}, PARAMS, {}, RUN)
     _, body = steps.review_request(settings(tmp_path), training.to_dict(), metrics, PARAMS, "")
     assert "| version | `" + training.version + "` | `v0` |" in body and "| accuracy | 0.9000 | 0.8900 |" in body
+
+
+def test_evaluate_registers_a_candidate_whose_confusion_matrix_is_served_before_the_review(plan, tmp_path) -> None:  # noqa: F811
+    """Issue 24: the Required Action's matrix was a 404 — the view serves registered versions only, and the
+    candidate was registered by `promote`, after the approval. `evaluate` registers it now."""
+    from dataclasses import asdict
+
+    from tasks.dashboard.view_data import confusion_matrix_png
+    from tasks.model.taxonomy import load_taxonomy
+
+    digits = load_taxonomy("digits")
+    root = tmp_path / "models" / plan.version
+    root.mkdir(parents=True)
+    answers = [{"label": d, "answer": digits.answer(d)} for d in "0123456789"]
+    (root / "eval_predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in answers))
+    metrics = steps.evaluate(settings(tmp_path), plan.to_dict(), asdict(OUTCOME), RUN)
+    models = storage_path((tmp_path / "models").as_uri())
+    entry = read_registry(models)["versions"][plan.version]
+    assert (entry["status"], entry["run_id"], entry["metrics"]["accuracy"]) == ("candidate", RUN["run_id"], 1.0)
+    assert metrics["accuracy"] == 1.0
+    assert confusion_matrix_png(models, plan.version).startswith(b"\x89PNG")
+    steps.promote(settings(tmp_path), plan.to_dict(), metrics, PARAMS, {"approved": True, "by": "bob"}, RUN)
+    again = read_registry(models)["versions"][plan.version]
+    assert again["status"] == "production" and again["created_at"] == entry["created_at"]
+
+
+def test_who_reviewed_when_and_why_is_kept_in_the_registry(evaluated, tmp_path) -> None:
+    training, metrics = evaluated
+    review = {"approved": False, "by": "alice", "at": "2026-12-02T10:00:00+00:00", "comment": "class 9 is off"}
+    with pytest.raises(AirflowSkipException, match="rejected in review by alice at 2026-12-02T10:00:00"):
+        steps.promote(settings(tmp_path), training.to_dict(), metrics, PARAMS, review, RUN)
+    registry = read_registry(storage_path((tmp_path / "models").as_uri()))
+    assert registry["reviews"] == [
+        {
+            "version": training.version,
+            "decision": "rejected",
+            "by": "alice",
+            "at": "2026-12-02T10:00:00+00:00",
+            "comment": "class 9 is off",
+        }
+    ]
+    assert registry["versions"][training.version]["decision"].endswith("at 2026-12-02T10:00:00+00:00: class 9 is off")
+
+
+def test_the_request_names_real_tasks_and_says_a_paused_deploy_does_not_serve(evaluated, tmp_path) -> None:
+    training, metrics = evaluated
+    _, body = steps.review_request(settings(tmp_path), training.to_dict(), metrics, PARAMS, "")
+    assert "promote_if_better" not in body and "the `promote` task" in body
+    assert "only if that DAG is unpaused" in body

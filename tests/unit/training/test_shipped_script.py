@@ -205,3 +205,30 @@ def test_without_zero3_saves_are_transformers_own(monkeypatch, tmp_path):
         ("save_model", str(tmp_path / "checkpoint-2"), True),
         ("save_model", str(tmp_path / "model"), False),
     ]
+
+
+def test_the_training_log_says_step_epoch_loss_and_an_eta():
+    """Issue 24: the log showed loss dicts with a fractional epoch only; now each logging step says how far."""
+    state = SimpleNamespace(global_step=120, max_steps=600, epoch=3.0, num_train_epochs=15, is_world_process_zero=True)
+    line = train.progress_line(state, 0.42101, elapsed_s=90.0)
+    assert line == "step 120/600 (20%) · epoch 3.00/15 · loss 0.4210 · 0:01:30 elapsed · ETA 0:06:00"
+    # a resumed run paces on its own steps: 20 steps in 90 s since step 100, 480 left
+    assert train.progress_line(state, 0.42, 90.0, first_step=100).endswith("ETA 0:36:00")
+    assert train.progress_line(SimpleNamespace(**vars(state) | {"global_step": 0}), 1.0, 0.0).endswith("ETA unknown")
+
+
+def test_the_progress_callback_logs_on_logging_steps_of_the_main_process(caplog):
+    ticks = iter([10.0, 40.0])
+    callback = train.ProgressLog(clock=lambda: next(ticks))
+    state = SimpleNamespace(global_step=0, max_steps=4, epoch=0.0, num_train_epochs=2, is_world_process_zero=True)
+    callback.on_train_begin(None, state, None)
+    state.global_step, state.epoch = 1, 0.5
+    with caplog.at_level("INFO", logger="train"):
+        callback.on_log(None, state, None, logs={"learning_rate": 1e-3})  # no loss: not a training log
+        callback.on_log(None, state, None, logs={"loss": 2.5, "epoch": 0.5})
+        callback.on_log(
+            None, SimpleNamespace(**vars(state) | {"is_world_process_zero": False}), None, logs={"loss": 2.5}
+        )
+    assert [r.getMessage() for r in caplog.records] == [
+        "step 1/4 (25%) · epoch 0.50/2 · loss 2.5000 · 0:00:30 elapsed · ETA 0:01:30"
+    ]
