@@ -126,14 +126,15 @@ def build_app() -> ASGIApp:
     def links_script() -> Response:
         return respond((STATIC / "costs_quality.js").read_bytes(), "text/javascript")
 
-    @app.get("/models/{version}/confusion_matrix.png")
-    def confusion_matrix(version: str) -> Response:
+    @app.get("/models/{version}/{plot}")
+    def model_plot(version: str, plot: str) -> Response:
+        """A registered version's confusion matrix or risk-coverage curve (view_data.MODEL_PLOTS), nothing else."""
         from tasks.common import storage
-        from tasks.dashboard.view_data import confusion_matrix_png
+        from tasks.dashboard.view_data import model_plot_png
 
-        png = confusion_matrix_png(storage_root() / storage.MODELS, version)
+        png = model_plot_png(storage_root() / storage.MODELS, version, plot)
         if png is None:
-            raise HTTPException(status_code=404, detail="no confusion matrix for that version")
+            raise HTTPException(status_code=404, detail=f"no {plot} for that version")
         return respond(png, "image/png")
 
     return app

@@ -49,6 +49,7 @@ class DayOutcome:
     model_version: str
     cost_usd: float | None = None  # the day's classification cost; None: nothing priced (no endpoint)
     usd_per_1000_images: float | None = None
+    estimated_accuracy: float | None = None  # the gate's mean calibrated confidence; None: no confidence to judge
     extra_lines: list[str] = field(default_factory=list)  # what a DAG adds (the backlog's range)
 
     def extra(self) -> dict[str, Any]:
@@ -70,12 +71,16 @@ class DayOutcome:
             "",
             f"- images: {self.images:,} listed, {self.classified:,} classified, {self.carried:,} carried over",
             f"- statuses: {counts}",
-            f"- quality gate: {self.quality}",
+            f"- quality gate: {self.quality}{estimated_text(self.estimated_accuracy)}",
             f"- cost: {money(self.cost_usd)}{per_1000}",
             f"- model: `{self.model_version or 'none'}`",
             *self.extra_lines,
         ]
         return "\n".join(lines)[:MAX_NOTE_CHARS]
+
+
+def estimated_text(estimated: float | None) -> str:
+    return "" if estimated is None else f" (estimated accuracy {estimated:.1%}, from calibrated confidence)"
 
 
 def range_note(days: list[str], committed: list[dict[str, Any]]) -> str:

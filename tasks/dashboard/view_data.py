@@ -23,6 +23,7 @@ from tasks.nightly import predictions
 from tasks.nightly.partitions import NightlySchedule
 from tasks.serving import deployment
 from tasks.training import registry
+from tasks.training.calibration import RISK_COVERAGE_FILE
 from tasks.training.evaluation import CONFUSION_MATRIX_FILE, METRICS_FILE
 
 MAX_PARTITIONS = 90  # a quarter of nights: enough for a trend, small enough for one page
@@ -36,8 +37,16 @@ def run_link(dag_id: str, run_id: str) -> str:
     return f"../dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}" if dag_id and run_id else ""
 
 
+# The plots of a model version's folder the view serves (nothing else under storage is).
+MODEL_PLOTS = (CONFUSION_MATRIX_FILE, RISK_COVERAGE_FILE)
+
+
+def model_plot_link(version: str, name: str) -> str:
+    return f"models/{quote(version, safe='')}/{name}"
+
+
 def confusion_matrix_link(version: str) -> str:
-    return f"models/{quote(version, safe='')}/{CONFUSION_MATRIX_FILE}"
+    return model_plot_link(version, CONFUSION_MATRIX_FILE)
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,7 @@ class PartitionRow:
     # passed | violated (published anyway) | no data (zero images) | not committed: from _SUCCESS
     quality: str = "not committed"
     quality_detail: str = ""
+    estimated_accuracy: float | None = None  # mean calibrated confidence of the committed answers (label-free)
     gap: bool = False
 
     @property
@@ -147,15 +157,21 @@ class ModelRow:
 
 @dataclass(frozen=True)
 class ModelDetail:
-    """The chosen version: per-class metrics from its metrics.json."""
+    """The chosen version: per-class metrics and the confidence calibration from its metrics.json."""
 
     version: str
     per_class: dict[str, dict[str, float]]
     n_test: int | None
+    calibration: dict[str, Any] | None = None  # tasks.training.calibration's report; None: not calibrated
 
     @property
     def confusion_matrix_link(self) -> str:
         return confusion_matrix_link(self.version)
+
+    @property
+    def risk_coverage_link(self) -> str:
+        """The risk-coverage plot; "" when evaluation drew none (no test rows with decision-token scores)."""
+        return model_plot_link(self.version, RISK_COVERAGE_FILE) if (self.calibration or {}).get("after") else ""
 
 
 @dataclass(frozen=True)
@@ -288,7 +304,8 @@ def verdict_of(row: PartitionRow, manifest: dict[str, Any]) -> PartitionRow:
     checks = verdict.get("checks") or []
     detail = "; ".join(f"{c.get('name')}: {c.get('value')}" for c in checks if not c.get("passed", True))
     quality = run_notes.quality_verdict(verdict, manifest.get("rows", row.images))
-    return replace(row, quality=quality, quality_detail=detail)
+    estimated = predictions.RowStats.from_dict(manifest.get("stats") or {}).mean_confidence
+    return replace(row, quality=quality, quality_detail=detail, estimated_accuracy=estimated)
 
 
 def with_gaps(
@@ -352,15 +369,24 @@ def model_detail(models_root: ObjectStoragePath, version: str) -> ModelDetail | 
     if version not in registry.read_registry(models_root)["versions"]:
         return None
     metrics = storage.read_json(models_root / version / METRICS_FILE, default=None) or {}
-    return ModelDetail(version=version, per_class=metrics.get("per_class", {}), n_test=metrics.get("n_test"))
+    return ModelDetail(
+        version=version,
+        per_class=metrics.get("per_class", {}),
+        n_test=metrics.get("n_test"),
+        calibration=metrics.get("calibration"),
+    )
+
+
+def model_plot_png(models_root: ObjectStoragePath, version: str, name: str) -> bytes | None:
+    """One of MODEL_PLOTS of a version the registry knows; None for anything else (nothing else is served)."""
+    if name not in MODEL_PLOTS or version not in registry.read_registry(models_root)["versions"]:
+        return None
+    path = models_root / version / name
+    return path.read_bytes() if path.exists() else None
 
 
 def confusion_matrix_png(models_root: ObjectStoragePath, version: str) -> bytes | None:
-    """The confusion matrix image of a version the registry knows (nothing else under storage is served)."""
-    if version not in registry.read_registry(models_root)["versions"]:
-        return None
-    path = models_root / version / CONFUSION_MATRIX_FILE
-    return path.read_bytes() if path.exists() else None
+    return model_plot_png(models_root, version, CONFUSION_MATRIX_FILE)
 
 
 def _training_row(row: dict[str, Any]) -> TrainingRow:

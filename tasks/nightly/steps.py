@@ -244,6 +244,7 @@ def day_outcome(
         statuses=summary["statuses"],
         quality=run_notes.quality_verdict(verdict, summary["rows"]),
         model_version=summary["model_version"],
+        estimated_accuracy=verdict.get("estimated_accuracy"),
         cost_usd=costs.get("cost_usd"),
         usd_per_1000_images=costs.get("usd_per_1000_images"),
     )

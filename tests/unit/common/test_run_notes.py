@@ -18,6 +18,7 @@ DAY = DayOutcome(
     model_version="v-2026-12-01",
     cost_usd=0.0006,
     usd_per_1000_images=0.005,
+    estimated_accuracy=0.9712,
 )
 
 
@@ -39,12 +40,19 @@ def test_the_extra_is_flat_with_the_same_fields() -> None:
         "model_version": "v-2026-12-01",
         "cost_usd": 0.0006,
         "usd_per_1000_images": 0.005,
+        "estimated_accuracy": 0.9712,
         "ok": 117,
         "invalid": 2,
         "rejected": 1,
         "failed": 0,
     }
     assert all(not isinstance(value, dict | list) for value in DAY.extra().values())
+
+
+def test_the_note_gives_the_label_free_estimate_beside_the_verdict() -> None:
+    assert "- quality gate: passed (estimated accuracy 97.1%, from calibrated confidence)" in DAY.note().splitlines()
+    unknown = DayOutcome("2026-11-27", 5, 5, 0, {"ok": 5}, "passed", "v", None, None)
+    assert "- quality gate: passed" in unknown.note().splitlines()  # no confidence: no estimate, no "None"
 
 
 def test_a_zero_image_day_says_so_first_and_is_never_passed() -> None:

@@ -194,9 +194,24 @@ def test_only_registered_versions_confusion_matrices_are_served(storage_root) ->
     models = storage_root / "models"
     (models / "v2").mkdir(parents=True)
     (models / "v2" / "confusion_matrix.png").write_bytes(b"\x89PNG fake")
+    (models / "v2" / "risk_coverage.png").write_bytes(b"\x89PNG curve")
+    (models / "v2" / "metrics.json").write_text('{"secret": 1}')
     assert view_data.confusion_matrix_png(models, "v2") == b"\x89PNG fake"
+    assert view_data.model_plot_png(models, "v2", "risk_coverage.png") == b"\x89PNG curve"
+    assert view_data.model_plot_png(models, "v2", "metrics.json") is None  # only the plots, nothing else
     assert view_data.confusion_matrix_png(models, "..") is None
     assert view_data.confusion_matrix_png(models, "v9") is None
+
+
+def test_each_day_shows_the_estimated_accuracy_of_its_answers(storage_root) -> None:
+    from tasks.nightly import predictions
+
+    stats = predictions.RowStats(confidence_sum=45.0, confidence_histogram=[0] * 18 + [0, 50]).to_dict()
+    summary = {"quality": {"verdict": "passed"}, "stats": stats}
+    predictions.publish(predictions.partition_dir(storage_root / "predictions", "2026-11-01"), "t", [], summary)
+    commit(storage_root, "2026-11-02", passed=True)  # committed before confidence existed
+    report = view_data.build_report(storage_root, today=date(2026, 11, 3))
+    assert [(d.dt, d.estimated_accuracy) for d in report.days] == [("2026-11-02", None), ("2026-11-01", 0.9)]
 
 
 def test_each_partition_links_to_the_run_of_the_dag_that_committed_it(tmp_path: Path) -> None:
