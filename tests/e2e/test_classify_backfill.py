@@ -29,7 +29,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 DAG_ID = "classify_images"
 DAYS = ["2026-11-02", "2026-11-03", "2026-11-04"]
 EMPTY_DAY = "2026-11-05"  # no images: a run note saying so, "no data" on the dashboard
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CONF = {"shard_size": 4, "concurrency": 2, "quality": {"on_violation": "warn"}}
 # Catchup starts today: unpausing the DAG (backfill runs wait for that) schedules nothing in the past.
 STACK = StackConfig(env=(("PIPELINE_CLASSIFY_START_DATE", datetime.now(UTC).date().isoformat()),))
@@ -121,31 +120,19 @@ def screenshots(stack: AirflowStack, empty_run: str) -> None:
     that day in Costs & quality, as an operator sees them."""
     from urllib.parse import quote
 
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    from tests.e2e.airflow_stack import ADMIN_USER
-    from tests.e2e.test_costs_view import CHROMIUM, CHROMIUM_ARGS, UI_STEP_DEADLINE_MS
+    from tests.e2e.browser import ARTIFACTS, browser_page, log_in
 
-    expect.set_options(timeout=UI_STEP_DEADLINE_MS)
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            page.set_default_timeout(UI_STEP_DEADLINE_MS)
-            page.goto(stack.api_url + "/")
-            page.get_by_label("Username").fill(ADMIN_USER)
-            page.get_by_label("Password").fill(stack.password)
-            page.get_by_role("button", name="Sign in").click()
-            page.wait_for_url(lambda url: "/login" not in url)
-            page.goto(f"{stack.api_url}/dags/{DAG_ID}/runs")
-            expect(page.get_by_role("button", name="Note").first).to_be_visible()
-            page.screenshot(path=ARTIFACTS / "ui_run_list.png", full_page=True)
-            page.goto(f"{stack.api_url}/dags/{DAG_ID}/runs/{quote(empty_run, safe='')}")
-            expect(page.get_by_text(f"dt={EMPTY_DAY} · NO IMAGES").first).to_be_visible()
-            page.screenshot(path=ARTIFACTS / "ui_run_note_zero_image_day.png", full_page=True)
-            page.goto(f"{stack.api_url}/plugin/costs-quality")
-            expect(page.frame_locator("iframe").locator("#partitions")).to_contain_text("no data (no images)")
-            page.screenshot(path=ARTIFACTS / "ui_dashboard_zero_image_day.png", full_page=True)
-        finally:
-            browser.close()
+    with browser_page() as page:
+        page.goto(stack.api_url + "/")
+        log_in(page, stack)
+        page.goto(f"{stack.api_url}/dags/{DAG_ID}/runs")
+        expect(page.get_by_role("button", name="Note").first).to_be_visible()
+        page.screenshot(path=ARTIFACTS / "ui_run_list.png", full_page=True)
+        page.goto(f"{stack.api_url}/dags/{DAG_ID}/runs/{quote(empty_run, safe='')}")
+        expect(page.get_by_text(f"dt={EMPTY_DAY} · NO IMAGES").first).to_be_visible()
+        page.screenshot(path=ARTIFACTS / "ui_run_note_zero_image_day.png", full_page=True)
+        page.goto(f"{stack.api_url}/plugin/costs-quality")
+        expect(page.frame_locator("iframe").locator("#partitions")).to_contain_text("no data (no images)")
+        page.screenshot(path=ARTIFACTS / "ui_dashboard_zero_image_day.png", full_page=True)

@@ -12,7 +12,6 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
@@ -24,7 +23,8 @@ from tasks.costs.pricing import hourly_price
 from tasks.dashboard import view_data
 from tasks.model.taxonomy import load_taxonomy
 from tasks.serving.client import ClassificationResult, EndpointClient, EndpointSpec
-from tests.e2e.airflow_stack import ADMIN_USER, LOCAL_SQLITE, AirflowStack, running_stack
+from tests.e2e.airflow_stack import LOCAL_SQLITE, AirflowStack, running_stack
+from tests.e2e.browser import ARTIFACTS, browser_page, log_in
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -33,22 +33,7 @@ if TYPE_CHECKING:
 # A hang guard above the named deadlines (stack start, parse, the page steps), so they fire first and say what.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 SCREENSHOT = ARTIFACTS / "costs_view.png"
-CHROMIUM = "/usr/bin/chromium"
-# Each Playwright step (a page load, a selector, an expectation) waits on the page's own state up to this: ~1-3 s on
-# 2 idle cores (the UI's JavaScript on a busy API server); 120 s is a stuck page, not a slow one.
-UI_STEP_DEADLINE_MS = 120_000
-# Without the background-networking flags Chromium keeps dialling Google on a machine with no network.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 VIEW = "/costs-quality/"
 MODEL_VERSION = "tiny-untrained"
 PARTITIONS = {"2026-11-01": range(1000, 1006), "2026-11-02": range(1100, 1104)}  # dt -> demo digit indices
@@ -217,33 +202,22 @@ def test_anonymous_requests_are_refused(stack_after_demo_run: AirflowStack) -> N
 
 
 def test_a_logged_in_user_sees_the_real_numbers_in_the_airflow_ui(stack_after_demo_run: AirflowStack) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run bin/test-setup (Debian package chromium)"
     stack = stack_after_demo_run
     expected = expected_texts(stack)
-    ARTIFACTS.mkdir(exist_ok=True)
     SCREENSHOT.unlink(missing_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1100})
-            page.set_default_timeout(UI_STEP_DEADLINE_MS)
-            expect.set_options(timeout=UI_STEP_DEADLINE_MS)
-            page.goto(stack.api_url + "/plugin/costs-quality")  # not logged in: Airflow sends us to its login page
-            page.get_by_label("Username").fill(ADMIN_USER)
-            page.get_by_label("Password").fill(stack.password)
-            page.get_by_role("button", name="Sign in").click()
-            page.wait_for_url("**/plugin/costs-quality")
-            view = page.frame_locator("iframe")
-            for section, texts in expected.items():
-                for text in texts:
-                    expect(view.locator(section)).to_contain_text(text)
-            expect(view.locator(".chart svg")).to_be_visible()
-            page.screenshot(path=SCREENSHOT, full_page=True)
-            opens_the_backlog_run(page, view, stack)
-        finally:
-            browser.close()
+    with browser_page(height=1100) as page:
+        page.goto(stack.api_url + "/plugin/costs-quality")  # not logged in: Airflow sends us to its login page
+        log_in(page, stack)
+        page.wait_for_url("**/plugin/costs-quality")
+        view = page.frame_locator("iframe")
+        for section, texts in expected.items():
+            for text in texts:
+                expect(view.locator(section)).to_contain_text(text)
+        expect(view.locator(".chart svg")).to_be_visible()
+        page.screenshot(path=SCREENSHOT, full_page=True)
+        opens_the_backlog_run(page, view, stack)
     png = SCREENSHOT.read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 30_000, f"suspicious screenshot: {len(png)} bytes"
 

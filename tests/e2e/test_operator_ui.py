@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -22,12 +21,11 @@ import pytest
 
 from support.digits import curated_digits
 from tests.e2e.airflow_stack import ADMIN_USER, AirflowStack, StackConfig, running_stack
-from tests.e2e.test_costs_view import CHROMIUM, CHROMIUM_ARGS, UI_STEP_DEADLINE_MS
+from tests.e2e.browser import ARTIFACTS, browser_page, log_in
 
 # A hang guard above the named deadlines below (per test), so they fire first and say what was awaited.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 DAGS = ["curate_dataset", "finetune_llava", "deploy_endpoint", "teardown_endpoint", "classify_images"]
 BACKFILL_DAYS = ("2026/11/02", "2026/11/03")
 # Catchup starts today: unpausing never schedules past nights by itself.
@@ -64,24 +62,10 @@ def task_state(api: httpx.Client, dag_id: str, run_id: str, task_id: str) -> str
 
 @pytest.fixture(scope="module")
 def page(stack: AirflowStack):
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=UI_STEP_DEADLINE_MS)  # two busy cores: the UI can take a while to render a page
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run bin/test-setup (Debian package chromium)"
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            page.set_default_timeout(UI_STEP_DEADLINE_MS)
-            page.goto(stack.api_url + "/")
-            page.get_by_label("Username").fill(ADMIN_USER)
-            page.get_by_label("Password").fill(stack.password)
-            page.get_by_role("button", name="Sign in").click()
-            page.wait_for_url(lambda url: "/login" not in url)
-            yield page
-        finally:
-            browser.close()
+    with browser_page() as page:
+        page.goto(stack.api_url + "/")
+        log_in(page, stack)
+        yield page
 
 
 def open_trigger_form(page, stack: AirflowStack, dag_id: str):
