@@ -24,8 +24,8 @@ IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 # Mistral's LLaVA-NeXT format ("[INST] <image>\nprompt [/INST] answer</s>") with two changes: the assistant turn
-# sits in {% generation %} (assistant-only loss), and `image_url` parts become <image> too (`transformers serve`
-# sends those).
+# sits in {% generation %} (assistant-only loss), and `image_url` parts become <image> too (chat servers may
+# pass them as they are).
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{%- for message in messages -%}"

@@ -55,7 +55,7 @@ class EndpointSpec:
     url: str | None = None  # base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000
     endpoint_name: str | None = None
     aws_conn_id: str = "aws_default"
-    model: str | None = None  # the request's `model` field; LMI and a pinned `transformers serve` need none
+    model: str | None = None  # the request's `model` field; LMI and the local vLLM need none
     # The server is the serving runtime's vLLM (LMI's async mode, or the local backend's vLLM): it honours the label
     # constraint and returns the decision token's log-probabilities.
     supports_choice: bool = False

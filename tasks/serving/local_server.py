@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -119,7 +121,7 @@ def _launch(model_dir: str, state_path: Path, port: int, ready_timeout_s: float)
         "VLLM_CPU_KVCACHE_SPACE": str(KV_CACHE_GIB),
         "VLLM_CACHE_ROOT": str(cache),  # else ~/.cache/vllm
         "TORCHINDUCTOR_CACHE_DIR": str(cache / "torchinductor"),  # else $TMPDIR/torchinductor_$USER
-        "TMPDIR": str(tmp_dir),  # vLLM leaves a vllm_dist_* file per start there (else /tmp)
+        "TMPDIR": str(tmp_dir),  # vLLM leaves a vllm_dist_* file per start there
     }
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
@@ -185,8 +187,12 @@ def _config(model_dir: Path | str) -> dict:
 
 
 def _tmp_dir(state_path: Path) -> Path:
-    """The server's TMPDIR, emptied at each start and removed at stop."""
-    return state_path.with_name(state_path.stem + "-tmp")
+    """The server's TMPDIR, emptied at each start and removed at stop: one per state file, in the system's temp folder
+    with a short name, because vLLM puts its ZeroMQ sockets there (`VLLM_RPC_BASE_PATH` defaults to it,
+    vllm/utils/network_utils.py at v0.32.0) and a socket path must stay under 108 bytes: one beside a deep storage
+    root's state file is too long."""
+    digest = hashlib.sha256(str(state_path.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"llava-vllm-{digest}"
 
 
 def _alive(info: ServerInfo) -> bool:
