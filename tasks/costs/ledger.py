@@ -103,7 +103,10 @@ def query(costs_root: ObjectStoragePath, sql: str, params: dict[str, Any] | None
     import duckdb
 
     ledger = read_ledger(costs_root)  # noqa: F841 — DuckDB finds the Arrow table by its variable name
-    con = duckdb.connect()
+    # One thread: the ledger is small, and DuckDB's worker threads can outlive the interpreter's shutdown and abort
+    # the process ("terminate called without an active exception", duckdb/duckdb#13904) — seen twice at the end of
+    # `predictions-summary` on a loaded machine, which failed `make demo` after every step had succeeded.
+    con = duckdb.connect(config={"threads": 1})
     try:
         result = con.execute(sql, params)
         names = [d[0] for d in result.description]
