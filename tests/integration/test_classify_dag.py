@@ -67,6 +67,7 @@ def test_three_partitions_then_reruns_reproduce_them(airflow: AirflowRunner, dep
             **manifest["stats"]["statuses"],
             "quality": "passed" if manifest["quality"]["passed"] else "violated",
             "model_version": "v-it",
+            "estimated_accuracy": None,  # the test's model was registered without a calibration
         }
         assert sum(manifest["stats"]["statuses"].values()) == manifest["rows"] == len(images)
         assert all(row["status"] in ("ok", "invalid") for row in rows if row["key"] != "broken.png")
@@ -108,6 +109,7 @@ def test_a_day_without_images_commits_an_empty_partition(airflow: AirflowRunner,
         "model_version": "v-it",
         "cost_usd": 0.0,
         "usd_per_1000_images": None,
+        "estimated_accuracy": None,  # nothing was classified
     }
     manifest, rows = committed(deployed, "2026-11-20")
     assert (manifest["listed"], manifest["files"], rows) == (0, [], [])
