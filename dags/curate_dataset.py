@@ -5,7 +5,7 @@ from __future__ import annotations
 from airflow.sdk import Param, dag, task
 
 from tasks.common import storage
-from tasks.common.assets import CURATED_DATASET
+from tasks.common.assets import CURATED_DATASET, REVIEWED_LABELS
 from tasks.common.dag_defaults import SETTINGS, TAGS, default_args
 from tasks.model.taxonomy import DEFAULT_PROMPT_TEMPLATE, available_taxonomies
 from tasks.model.vision_tokens import DEFAULT_MAX_IMAGE_TOKENS
@@ -15,6 +15,13 @@ DOC = """
 Turns a drop of labelled images into a HF `datasets` **DatasetDict** (`train`/`validation`/`test`) in TRL's
 vision conversational format (`images` + `messages`; answer `this is a photo of {label}.`), plus
 `curation_report.json` beside it, then emits the **curated_dataset** asset, which triggers `finetune_llava`.
+Runs when reviewers' labels are published (the **reviewed_labels** asset, `publish_reviews`) or when triggered.
+
+**Reviewed labels** (`fold_reviews`, on by default): the newest published review snapshot is folded in. A
+reviewer's label wins over the drop's (a flagged mislabel is relabelled); reviewed production images are added
+from `incoming/` (refused with a reason if their bytes changed since review). Each kept row's `label_source`
+(`drop` or `review`) and the report's `reviews` say what came from where; the model trained on the dataset keeps
+the snapshot in the registry.
 
 **Input** (`raw_uri`): one folder per label, or a folder of images plus `labels.csv` (`path,label`).
 Every file is fully decoded. Broken, tiny, non-image and decompression-bomb files, unknown labels, duplicates
@@ -36,7 +43,7 @@ conflict. The report's `near_duplicates` lists the groups and the leakage check 
 @dag(
     dag_id="curate_dataset",
     description="Validates and normalises a raw image drop into a split DatasetDict for fine-tuning.",
-    schedule=None,
+    schedule=[REVIEWED_LABELS],
     catchup=False,
     tags=[*TAGS, "curation"],
     doc_md=DOC,
@@ -56,6 +63,11 @@ conflict. The report's `near_duplicates` lists the groups and the leakage check 
         "test_fraction": Param(0.2, type="number", minimum=0, maximum=0.9),
         "val_fraction": Param(0.1, type="number", minimum=0, maximum=0.9),
         "seed": Param(42, type="integer"),
+        "fold_reviews": Param(
+            True,
+            type="boolean",
+            description="Fold in the newest published reviewed labels (a reviewer's label wins over the drop's).",
+        ),
         "max_image_tokens": Param(
             DEFAULT_MAX_IMAGE_TOKENS,
             type=["integer", "null"],
@@ -78,10 +90,11 @@ def curate_dataset():
 `raw_uri`. **labels.csv header**: the CSV needs `path,label`. **Many rejections** are not a failure: the counts by
 reason are in `curation_report.json` (path in the log). Rerunning is safe.""",
     )
-    def curate(params=None, ts_nodash=None, outlet_events=None) -> dict:
+    def curate(params=None, ts_nodash=None, outlet_events=None, triggering_asset_events=None) -> dict:
         from tasks.curation import steps
 
-        result = steps.curate(SETTINGS, params, ts_nodash)
+        events = triggering_asset_events.get(REVIEWED_LABELS, []) if triggering_asset_events else []
+        result = steps.curate(SETTINGS, params, ts_nodash, [event.extra for event in events])
         outlet_events[CURATED_DATASET].extra = result
         return result
 

@@ -134,6 +134,12 @@ Retrying cannot help: fix the cause, then trigger a new run."""
     def evaluate(plan: dict, outcome: dict, dag=None, run_id=None) -> dict:
         return steps.evaluate(SETTINGS, plan, outcome, {"dag_id": dag.dag_id, "run_id": run_id})
 
+    @task(doc_md="Queues the likely mislabels evaluate flagged in the training data for review (the Review page).")
+    def queue_mislabels(plan: dict) -> int:
+        from tasks.review.steps import queue_mislabels
+
+        return queue_mislabels(SETTINGS, plan["version"])
+
     @task(
         outlets=[PROMOTED_MODEL],
         doc_md="""Registers the version (with this run's id) and promotes it if it passes the gate and no reviewer
@@ -155,6 +161,7 @@ bar is wrong. **Rejected in review**: the reviewer's name is in the decision; ta
     outcome = TRAINING.train(planned, pool=steps.TRAINING_POOL)
     record_cost(planned, outcome)
     metrics = evaluate(planned, outcome)
+    metrics >> queue_mislabels(planned)
     review = PromotionApproval(
         task_id="approve_promotion",
         plan=planned,

@@ -9,12 +9,19 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tasks.model.taxonomy import Taxonomy, load_taxonomy
 from tasks.model.tiny_model import build_tiny_llava
 from tasks.training.local import tiny_model_corpus
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+    from tasks.curation.reviewed import ReviewedLabels
+    from tasks.records.reviews import ReviewSnapshot
 
 
 def digit_images(count: int | None = None) -> tuple[list, list[str]]:
@@ -81,10 +88,10 @@ def tiny_digits_model(out_dir: Path) -> Path:
     return build_tiny_llava(out_dir, digits_corpus(), seed=0)
 
 
-def curated_digits(dataset: Path, count: int) -> Path:
-    """The first `count` digits as a raw drop, curated by tasks/curation/curate.py into `dataset`: exactly what
-    finetune_llava trains on. Curated with the local backend's resize policy (the tiny model's vision geometry), as
-    curate_dataset does there.
+def curated_digits(dataset: Path, count: int, reviews: ReviewedLabels | None = None) -> Path:
+    """The first `count` digits as a raw drop, curated by tasks/curation/curate.py into `dataset` (with `reviews`
+    folded in): exactly what finetune_llava trains on. Curated with the local backend's resize policy (the tiny
+    model's vision geometry), as curate_dataset does there.
     """
     from tasks.common.storage import storage_path
     from tasks.curation.curate import CurationOptions, curate
@@ -95,5 +102,23 @@ def curated_digits(dataset: Path, count: int) -> Path:
     with tempfile.TemporaryDirectory(prefix="raw-digits-") as raw_dir:
         raw = storage_path(Path(raw_dir).as_uri())
         write_labelled(raw, range(count))
-        curate(raw, storage_path(dataset.as_uri()), load_taxonomy("digits"), CurationOptions(resize_policy=policy))
+        opts = CurationOptions(resize_policy=policy)
+        curate(raw, storage_path(dataset.as_uri()), load_taxonomy("digits"), opts, reviews)
     return dataset
+
+
+def relabel_training_digit(root: ObjectStoragePath, index: int, label: str, reviewer: str) -> ReviewSnapshot:
+    """A reviewer relabels demo digit `index` of a training drop, as if curation had flagged it as a likely
+    mislabel, and the reviewed labels are published: the snapshot curation folds in."""
+    from tasks.model.demo_data import digits
+    from tasks.model.images import content_hash, encode_png, load_image
+    from tasks.review import decisions, publish
+    from tasks.review.queue import QueueItem
+
+    digit = next(digits([index]))
+    pixels = content_hash(load_image(encode_png(digit.image)))  # as curation hashes the drop's file
+    flag = QueueItem(None, f"{digit.label}/digit-{index:04d}.png", pixels, "v0", label, 0.9, None, "mislabel_flag", "")
+    decisions.record(root, flag, label, reviewer=reviewer, taxonomy=load_taxonomy("digits"))
+    snapshot = publish.publish(root, min_new=1).snapshot
+    assert snapshot is not None, "nothing new to publish"
+    return snapshot

@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any
 
 from tasks.common.settings import load_settings
 from tasks.common.storage import local_path, read_json, storage_path
@@ -78,6 +79,12 @@ def _model_summary(args: argparse.Namespace) -> None:
     print(f"held-out accuracy: {metrics['accuracy']:.4f}   train_seconds: {metrics['train_seconds']:.1f}")
     print(f"model:            {metrics['model_uri']}")
     print(f"confusion matrix: {models / version / CONFUSION_MATRIX_FILE}")
+    if entry and entry.reviews:
+        folded = entry.reviews
+        print(
+            f"reviewed labels:  {folded.used} from {folded.snapshot} ({folded.relabelled} relabelled, "
+            f"{folded.added} reviewed production images added)"
+        )
     if (metrics.get("calibration") or {}).get("after"):
         print(f"risk-coverage:    {models / version / RISK_COVERAGE_FILE}")
     if metrics["train_seconds"] > args.max_train_seconds:  # a busy machine is slow, not wrong: say so, go on
@@ -267,13 +274,55 @@ def _review_enqueue_flags(args: argparse.Namespace) -> None:
     print(f"{len(added)} likely mislabel(s) of {args.version} queued for review")
 
 
+def _demo_annotate(args: argparse.Namespace) -> None:
+    import json
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from tasks.model.demo_data import known_label
+    from tasks.review.label_studio import annotation
+
+    tasks = json.loads(Path(args.tasks).read_text(encoding="utf-8"))
+    now = datetime.now(UTC)
+    for task in tasks:
+        task["annotations"] = [annotation(known_label(task["data"]["key"]), args.annotator, now)]
+    Path(args.out).write_text(json.dumps(tasks, indent=2) + "\n")
+    print(f"{len(tasks)} task(s) annotated with the digits' known labels by {args.annotator}: {args.out}")
+
+
 def _production_accuracy(args: argparse.Namespace) -> None:
     from tasks.common import storage
     from tasks.review import accuracy, decisions, queue
 
     root = storage.root(load_settings())
-    weeks = accuracy.production_accuracy(queue.read_queue(root), decisions.reviewed_labels(root))
+    items = list(queue.read_queue(root))
+    weeks = accuracy.production_accuracy(items, decisions.reviewed_labels(root))
     print("\n".join(week.line() for week in weeks) or "no reviewed golden-sample images yet")
+    if args.demo_truth and weeks:
+        truth = _demo_truth_by_week(root, {item.dt for item in items if item.dt})
+        for week in weeks:
+            correct, ok = truth.get(week.week, (0, 0))
+            inside = "inside" if ok and week.low <= correct / ok <= week.high else "OUTSIDE"
+            print(f"    truth {week.week}: {correct}/{ok} = {correct / ok:.3f} of every ok row committed ({inside})")
+
+
+def _demo_truth_by_week(root: Any, days: set[str]) -> dict[str, tuple[int, int]]:
+    """ISO week → (correct, ok) over every committed `ok` row of the demo digits on `days`: the accuracy the golden
+    sample estimates."""
+    from tasks.common import storage
+    from tasks.model.demo_data import known_label
+    from tasks.nightly import predictions
+    from tasks.review.accuracy import iso_week
+
+    truth: dict[str, tuple[int, int]] = {}
+    for day in sorted(days):
+        partition = predictions.partition_dir(root / storage.PREDICTIONS, day)
+        if predictions.read_success(partition) is None:
+            continue
+        rows = [r for r in predictions.read_partition(partition).to_pylist() if r["status"] == "ok"]
+        correct, ok = truth.get(iso_week(day), (0, 0))
+        truth[iso_week(day)] = correct + sum(r["label"] == known_label(r["key"]) for r in rows), ok + len(rows)
+    return truth
 
 
 def _preflight(args: argparse.Namespace) -> None:
@@ -411,11 +460,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("annotations", help="Label Studio's JSON export of the tasks review-export wrote")
     p.set_defaults(func=_review_import, reads_storage=True)
 
+    p = sub.add_parser(
+        "demo-annotate", help="answer Label Studio tasks of demo digits with their known labels (a perfect reviewer)"
+    )
+    p.add_argument("tasks", help="the tasks file review-export wrote")
+    p.add_argument("--out", default="review-annotations.json", help="Label Studio's export, annotated")
+    p.add_argument("--annotator", default="demo-reviewer@example.com", help="who Label Studio says annotated")
+    p.set_defaults(func=_demo_annotate)
+
     p = sub.add_parser("review-enqueue-flags", help="queue a model version's likely mislabels for review")
     p.add_argument("version", help="a version under <storage>/models/ with a label_flags.jsonl")
     p.set_defaults(func=_review_enqueue_flags, reads_storage=True)
 
     p = sub.add_parser("production-accuracy", help="accuracy per ISO week from the reviewed golden sample, 95%% CI")
+    p.add_argument("--demo-truth", action="store_true", help="demo digits: compare with every committed row's truth")
     p.set_defaults(func=_production_accuracy, reads_storage=True)
 
     p = sub.add_parser("preflight", help="read-only check of the AWS account before the first sagemaker run")

@@ -1,4 +1,5 @@
-"""The Assets that chain the four pipelines (curate → fine-tune → deploy → classify).
+"""The Assets that chain the pipelines (curate → fine-tune → deploy → classify), and the loop back from the
+reviewers' labels to curation.
 
 Defined once here so producer and consumer DAGs can never disagree on a name.
 """
@@ -11,3 +12,4 @@ CURATED_DATASET = Asset(name="curated_dataset", group="llava_classification")
 PROMOTED_MODEL = Asset(name="promoted_model", group="llava_classification")
 SERVING_ENDPOINT = Asset(name="serving_endpoint", group="llava_classification")
 PREDICTIONS = Asset(name="predictions", group="llava_classification")
+REVIEWED_LABELS = Asset(name="reviewed_labels", group="llava_classification")

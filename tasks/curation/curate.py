@@ -31,6 +31,7 @@ from tasks.curation.near_duplicates import (
     phash,
     taxonomy_policy,
 )
+from tasks.curation.reviewed import Fold, ReviewedLabels
 from tasks.model.images import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_SIDE,
@@ -131,8 +132,10 @@ def _scan(
     taxonomy: Taxonomy,
     opts: CurationOptions,
     ledger: _Ledger,
+    fold: Fold,
 ) -> Iterator[dict]:
-    """Decode and classify every input; yield each first-seen, labelled, valid image as a row."""
+    """Decode and classify every input; yield each first-seen, labelled, valid image as a row (its label the
+    reviewed one where `fold` has a review of it)."""
     progress = Progress(len(items), "curation scan", log=log)
     for rel, raw_label, file, problem in items:
         ledger.total += 1
@@ -156,16 +159,19 @@ def _scan(
             continue
         try:
             data = storage.read_bytes_capped(file, MAX_FILE_BYTES)
+            if changed := fold.changed(rel, data):
+                raise ImageRejected(changed)
             image = load_image(data, min_side=opts.min_side, max_pixels=opts.max_pixels)
         except (ImageRejected, storage.Refused) as exc:
             ledger.rejected.append({"path": rel, "reason": str(exc)})
             continue
         sha = content_hash(image)
-        ledger.labels_by_sha[sha].setdefault(label, rel)
+        labelled = fold.label(rel, sha, label)
+        ledger.labels_by_sha[sha].setdefault(labelled["label"], rel)
         if sha in ledger.kept:
             ledger.duplicates.append((rel, sha))
             continue
-        ledger.kept[sha] = {"path": rel, "label": label, "sha256": sha, "phash": f"{phash(image):016x}"}
+        ledger.kept[sha] = {"path": rel, **labelled, "sha256": sha, "phash": f"{phash(image):016x}"}
         image = prepare_image(image, opts.resize_policy)
         yield {"image": image, "sha256": sha}
     progress.finish()
@@ -242,20 +248,26 @@ def fingerprint(kept: list[dict[str, str]], prompt: str, opts: CurationOptions) 
 
 
 def curate(
-    raw: ObjectStoragePath, dataset: ObjectStoragePath, taxonomy: Taxonomy, opts: CurationOptions
+    raw: ObjectStoragePath,
+    dataset: ObjectStoragePath,
+    taxonomy: Taxonomy,
+    opts: CurationOptions,
+    reviews: ReviewedLabels | None = None,
 ) -> dict[str, Any]:
-    """Curate `raw` into a DatasetDict at `dataset`; return the report (also written as curation_report.json).
+    """Curate `raw`, with the `reviews` folded in (tasks.curation.reviewed), into a DatasetDict at `dataset`; return
+    the report (also written as curation_report.json).
 
     The report is written last: its presence marks a complete dataset. A rerun replaces the whole directory.
     """
     from datasets import DatasetDict, Features, Image, List, Value
 
     prompt = taxonomy.prompt(opts.prompt_template)
-    items = list(discover(raw))  # keys only; listing errors surface here, not inside a generator
+    fold = Fold(reviews)
+    items = fold.items() + list(discover(raw))  # keys only; listing errors surface here, not inside a generator
     ledger = _Ledger()
     features = Features({"image": Image(), "sha256": Value("string")})
     with tempfile.TemporaryDirectory(prefix="curation-") as cache_dir:
-        scanned = _to_arrow(_scan(raw, items, taxonomy, opts, ledger), features, f"{cache_dir}/scan.arrow")
+        scanned = _to_arrow(_scan(raw, items, taxonomy, opts, ledger, fold), features, f"{cache_dir}/scan.arrow")
         conflicts = ledger.conflicts()
         for sha, labels in conflicts.items():
             detail = ", ".join(f"{label!r} ({path})" for label, path in sorted(labels.items()))
@@ -307,6 +319,7 @@ def curate(
         # An empty split is left out (datasets cannot save and reload one); the report still counts it as 0.
         present = [split for split in SPLITS if any(row["split"] == split for row in kept)]
         report = _report(ledger, kept, taxonomy, prompt, opts) | {"near_duplicates": leakage}
+        report["reviews"] = fold.report(kept)
         storage.remove_tree(dataset, owner=dataset.parent)
         if not kept:
             storage.write_json(dataset / REPORT_NAME, report)
@@ -339,6 +352,7 @@ def _report(
         "counts": {"kept": len(kept), "rejected": len(ledger.rejected), "ignored": len(ledger.ignored)},
         "splits": {split: sum(c[split] for c in per_label.values()) for split in SPLITS},
         "per_label": {label: dict(per_label[label]) for label in taxonomy.labels if label in per_label},
+        "label_sources": dict(Counter(row["label_source"] for row in kept)),
         "rejection_reasons": dict(Counter(r["reason"].split(":")[0] for r in ledger.rejected).most_common()),
         "fingerprint": fingerprint(kept, prompt, opts),
         "kept": kept,
@@ -369,6 +383,13 @@ def summary(report: dict[str, Any]) -> str:
             f"{near['groups_across_splits']} groups across splits, {near['pairs_across_splits']} close "
             "pairs across splits.",
         )
+    if reviews := report.get("reviews"):
+        lines.insert(
+            -1,
+            f"Reviewed labels from {reviews['snapshot']}: {reviews['used']} used ({reviews['relabelled']} relabelled, "
+            f"{reviews['added']} reviewed production images added), {reviews['unmatched']} flagged images not in "
+            "this drop.",
+        )
     for label, counts in report["per_label"].items():
         lines.append(f"  {label:<40} " + "/".join(str(counts.get(s, 0)) for s in SPLITS))
     if report["rejection_reasons"]:
@@ -385,6 +406,7 @@ def curate_uri(
     opts: CurationOptions,
     *,
     settings: Settings,
+    reviews: ReviewedLabels | None = None,
 ) -> dict[str, Any]:
     """`curate` on URIs from params; returns what downstream tasks need (small enough for XCom and Asset extras).
 
@@ -392,7 +414,7 @@ def curate_uri(
     before anything is listed or deleted (tasks.common.storage.contained)."""
     raw = storage.contained(raw_uri, settings, param="raw_uri")
     dataset = storage.owned_output(dataset_uri, settings, param="dataset_uri", prefix=storage.DATASETS)
-    report = curate(raw, dataset, taxonomy, opts)
+    report = curate(raw, dataset, taxonomy, opts, reviews)
     return {
         "dataset_uri": storage.plain_uri(dataset),
         "report_uri": str(dataset / REPORT_NAME),
@@ -400,4 +422,5 @@ def curate_uri(
         "fingerprint": report["fingerprint"],
         "counts": report["counts"],
         "splits": report["splits"],
+        "reviews": report["reviews"],
     }

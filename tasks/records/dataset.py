@@ -6,13 +6,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from tasks.records.base import parse
+from tasks.records.reviews import FoldedReviews
 
 
 @dataclass(frozen=True)
 class DatasetRelease:
     """The facts of a curated dataset that training and everything after it must keep: its identity (fingerprint),
     what it teaches (taxonomy, prompt), how its images were prepared (the image-token budget and the tile size), and
-    how many examples each split holds (which sizes a SageMaker plan).
+    how many examples each split holds (which sizes a SageMaker plan), and which reviewed labels it holds (`reviews`;
+    None: curated from the drop alone).
 
     Stored as the top-level fields of `<dataset>/curation_report.json` (the report also lists every input file);
     `dataset` is where that report was read, relative to the storage root.
@@ -25,6 +27,7 @@ class DatasetRelease:
     splits: dict[str, int]
     max_image_tokens: int | None  # None: the dataset was curated without a budget (images kept at their size)
     vision_tile_size: int
+    reviews: FoldedReviews | None = None
 
     @classmethod
     def from_report(cls, report: Any, dataset: str, where: str) -> DatasetRelease:

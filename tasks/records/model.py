@@ -8,6 +8,7 @@ from typing import Any
 from tasks.model.calibration import Calibration
 from tasks.model.vision_tokens import DEFAULT_MAX_IMAGE_TOKENS, VisionGeometry
 from tasks.records.base import parse, resolve, to_doc
+from tasks.records.reviews import FoldedReviews
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,8 @@ class ModelVersion:
     `model` and `dataset` are storage references (tasks.records.base.storage_ref): relative to the storage root when
     inside it. `max_image_tokens` is the budget its dataset's images were prepared with, so serving resizes the same.
     `calibration` turns served log-probabilities into calibrated confidence (None: evaluated without decision-token
-    scores, so its predictions carry no confidence).
+    scores, so its predictions carry no confidence). `reviews` names the reviewed labels its dataset was curated with
+    (the review snapshot, and how many labels it changed or added; None: none).
     """
 
     version: str
@@ -37,6 +39,7 @@ class ModelVersion:
     dag_id: str | None = None  # the DAG run that trained it
     run_id: str | None = None
     calibration: Calibration | None = None
+    reviews: FoldedReviews | None = None
 
     @property
     def accuracy(self) -> float:

@@ -70,6 +70,19 @@ def export_tasks(items: Iterable[QueueItem], storage_uri: str) -> list[dict[str,
     return tasks
 
 
+def annotation(label: str, completed_by: str | int, at: datetime) -> dict[str, Any]:
+    """One annotation as Label Studio exports it: the annotator's single choice, who, and when."""
+    result = {"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices", "value": {"choices": [label]}}
+    when = at.isoformat(timespec="seconds")
+    return {
+        "result": [result],
+        "completed_by": completed_by,
+        "was_cancelled": False,
+        "created_at": when,
+        "updated_at": when,
+    }
+
+
 @dataclass
 class Imported:
     """What an import did: decisions written, answers already recorded, and tasks skipped with why."""

@@ -95,6 +95,7 @@ class TrainingPlan:
     tags: dict[str, str]
     vision_geometry: dict[str, Any]  # of the model trained: how images must be prepared for it (VisionGeometry)
     sizing: dict[str, Any] | None = None  # tasks.training.sizing.TrainingSize of a sized (SageMaker) plan
+    reviews: dict[str, Any] | None = None  # the dataset's FoldedReviews: the reviewed labels it was curated with
 
     def located(self, outcome: TrainingOutcome) -> TrainingPlan:
         """This plan with the model and output URIs where the finished training really put them (the outcome's,
@@ -182,6 +183,7 @@ def plan_training(
         tags={"pipeline": dag_id, "model_version": version, "taxonomy": dataset.taxonomy},
         vision_geometry=backend.geometry.to_dict(),
         sizing=sizing,
+        reviews=dataset.reviews.to_dict() if dataset.reviews else None,
     )
 
 

@@ -18,6 +18,7 @@ from tasks.common import storage
 from tasks.model.vision_tokens import VisionGeometry
 from tasks.records.base import storage_ref
 from tasks.records.model import ModelVersion
+from tasks.records.reviews import FoldedReviews
 from tasks.training.calibration import calibration_of
 from tasks.training.plan import TrainingPlan
 
@@ -166,6 +167,7 @@ def candidate(
         dag_id=(run or {}).get("dag_id"),
         run_id=(run or {}).get("run_id"),
         calibration=calibration_of(metrics["calibration"]) if metrics.get("calibration") else None,
+        reviews=FoldedReviews.from_dict(plan.reviews) if plan.reviews else None,
     )
 
 

@@ -20,6 +20,7 @@ DAGS = {
     "teardown_endpoint",
     "classify_images",
     "classify_backlog",
+    "publish_reviews",
 }
 BACKENDS = ("local", "sagemaker")
 _PROBE = r"""

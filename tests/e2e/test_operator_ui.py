@@ -1,9 +1,10 @@
 """What an operator does in the Airflow UI, in headless Chromium against real Airflow processes (one stack for the
-module): log in; read each DAG's description in the DAG list; trigger each of the five DAGs from its trigger form
+module): log in; read each DAG's description in the DAG list; trigger each of six DAGs from its trigger form
 with its default params; start a classify_images backfill from the backfill form; see a past-date run end failed
 with a "NOTHING RAN" run note; approve a pending promotion under Required Actions with its confusion matrix
 rendered and a comment kept in the registry; open a finished task's log; find the confusion matrix, the review and
-working links (every one answers 200) in the Costs & quality view.
+working links (every one answers 200) in the Costs & quality view. The approved version is trained on a drop
+with a reviewer's relabel folded in, and the registry names that review snapshot.
 
 Kept fast: DAGs stay paused while their forms are tried (the runs are seen created, then deleted), and only one
 finetune_llava run executes, on a curated drop of 60 digits for one epoch. Screenshots: test-artifacts/ui_*.png.
@@ -19,14 +20,23 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from support.digits import curated_digits
+from support.digits import curated_digits, relabel_training_digit
+from tasks.common.storage import storage_path
+from tasks.curation import reviewed
 from tests.e2e.airflow_stack import ADMIN_USER, AirflowStack, StackConfig, running_stack
 from tests.e2e.browser import ARTIFACTS, browser_page, log_in
 
 # A hang guard above the named deadlines below (per test), so they fire first and say what was awaited.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
-DAGS = ["curate_dataset", "finetune_llava", "deploy_endpoint", "teardown_endpoint", "classify_images"]
+DAGS = [
+    "curate_dataset",
+    "finetune_llava",
+    "deploy_endpoint",
+    "teardown_endpoint",
+    "classify_images",
+    "publish_reviews",
+]
 BACKFILL_DAYS = ("2026/11/02", "2026/11/03")
 # Catchup starts today: unpausing never schedules past nights by itself.
 STACK = StackConfig(env=(("PIPELINE_CLASSIFY_START_DATE", datetime.now(UTC).date().isoformat()),))
@@ -40,12 +50,17 @@ APPROVAL_REQUEST_DEADLINE_S = 1200.0
 ANSWER_RECORDED_DEADLINE_S = 300.0
 PROMOTE_DEADLINE_S = 600.0
 REVIEW_COMMENT = "matrix checked"
+RELABELLED_DIGIT, RELABELLED_AS = 7, "1"  # digit 7 of the drop is a 7
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
     with running_stack(STACK, tmp_path_factory.mktemp("operator-ui")) as stack:
-        curated_digits(stack.storage_root / "datasets" / "digits-ui", 60)
+        # A reviewer's relabel of one training digit, published, is folded into the dataset the approved run trains
+        # on: the registry must name it (issue 22).
+        root = storage_path(stack.storage_root.as_uri())
+        relabel_training_digit(root, RELABELLED_DIGIT, RELABELLED_AS, ADMIN_USER)
+        curated_digits(stack.storage_root / "datasets" / "digits-ui", 60, reviewed.load(root))
         with stack.client() as api:
             stack.wait_for_dags(api, *DAGS)
         yield stack
@@ -238,6 +253,10 @@ def test_a_pending_promotion_is_approved_and_a_finished_tasks_log_opens(
     review = registry["reviews"][-1]
     assert (review["version"], review["decision"], review["by"]) == (registry["production"], "approved", ADMIN_USER)
     assert review["comment"] == REVIEW_COMMENT and review["at"]
+    snapshot = json.loads(next((stack.storage_root / "review" / "published").glob("2*.json")).read_text())
+    folded = entry["reviews"]
+    assert (folded["snapshot"], folded["digest"]) == (snapshot["snapshot"], snapshot["digest"])
+    assert (folded["used"], folded["relabelled"], folded["added"]) == (1, 1, 0)
 
 
 def test_the_dashboard_shows_the_confusion_matrix_and_links_to_the_run(
