@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from datasets import load_from_disk
 
+from support.digits import relabel_training_digit
 from tasks.common.storage import fsspec_options, plain_uri, storage_path
-from tasks.model.demo_data import write_labelled
+from tasks.model.demo_data import known_label, write_incoming, write_labelled
+from tasks.model.taxonomy import load_taxonomy
+from tasks.review import decisions
+from tasks.review.queue import QueueItem
 from tests.conftest import EXPECTED_KEPT, hostile_files
 from tests.integration.conftest import AirflowRunner, Moto
+
+DAY = "2026-11-05"
 
 
 def _drop(raw_uri: str, conn_id: str | None = None) -> int:
@@ -54,3 +61,39 @@ def test_curate_on_s3(sagemaker_airflow: AirflowRunner, moto: Moto) -> None:
     keys = [o["Key"] for o in moto.boto3_client("s3").list_objects_v2(Bucket=moto.bucket)["Contents"]]
     assert "pipeline/datasets/test/curation_report.json" in keys
     assert any(k.startswith("pipeline/datasets/test/train/") for k in keys)
+
+
+def test_published_reviews_reach_the_next_dataset_on_s3(sagemaker_airflow: AirflowRunner, moto: Moto) -> None:
+    """A reviewer's correction of a production image (read back from incoming/ on S3) and a relabelled training
+    image are published by publish_reviews and folded in by curate_dataset; a rerun publishes nothing."""
+    storage = sagemaker_airflow.env["PIPELINE_STORAGE_URI"]
+    root = storage_path(storage, "aws_default")
+    write_labelled(root / "raw" / "digits", range(40))
+    write_incoming(root / "incoming", [DAY], [1500])
+    data = (root / "incoming" / f"dt={DAY}" / "digit-1500.png").read_bytes()
+    production = QueueItem(
+        DAY, "digit-1500.png", hashlib.sha256(data).hexdigest(), "v1", "0", 0.3, "8", "golden_sample", ""
+    )
+    truth = known_label("digit-1500.png")
+    decisions.record(root, production, truth, reviewer="ana", taxonomy=load_taxonomy("digits"))
+    snapshot = relabel_training_digit(root, 7, "1", "bo")  # publishes both: it stands in for the first publish
+    assert snapshot.labels == 2
+
+    again = sagemaker_airflow.dags_test("publish_reviews", {"min_new_labels": 1})
+    assert again.succeeded and "already published" in again.output, again.output[-3000:]
+    dataset_uri = f"{storage}/datasets/reviewed"
+    conf = {"raw_uri": f"{storage}/raw/digits", "dataset_uri": dataset_uri, "taxonomy": "digits"}
+    result = sagemaker_airflow.dags_test("curate_dataset", conf)
+    assert result.succeeded, result.output[-5000:]
+    report = json.loads((storage_path(dataset_uri, "aws_default") / "curation_report.json").read_text())
+    assert (report["reviews"]["snapshot"], report["reviews"]["used"]) == (snapshot.snapshot, 2)
+    kept = {row["path"]: row for row in report["kept"]}
+    assert kept[f"reviewed://dt={DAY}/digit-1500.png"]["label"] == truth
+    assert kept["7/digit-0007.png"] | {"phash": None, "split": None} == kept["7/digit-0007.png"] | {
+        "label": "1",
+        "label_source": "review",
+        "drop_label": "7",
+        "phash": None,
+        "split": None,
+    }
+    assert "Reviewed labels from review/published/" in result.output
