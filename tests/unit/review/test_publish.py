@@ -66,3 +66,20 @@ def test_a_snapshot_outside_review_published_or_edited_is_refused(root, digits) 
     path.write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="does not hold the labels"):
         publish.read_snapshot(root, snapshot)
+
+
+def test_the_task_skips_when_nothing_is_published_so_nothing_retrains(root, digits, tmp_path) -> None:
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from tasks.common.settings import load_settings
+    from tasks.review import steps
+
+    settings = load_settings({"PIPELINE_BACKEND": "local", "PIPELINE_STORAGE_URI": tmp_path.as_uri()})
+    decide(root, digits, "a.png", "3")
+    with pytest.raises(AirflowSkipException, match="fewer than min_new=2"):
+        steps.publish(settings, {"min_new_labels": 2})
+    extra = steps.publish(settings, {"min_new_labels": 1})
+    assert (extra["labels"], extra["corrections"]) == (1, 0) and extra["snapshot"].startswith("review/published/")
+    with pytest.raises(AirflowSkipException, match="already published"):
+        steps.publish(settings, {"min_new_labels": 1})
+    assert steps.queue_mislabels(settings, "v-without-flags") == 0  # evaluated without label scores: nothing flagged
