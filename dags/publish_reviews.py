@@ -32,6 +32,7 @@ log, and nothing downstream runs.
     description="Publishes reviewed labels as the reviewed_labels asset, which retrains through curation.",
     schedule="@daily",
     catchup=False,
+    max_active_runs=1,  # one publisher at a time: two could otherwise both see the same labels as new
     tags=[*TAGS, "review"],
     doc_md=DOC,
     default_args=default_args(),
