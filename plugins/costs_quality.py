@@ -99,7 +99,9 @@ SCRIPTS = ("costs_quality.js", "review.js")  # all static/ serves
 
 
 def build_app() -> ASGIApp:
-    from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
+    from airflow.api_fastapi.auth.managers.models.resource_details import AccessView, AssetDetails
     from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_asset, requires_access_view
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.responses import JSONResponse, Response
@@ -149,9 +151,14 @@ def build_app() -> ASGIApp:
             raise HTTPException(status_code=404, detail=f"no {plot} for that version")
         return respond(png, "image/png")
 
+    def may_decide(user: BaseUser) -> bool:
+        """What requires_access_asset("POST") checks for the decision route, asked ahead to show a read-only page."""
+        return get_auth_manager().is_authorized_asset(method="POST", details=AssetDetails(), user=user)
+
     @app.get("/review")
     def review_page(user: GetUserDep, show: str = "pending") -> Response:
-        return html(render_review_page(storage_root(), csrf_token(user.get_id()), include_reviewed=show == "all"))
+        csrf = csrf_token(user.get_id()) if may_decide(user) else ""
+        return html(render_review_page(storage_root(), csrf, include_reviewed=show == "all"))
 
     @app.get("/review/images/{dt}/{content_sha256}")
     def review_image(dt: str, content_sha256: str) -> Response:
@@ -249,7 +256,7 @@ def render_page(storage_root: "ObjectStoragePath", version: str | None = None) -
 def render_review_page(storage_root: "ObjectStoragePath", csrf: str, *, include_reviewed: bool = False) -> str:
     """The Review page: the queue's items in review order (tasks.review.page.review_items), the taxonomy's labels
     to correct with, and the user's CSRF token for the page's script (CSP forbids inline script: a data
-    attribute)."""
+    attribute); no token: the user may not decide, the page is read-only."""
     from tasks.common.settings import load_settings
     from tasks.model.taxonomy import load_taxonomy
     from tasks.review import decisions, page, queue

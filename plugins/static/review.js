@@ -37,6 +37,10 @@ function errorText(body, response) {
 }
 
 async function decide(item, label) {
+  if (!csrfToken) {
+    setStatus(item, "read-only: your role may not record decisions", true);
+    return;
+  }
   if (!label) {
     setStatus(item, "choose a label first", true);
     return;

@@ -143,10 +143,14 @@ def test_an_admin_corrects_two_labels_and_confirms_one_with_the_keyboard(stack_w
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 30_000, f"suspicious screenshot: {len(png)} bytes"
 
 
-def page_token(stack: AirflowStack, user: str) -> str:
+def review_page(stack: AirflowStack, user: str) -> str:
     page = httpx.get(stack.api_url + REVIEW, headers={"Authorization": f"Bearer {stack.token(user)}"}, timeout=60)
     assert page.status_code == 200, page.text
-    match = re.search(r'data-csrf-token="([0-9a-f]{64})"', page.text)
+    return page.text
+
+
+def page_token(html: str) -> str:
+    match = re.search(r'data-csrf-token="([0-9a-f]{64})"', html)
     assert match, "the page carries no CSRF token"
     return match.group(1)
 
@@ -157,7 +161,7 @@ def test_anonymous_viewer_and_forged_decisions_are_refused_and_write_nothing(sta
     url = stack.api_url + REVIEW + "/decisions"
     body = {"dt": DAY, "content_sha256": queued[4].content_sha256, "label": queued[4].truth}
     admin = {"Authorization": f"Bearer {stack.token()}"}
-    token = page_token(stack, "admin")
+    token = page_token(review_page(stack, "admin"))
 
     def refused(expected: int, reason: str, **kwargs) -> None:
         response = httpx.post(url, timeout=60, **kwargs)
@@ -172,6 +176,7 @@ def test_anonymous_viewer_and_forged_decisions_are_refused_and_write_nothing(sta
     refused(403, "cross-site", json=body, headers={**admin, "X-CSRF-Token": token, "Sec-Fetch-Site": "cross-site"})
     as_form = {**admin, "X-CSRF-Token": token, "Content-Type": "application/x-www-form-urlencoded"}
     refused(403, "application/json", content=json.dumps(body), headers=as_form)
-    viewer = {"Authorization": f"Bearer {stack.token(VIEWER_USER)}", "X-CSRF-Token": page_token(stack, VIEWER_USER)}
-    refused(403, "Forbidden", json=body, headers=viewer)  # may look, not decide
+    viewer_page = review_page(stack, VIEWER_USER)  # may look, not decide: a read-only page without a token
+    assert 'data-csrf-token=""' in viewer_page and 'id="read-only"' in viewer_page
+    refused(403, "Forbidden", json=body, headers={"Authorization": f"Bearer {stack.token(VIEWER_USER)}"})
     assert decision_files(stack) == before

@@ -100,7 +100,7 @@ def decision_files(root) -> list[str]:
 
 
 def test_the_page_lists_pending_items_least_confident_first_and_escaped(root, as_role) -> None:
-    html = as_role("viewer").get("/review").text
+    html = as_role("op").get("/review").text
     keys = re.findall(r'<code class="key">(.*?)</code>', html)
     assert keys == ["a.png", "b.png", "&lt;script&gt;alert(1)&lt;/script&gt;.png"]
     assert "<script>alert" not in html
@@ -108,6 +108,7 @@ def test_the_page_lists_pending_items_least_confident_first_and_escaped(root, as
     assert html.count('loading="lazy"') == 3
     assert f'src="review/images/{DAY}/{queued(root)[0].content_sha256}"' in html
     assert 'href="./"' in html  # the navigation back to Costs & quality
+    assert 'id="read-only"' not in html and " disabled" not in html
 
 
 def test_a_decision_is_one_post_and_the_same_one_again_writes_nothing(root, as_role) -> None:
@@ -171,9 +172,11 @@ def test_anonymous_is_401_and_a_viewer_may_look_but_not_decide(root, as_role) ->
     assert post(anonymous, body, "0" * 64).status_code == 401
     assert anonymous.get(f"/review/images/{DAY}/{body['content_sha256']}").status_code == 401
     viewer = as_role("viewer")
-    assert viewer.get("/review").status_code == 200
-    assert post(viewer, body, page_token(viewer)).status_code == 403
-    assert post(as_role("user"), body, page_token(as_role("user"))).status_code == 403  # DAG access is not enough
+    html = viewer.get("/review").text
+    assert 'data-csrf-token=""' in html and 'id="read-only"' in html  # a read-only page, its buttons disabled
+    assert html.count("disabled data-action=") == html.count("data-action=") > 0
+    assert post(viewer, body, page_token(as_role("op"))).status_code == 403  # even with a token
+    assert post(as_role("user"), body, page_token(as_role("op"))).status_code == 403  # DAG access is not enough
     assert decision_files(root) == []
 
 
