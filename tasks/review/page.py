@@ -79,7 +79,9 @@ def find_item(root: ObjectStoragePath, dt: str | None, content_sha256: str) -> Q
     """The queued item (dt, content_sha256): read from that day's queue file only; a mislabel flag (dt None) from
     the flag files. None when it is not queued, or `dt` could not name a queue file."""
     if dt is None:
-        candidates: Iterable[QueueItem] = (item for item in queue.read_queue(root) if item.dt is None)
+        folder = queue.queue_dir(root)
+        names = [e.key for e in storage.iter_files(folder) if e.key.startswith("model=") and e.key.endswith(".jsonl")]
+        candidates: Iterable[QueueItem] = (item for name in sorted(names) for item in queue.read_file(folder / name))
     else:
         try:
             candidates = queue.read_file(queue.day_file(root, dt))

@@ -4,6 +4,7 @@ CSRF check of a decision POST."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from tasks.common.settings import load_settings
 from tasks.review import decisions, page, queue
 from tasks.review.queue import QueueItem
+from tasks.training.mislabels import FLAG_SCHEMA, FLAGS_FILE
 from tests.unit.review.conftest import sha
 
 DAY = "2026-11-05"
@@ -144,3 +146,12 @@ def test_a_request_from_the_page_passes_and_a_non_browser_client_needs_only_json
 def test_a_forged_request_is_refused_with_a_one_line_reason(changes: dict, reason: str) -> None:
     said = refusal(**changes)
     assert said is not None and reason in said and "\n" not in said
+
+
+def test_a_mislabel_flag_is_found_in_the_flag_files(root) -> None:
+    flag = {"schema": FLAG_SCHEMA, "sha256": sha("x"), "path": "3/x.png", "given_label": "3", "suggested_label": "8"}
+    (root / "models" / "v1").mkdir(parents=True)
+    (root / "models" / "v1" / FLAGS_FILE).write_text(json.dumps({**flag, "suggested_probability": 0.9}) + "\n")
+    (queued,) = queue.enqueue_flags(root, "v1")
+    assert page.find_item(root, None, sha("x")) == queued
+    assert page.find_item(root, DAY, sha("x")) is None and page.find_item(root, None, sha("y")) is None
