@@ -125,7 +125,7 @@ def build_app() -> ASGIApp:
     def storage_root() -> "ObjectStoragePath":
         return storage.root(load_settings())
 
-    def respond(body: str | bytes, media_type: str) -> Response:  # every route answers through here
+    def respond(body: str | bytes, media_type: str) -> Response:  # every page and file (decisions answer JSON)
         return Response(body, media_type=media_type)
 
     def html(body: str) -> Response:
