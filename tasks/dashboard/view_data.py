@@ -3,16 +3,19 @@ committed partition's quality-gate verdict (its `_SUCCESS` manifest), days commi
 no endpoint) and the days with no committed partition (gaps, up to the last complete day), training spend, and the
 model registry: the production model and whether an endpoint serves it, every version's metrics, promotion decision
 and review, and a chosen version's per-class metrics and confusion matrix. Every row links to the DAG run that
-produced it.
+produced it. Production accuracy: per ISO week from the reviewed golden sample (tasks.review.accuracy), beside the
+label-free estimate of the same week's partitions, with the review queue's pending and reviewed counts.
 
 Plain data and formatting, apart from the web layer, so tests can compute exactly the strings the page must show.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import quote
 
 from airflow.sdk import ObjectStoragePath
@@ -21,6 +24,7 @@ from tasks.common import run_notes, storage
 from tasks.costs import ledger, pricing
 from tasks.nightly import predictions
 from tasks.nightly.partitions import NightlySchedule
+from tasks.review import accuracy, decisions, queue
 from tasks.serving import deployment
 from tasks.training import registry
 from tasks.training.calibration import RISK_COVERAGE_FILE
@@ -184,6 +188,7 @@ class CostsQualityReport:
     days: list[PartitionRow | Gap]  # newest first: partitions with their verdicts, and the gaps between them
     models: list[ModelRow]  # newest first
     selected: ModelDetail | None  # the version whose per-class metrics and confusion matrix are shown
+    review: ReviewSummary  # production accuracy from the reviewed golden sample, and the queue's counts
     serving: Serving | None = None  # None: no endpoint deployed
 
     @property
@@ -238,7 +243,59 @@ def build_report(root: ObjectStoragePath, version: str | None = None, today: dat
         models=models,
         selected=model_detail(root / storage.MODELS, chosen) if chosen else None,
         serving=serving(root / storage.SERVING),
+        review=review_summary(list(queue.read_queue(root)), decisions.reviewed_labels(root), partitions),
     )
+
+
+@dataclass(frozen=True)
+class AccuracyWeek:
+    """One ISO week's production accuracy (reviewed golden sample, Wilson 95% interval) beside the label-free
+    estimate of that week's committed partitions."""
+
+    measured: accuracy.WeeklyAccuracy
+    estimated_accuracy: float | None  # mean calibrated confidence of the week's ok rows; None: none calibrated
+
+
+@dataclass(frozen=True)
+class ReasonCounts:
+    reason: str  # low_confidence | golden_sample | mislabel_flag
+    pending: int
+    reviewed: int
+
+
+@dataclass(frozen=True)
+class ReviewSummary:
+    weeks: list[AccuracyWeek]  # newest first
+    counts: list[ReasonCounts]  # every reason, in queue.Reason's order
+
+    @property
+    def latest(self) -> AccuracyWeek | None:
+        return self.weeks[0] if self.weeks else None
+
+
+def review_summary(
+    items: list[queue.QueueItem], reviewed: Mapping[str, decisions.Decision], partitions: Iterable[PartitionRow]
+) -> ReviewSummary:
+    """Production accuracy per week (newest first) with each week's estimate, and pending/reviewed per reason."""
+    estimates = weekly_estimates(partitions)
+    measured = accuracy.production_accuracy(items, reviewed)[::-1]
+    weeks = [AccuracyWeek(week, estimates.get(week.week)) for week in measured]
+    done = Counter((item.reason, item.content_sha256 in reviewed) for item in items)
+    counts = [ReasonCounts(reason, done[reason, False], done[reason, True]) for reason in get_args(queue.Reason)]
+    return ReviewSummary(weeks, counts)
+
+
+def weekly_estimates(partitions: Iterable[PartitionRow]) -> dict[str, float]:
+    """ISO week → the mean calibrated confidence of its partitions, weighted by their ok rows (the rows a
+    confidence is computed over); partitions without an estimate or not named by a day are left out."""
+    sums: dict[str, list[float]] = {}
+    for p in partitions:
+        if p.estimated_accuracy is None or not p.images_ok or not is_day(p.dt):
+            continue
+        total = sums.setdefault(accuracy.iso_week(p.dt), [0.0, 0.0])
+        total[0] += p.estimated_accuracy * p.images_ok
+        total[1] += p.images_ok
+    return {week: weighted / n for week, (weighted, n) in sums.items()}
 
 
 def serving(serving_root: ObjectStoragePath) -> Serving | None:

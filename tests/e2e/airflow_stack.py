@@ -30,6 +30,7 @@ from tests.e2e.processes import MARKER_VAR, ManagedProcess, describe, free_port,
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = REPO_ROOT / "bin" / "airflow"
 ADMIN_USER = "admin"
+VIEWER_USER = "viewer"  # role Viewer: may look at everything, change nothing
 _SERVER_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 _HEALTH_PARTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
 # Deadlines for a stuck stack, not estimates: every wait follows the stack's own state (health, a DAG in the API, a
@@ -74,9 +75,10 @@ class AirflowStack:
     marker: str = field(default_factory=lambda: uuid.uuid4().hex)
     queue: str = field(default_factory=lambda: f"e2e_{uuid.uuid4().hex[:8]}")
     password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    viewer_password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     components: list[ManagedProcess] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
-    _token: str | None = None
+    _tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def api_url(self) -> str:
@@ -99,7 +101,7 @@ class AirflowStack:
         """The environment every component shares: the project's launcher applies it on top of its defaults."""
         base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PIPELINE_"))}
         passwords = self.home / "passwords.json"
-        passwords.write_text(json.dumps({ADMIN_USER: self.password}))
+        passwords.write_text(json.dumps({ADMIN_USER: self.password, VIEWER_USER: self.viewer_password}))
         self.env = base | {
             MARKER_VAR: self.marker,
             "AIRFLOW_HOME": str(self.home),
@@ -109,7 +111,7 @@ class AirflowStack:
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
             "AIRFLOW__API__BASE_URL": self.api_url,
             "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin,{VIEWER_USER}:viewer",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
@@ -230,17 +232,18 @@ class AirflowStack:
 
     # -- REST API ------------------------------------------------------------------------------------------
 
-    def token(self) -> str:
-        """A JWT for the admin user (cached; valid for the API's default 24 h)."""
-        if self._token is None:
+    def token(self, user: str = ADMIN_USER) -> str:
+        """A JWT for the admin (or the viewer) user (cached; valid for the API's default 24 h)."""
+        if user not in self._tokens:
+            password = {ADMIN_USER: self.password, VIEWER_USER: self.viewer_password}[user]
             response = httpx.post(
                 f"{self.api_url}/auth/token",
-                json={"username": ADMIN_USER, "password": self.password},
+                json={"username": user, "password": password},
                 timeout=60,
             )
             response.raise_for_status()
-            self._token = response.json()["access_token"]
-        return self._token
+            self._tokens[user] = response.json()["access_token"]
+        return self._tokens[user]
 
     def client(self) -> httpx.Client:
         """An authenticated client for the public REST API (`/api/v2/...`)."""

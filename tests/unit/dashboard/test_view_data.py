@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -238,3 +240,82 @@ def test_each_partition_links_to_the_run_of_the_dag_that_committed_it(tmp_path: 
         "2026-11-01": "../dags/classify_images/runs/scheduled__2026-11-02",
         "2026-10-31": "../dags/classify_images/runs/scheduled__old",
     }
+
+
+# -- production accuracy from the review queue ----------------------------------------------------------------------
+
+
+def wilson_by_hand(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def reviewed_queue(root: ObjectStoragePath) -> None:
+    """Golden samples on two days of week 45 (3 reviewed: 2 confirmed) and one of week 46 (1 of 2 reviewed,
+    confirmed), and two doubtful rows (one reviewed: never counted in the accuracy)."""
+    from tasks.model.taxonomy import load_taxonomy
+    from tasks.review import decisions, queue
+
+    def rows(dt: str, n: int) -> list[dict]:
+        return [
+            {"key": f"{dt}-{i}.png", "content_sha256": hashlib.sha256(f"{dt}/{i}".encode()).hexdigest(),
+             "status": "ok", "label": "3", "confidence": 0.9 - i / 10, "runner_up": "8", "model_version": "v2"}
+            for i in range(n)
+        ]  # fmt: skip
+
+    digits = load_taxonomy("digits")
+    days = {"2026-11-02": (2, 0), "2026-11-05": (1, 2), "2026-11-09": (2, 0)}  # dt -> (golden, doubtful)
+    added = {dt: queue.enqueue_day(root, dt, rows(dt, g + d), golden=g, budget=d) for dt, (g, d) in days.items()}
+    answers = {("2026-11-02", 0): "3", ("2026-11-02", 1): "5", ("2026-11-05", 0): "3", ("2026-11-09", 0): "3"}
+    answers[("2026-11-05", 1)] = "1"  # a doubtful row's correction
+    for (dt, n), label in answers.items():
+        decisions.record(root, added[dt][n], label, reviewer="ana", taxonomy=digits)
+
+
+def test_production_accuracy_per_week_beside_the_estimate_and_the_queue_counts(storage_root) -> None:
+    reviewed_queue(storage_root)
+    for dt, confidence in (("2026-11-02", 0.8), ("2026-11-05", 0.9), ("2026-11-09", 0.7)):
+        record(storage_root / "costs", classification(dt, images=10, invalid=0, seconds=6))
+        commit_with_confidence(storage_root, dt, confidence)
+    review = view_data.build_report(storage_root).review
+    assert [(w.measured.week, w.measured.correct, w.measured.reviewed) for w in review.weeks] == [
+        ("2026-W46", 1, 1),
+        ("2026-W45", 2, 3),
+    ]
+    latest, week45 = review.weeks
+    assert review.latest == latest and latest.estimated_accuracy == pytest.approx(0.7)
+    assert (week45.measured.low, week45.measured.high) == pytest.approx(wilson_by_hand(2, 3), abs=1e-6)
+    assert week45.estimated_accuracy == pytest.approx(0.85)  # two days of 9 ok rows each
+    counts = {c.reason: (c.pending, c.reviewed) for c in review.counts}
+    assert counts == {"low_confidence": (1, 1), "golden_sample": (1, 4), "mislabel_flag": (0, 0)}
+
+
+def commit_with_confidence(root: ObjectStoragePath, dt: str, confidence: float) -> None:
+    """A committed partition whose ok rows have this mean calibrated confidence."""
+    from tasks.nightly import predictions
+
+    stats = predictions.RowStats(rows=9, confidence_sum=confidence * 9)
+    stats.confidence_histogram[0] = 9  # nine confident rows (which bin does not matter here)
+    manifest = {"quality": {}, "stats": stats.to_dict()}
+    predictions.publish(predictions.partition_dir(root / "predictions", dt), "t", [], manifest)
+
+
+def test_no_reviewed_golden_sample_means_no_weeks(storage_root) -> None:
+    review = view_data.build_report(storage_root).review
+    assert review.weeks == [] and review.latest is None
+    assert [(c.reason, c.pending, c.reviewed) for c in review.counts] == [
+        ("low_confidence", 0, 0),
+        ("golden_sample", 0, 0),
+        ("mislabel_flag", 0, 0),
+    ]
+
+
+def test_the_weekly_estimate_weighs_partitions_by_their_ok_rows() -> None:
+    def day(dt: str, ok: int, estimate: float | None) -> view_data.PartitionRow:
+        return view_data.PartitionRow(dt, ok, ok, 0, 0, 0, None, None, "v2", estimated_accuracy=estimate)
+
+    partitions = [day("2026-11-02", 30, 0.9), day("2026-11-03", 10, 0.5), day("2026-11-04", 5, None)]
+    partitions += [day("2026-11-05", 0, 0.1), day("not-a-day", 10, 0.1), day("2026-11-09", 1, 0.6)]
+    assert view_data.weekly_estimates(partitions) == pytest.approx({"2026-W45": 0.8, "2026-W46": 0.6})

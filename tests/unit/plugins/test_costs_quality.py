@@ -91,7 +91,29 @@ def test_an_empty_storage_root_renders_empty_states(plugin: ModuleType, tmp_path
 
     html = plugin.render_page(storage_path(tmp_path.as_uri()))
     assert "No model promoted yet." in html and "No classification rows in the ledger yet." in html
+    assert html.count("no reviewed golden-sample images yet") == 2  # the card and the weekly table
     assert "<svg" not in html
+
+
+def test_production_accuracy_shows_beside_the_held_out_accuracy(plugin: ModuleType, storage_root) -> None:  # noqa: F811
+    import re
+
+    from tests.unit.dashboard.test_view_data import reviewed_queue
+
+    reviewed_queue(storage_root)
+    html = plugin.render_page(storage_root)
+    card = html[html.index('id="production-accuracy"') : html.index('id="last-partition"')]
+    assert "100.0%" in card and "2026-W46: 1 of 1 golden images confirmed" in card
+    assert "95% interval 20.7% – 100.0%" in card and "held-out 97.2%" in card
+    weeks = html[html.index('id="accuracy-weeks"') : html.index('id="review-queue"')]
+    cells = [re.findall(r"<td>(.*?)</td>", row) for row in weeks.split("<tr>")[2:]]
+    assert cells == [
+        ["2026-W46", "1", "1", "100.0%", "20.7% – 100.0%", "—", "97.2%"],
+        ["2026-W45", "3", "2", "66.7%", "20.8% – 93.9%", "—", "97.2%"],
+    ]
+    queued = html[html.index('id="review-queue"') :]
+    assert "<td>golden sample</td><td>1</td><td>4</td>" in queued
+    assert 'href="review"' in html  # the navigation to the Review page
 
 
 def test_a_label_matplotlib_would_parse_as_mathtext_is_drawn_as_text(plugin: ModuleType) -> None:
