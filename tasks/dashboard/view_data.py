@@ -24,6 +24,7 @@ from tasks.common import run_notes, storage
 from tasks.costs import ledger, pricing
 from tasks.nightly import predictions
 from tasks.nightly.partitions import NightlySchedule
+from tasks.records.reviews import FoldedReviews
 from tasks.review import accuracy, decisions, queue
 from tasks.serving import deployment
 from tasks.training import registry
@@ -149,6 +150,7 @@ class ModelRow:
     dag_id: str
     run_id: str
     review: str = ""  # "approved by alice at T: comment"; "" when nobody reviewed it
+    trained_on_reviews: str = ""  # "210 reviewed labels (3 relabelled, 207 added) from <snapshot>"; "" when none
 
     @property
     def run_link(self) -> str:
@@ -393,6 +395,15 @@ def with_gaps(
     return days + sorted(by_day.values(), key=lambda p: p.dt, reverse=True) + bad
 
 
+def folded_text(folded: FoldedReviews | None) -> str:
+    """Which reviewed labels a version's dataset was curated with, in one line; "" when none."""
+    if folded is None:
+        return ""
+    return (
+        f"{folded.used} reviewed labels ({folded.relabelled} relabelled, {folded.added} added) from {folded.snapshot}"
+    )
+
+
 def model_rows(models_root: ObjectStoragePath) -> list[ModelRow]:
     """Every registered version with its held-out metrics, promotion decision and review, newest first."""
     reviews = registry.reviews(models_root)
@@ -408,6 +419,7 @@ def model_rows(models_root: ObjectStoragePath) -> list[ModelRow]:
             dag_id=entry.dag_id or "",
             run_id=entry.run_id or "",
             review=review_text(reviews.get(version)),
+            trained_on_reviews=folded_text(entry.reviews),
         )
         for version, entry in registry.versions(models_root).items()
     ]

@@ -319,3 +319,12 @@ def test_the_weekly_estimate_weighs_partitions_by_their_ok_rows() -> None:
     partitions = [day("2026-11-02", 30, 0.9), day("2026-11-03", 10, 0.5), day("2026-11-04", 5, None)]
     partitions += [day("2026-11-05", 0, 0.1), day("not-a-day", 10, 0.1), day("2026-11-09", 1, 0.6)]
     assert view_data.weekly_estimates(partitions) == pytest.approx({"2026-W45": 0.8, "2026-W46": 0.6})
+
+
+def test_a_version_trained_on_reviewed_labels_names_them() -> None:
+    from tasks.records.reviews import FoldedReviews
+
+    folded = FoldedReviews("review/published/20261109T060000Z-ab.json", "ab" * 32, used=5, relabelled=2, added=3)
+    line = view_data.folded_text(folded)
+    assert line == "5 reviewed labels (2 relabelled, 3 added) from review/published/20261109T060000Z-ab.json"
+    assert view_data.folded_text(None) == ""
