@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from tests.e2e.airflow_stack import ADMIN_USER, AirflowStack
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import FrameLocator, Page
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"  # screenshots, for people to look at
 CHROMIUM = "/usr/bin/chromium"
@@ -53,3 +53,12 @@ def log_in(page: Page, stack: AirflowStack) -> None:
     page.get_by_label("Password").fill(stack.password)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(lambda url: "/login" not in url)
+
+
+def costs_quality_view(page: Page, stack: AirflowStack) -> FrameLocator:
+    """Open Costs & quality inside the Airflow UI, signing in on the login page an anonymous visit is sent to; the
+    view's iframe."""
+    page.goto(stack.api_url + "/plugin/costs-quality")
+    log_in(page, stack)
+    page.wait_for_url("**/plugin/costs-quality")
+    return page.frame_locator("iframe")

@@ -24,7 +24,7 @@ from tasks.dashboard import view_data
 from tasks.model.taxonomy import load_taxonomy
 from tasks.serving.client import ClassificationResult, EndpointClient, EndpointSpec
 from tests.e2e.airflow_stack import LOCAL_SQLITE, AirflowStack, running_stack
-from tests.e2e.browser import ARTIFACTS, browser_page, log_in
+from tests.e2e.browser import ARTIFACTS, browser_page, costs_quality_view
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -208,10 +208,7 @@ def test_a_logged_in_user_sees_the_real_numbers_in_the_airflow_ui(stack_after_de
     expected = expected_texts(stack)
     SCREENSHOT.unlink(missing_ok=True)
     with browser_page(height=1100) as page:
-        page.goto(stack.api_url + "/plugin/costs-quality")  # not logged in: Airflow sends us to its login page
-        log_in(page, stack)
-        page.wait_for_url("**/plugin/costs-quality")
-        view = page.frame_locator("iframe")
+        view = costs_quality_view(page, stack)
         for section, texts in expected.items():
             for text in texts:
                 expect(view.locator(section)).to_contain_text(text)

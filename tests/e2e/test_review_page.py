@@ -24,7 +24,7 @@ from tasks.model.demo_data import known_label, write_incoming
 from tasks.review import decisions, queue
 from tasks.training.mislabels import FLAG_SCHEMA, FLAGS_FILE
 from tests.e2e.airflow_stack import LOCAL_SQLITE, VIEWER_USER, AirflowStack, running_stack
-from tests.e2e.browser import ARTIFACTS, browser_page, log_in
+from tests.e2e.browser import ARTIFACTS, browser_page, costs_quality_view
 
 # A hang guard above the named deadlines (stack start, the page steps), so they fire first and say what.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -96,10 +96,7 @@ def test_an_admin_corrects_two_labels_and_confirms_one_with_the_keyboard(stack_w
     first, second, third = queued[:3]
     SCREENSHOT.unlink(missing_ok=True)
     with browser_page(height=1300) as page:
-        page.goto(stack.api_url + "/plugin/costs-quality")  # not logged in: Airflow sends us to its login page
-        log_in(page, stack)
-        page.wait_for_url("**/plugin/costs-quality")
-        view = page.frame_locator("iframe")
+        view = costs_quality_view(page, stack)
         expect(view.locator("#production-accuracy")).to_contain_text("no reviewed golden-sample images yet")
         view.locator("#nav-review").click()  # the Review tab, inside the Airflow UI's iframe
         items = view.locator("#queue .item")
