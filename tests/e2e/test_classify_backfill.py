@@ -7,7 +7,6 @@ API server (as bin/demo-backfill does): a CLI writer beside the scheduler can hi
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -21,7 +20,7 @@ from tasks.common.settings import load_settings
 from tasks.model.demo_data import write_incoming
 from tasks.serving.local import state_path
 from tasks.serving.local_server import stop_local_server
-from tests.e2e.airflow_stack import AirflowStack, StackConfig
+from tests.e2e.airflow_stack import NO_SCHEDULED_NIGHTS, AirflowStack
 
 # A hang guard above the named deadlines below (stack start, parse, two backfills), so they fire first and say what.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -30,8 +29,6 @@ DAG_ID = "classify_images"
 DAYS = ["2026-11-02", "2026-11-03", "2026-11-04"]
 EMPTY_DAY = "2026-11-05"  # no images: a run note saying so, "no data" on the dashboard
 CONF = {"shard_size": 4, "concurrency": 2, "quality": {"on_violation": "warn"}}
-# Catchup starts today: unpausing the DAG (backfill runs wait for that) schedules nothing in the past.
-STACK = StackConfig(env=(("PIPELINE_CLASSIFY_START_DATE", datetime.now(UTC).date().isoformat()),))
 # One backfill of the 3 partitions, from creation to `completed_at`: ~60 s on 2 idle cores (3 runs one after another,
 # then the scheduler's 30 s mark-complete tick). 900 s: many times that on a saturated machine; past it, stuck.
 BACKFILL_DONE_DEADLINE_S = 900.0
@@ -68,7 +65,7 @@ def wait_for_backfills(api: httpx.Client, stack: AirflowStack) -> list[dict]:
     return stack.wait(done, what, BACKFILL_DONE_DEADLINE_S, "BACKFILL_DONE_DEADLINE_S", lambda: seen["runs"])
 
 
-@pytest.mark.parametrize("airflow_stack", [STACK], indirect=True, ids=["local-sqlite"])
+@pytest.mark.parametrize("airflow_stack", [NO_SCHEDULED_NIGHTS], indirect=True, ids=["local-sqlite"])
 def test_backfill_create_then_reprocess_completed(airflow_stack: AirflowStack, tmp_path: Path) -> None:
     stack = airflow_stack
     settings = load_settings(stack.env)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from urllib.parse import quote
 
 import httpx
@@ -23,7 +22,7 @@ import pytest
 from support.digits import curated_digits, relabel_training_digit
 from tasks.common.storage import storage_path
 from tasks.curation import reviewed
-from tests.e2e.airflow_stack import ADMIN_USER, AirflowStack, StackConfig, running_stack
+from tests.e2e.airflow_stack import ADMIN_USER, NO_SCHEDULED_NIGHTS, AirflowStack, running_stack
 from tests.e2e.browser import ARTIFACTS, browser_page, log_in
 
 # A hang guard above the named deadlines below (per test), so they fire first and say what was awaited.
@@ -38,8 +37,6 @@ DAGS = [
     "publish_reviews",
 ]
 BACKFILL_DAYS = ("2026/11/02", "2026/11/03")
-# Catchup starts today: unpausing never schedules past nights by itself.
-STACK = StackConfig(env=(("PIPELINE_CLASSIFY_START_DATE", datetime.now(UTC).date().isoformat()),))
 FAST_TRAINING = {"num_train_epochs": 1, "logging_steps": 1}
 # Every wait follows Airflow's state (a run in the API, a task's state) with a progress line every 15 s. Idle on 2
 # cores: a triggered run is listed within ~1 s; the finetune run reaches its approval task in ~1-2 min (DeepSpeed,
@@ -55,7 +52,7 @@ RELABELLED_DIGIT, RELABELLED_AS = 7, "1"  # digit 7 of the drop is a 7
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
-    with running_stack(STACK, tmp_path_factory.mktemp("operator-ui")) as stack:
+    with running_stack(NO_SCHEDULED_NIGHTS, tmp_path_factory.mktemp("operator-ui")) as stack:
         # A reviewer's relabel of one training digit, published, is folded into the dataset the approved run trains
         # on: the registry must name it (issue 22).
         root = storage_path(stack.storage_root.as_uri())
