@@ -72,13 +72,14 @@ format: install
 	$(VENV)/bin/ruff format .
 
 # Two workers: a serial run keeps 2 cores about half busy (its slow tests wait on servers, schedulers and polls). Each
-# file's tests run on one worker, so a module's stack or vLLM server starts once; everything they share is safe to
-# share (free ports, per-test storage roots and Airflow homes, claimed Redis and PostgreSQL databases).
+# file's tests run on one worker, so a module's stack or vLLM server starts once; files are taken in the order
+# tests/conftest.py gives them (slow ones first). What they share is safe to share: free ports, per-test storage
+# roots and Airflow homes, claimed Redis and PostgreSQL databases.
 TEST_WORKERS ?= 2
 
 test: install lint
 	bin/test-setup
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # Only the production-parity checks against the serving runtime's own code (include/serving/runtime.json).
 test-contract: install

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from airflow.sdk.io import store as object_store
 
 from tests.conftest import REPO_ROOT
 from tests.e2e.processes import free_port
@@ -157,6 +158,9 @@ def moto(moto_server: Moto, aws_failures: dict[str, Path], monkeypatch: pytest.M
         path.unlink(missing_ok=True)
     moto_server.boto3_client("s3").create_bucket(Bucket=moto_server.bucket)
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", moto_server.conn_json)
+    # ObjectStoragePath keeps one filesystem per connection for the process (airflow.sdk.io.store._STORE_CACHE): one
+    # an earlier test attached for aws_default (real AWS) would otherwise answer here. Restored after the test.
+    monkeypatch.setattr(object_store, "_STORE_CACHE", {})
     return moto_server
 
 
