@@ -1,4 +1,5 @@
-"""bin/airflow: an Airflow home that was copied or moved writes its logs into itself, not into the clone it came from.
+"""bin/airflow: an Airflow home that was copied or moved writes its logs into itself, not into the clone it came from;
+its SQLite database is shared safely by the four processes of a local Airflow.
 
 Airflow writes absolute paths into the airflow.cfg it generates on first use; bin/airflow overrides every one of them
 (dags, plugins, the SQLite DB, and the two log folders) relative to AIRFLOW_HOME unless the variable is already set.
@@ -7,6 +8,7 @@ Airflow writes absolute paths into the airflow.cfg it generates on first use; bi
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -23,10 +25,10 @@ STALE = {
 }
 
 
-def _config_value(home: Path, section: str, key: str) -> str:
+def _bin_airflow(home: Path, *args: str) -> str:
     env = {name: value for name, value in os.environ.items() if not name.startswith("AIRFLOW__")}
     result = subprocess.run(
-        [str(REPO_ROOT / "bin" / "airflow"), "config", "get-value", section, key],
+        [str(REPO_ROOT / "bin" / "airflow"), *args],
         env={**env, "AIRFLOW_HOME": str(home)},
         capture_output=True,
         text=True,
@@ -34,6 +36,10 @@ def _config_value(home: Path, section: str, key: str) -> str:
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
+
+
+def _config_value(home: Path, section: str, key: str) -> str:
+    return _bin_airflow(home, "config", "get-value", section, key)
 
 
 @pytest.mark.slow
@@ -49,3 +55,35 @@ def test_a_copied_home_with_stale_absolute_log_paths_logs_into_itself(tmp_path: 
         home / "logs" / "dag_processor"
     )
     assert not (home / "airflow.db").exists()  # a config query reads settings only: nothing is migrated
+
+
+@pytest.mark.slow
+def test_the_sqlite_database_is_shared_in_wal_mode_with_a_minute_busy_timeout(tmp_path: Path) -> None:
+    """Stop 29's CI: in the default rollback journal, with pysqlite's 5 s timeout, a backfill's write lost the lock
+    (a 503) and the local scheduler exited on a loaded machine."""
+    home = tmp_path / ".airflow"
+    assert _bin_airflow(home, "version").startswith("3.")  # the first call migrates the database
+    with sqlite3.connect(home / "airflow.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # stored in the file, for every process
+    connect_args = {
+        key: _config_value(home, "database", key)
+        for key in ("sql_alchemy_connect_args", "sql_alchemy_connect_args_async")
+    }
+    assert set(connect_args.values()) == {"tasks.common.local_sqlite.CONNECT_ARGS"}
+    # The engine Airflow builds from those settings waits a minute for the lock (sqlite reports milliseconds).
+    probe = (
+        "from airflow import settings; settings.configure_orm();"
+        "print(settings.engine.raw_connection().driver_connection.execute('PRAGMA busy_timeout').fetchone()[0])"
+    )
+    env = {name: value for name, value in os.environ.items() if not name.startswith("AIRFLOW__")}
+    env |= {f"AIRFLOW__DATABASE__{key.upper()}": value for key, value in connect_args.items()}
+    env |= {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    result = subprocess.run(
+        [str(REPO_ROOT / ".venv" / "bin" / "python"), "-c", probe], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "60000"
