@@ -18,9 +18,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from PIL import Image
 
 # The client's timeout must outlast a normal answer on a saturated machine (0.3 s did not: an "ok" came late and was
-# asked a third time), and a "sleep" answer must outlast the timeout by as much again.
-CLIENT_TIMEOUT_S = 1.0
-SLOW_S = 3.0  # a "sleep" answer arrives after the client has given up
+# asked a third time; 1.0 s did not either, beside two test workers and a vLLM start), and a "sleep" answer must
+# outlast the timeout by as much again.
+CLIENT_TIMEOUT_S = 2.0
+SLOW_S = 6.0  # a "sleep" answer arrives after the client has given up
 FAST = {"timeout_s": CLIENT_TIMEOUT_S, "max_retries": 2, "backoff_base_s": 0.01, "backoff_max_s": 0.05}
 
 
