@@ -174,7 +174,8 @@ def build_app() -> ASGIApp:
         """403 with the reason unless the request proves it came from the Review page (CSRF)."""
         refusal = page.csrf_refusal(
             request.headers,
-            expected_token=csrf_token(user.get_id()),
+            secret=csrf_secret(),
+            user_id=user.get_id(),
             host=request.headers.get("host", ""),
             allowed_origins=configured_origins(),
         )
@@ -213,14 +214,19 @@ def build_app() -> ASGIApp:
     return app
 
 
-def csrf_token(user_id: str) -> str:
-    """The user's CSRF token, keyed by the API server's `[api] secret_key` (get_signing_key generates and keeps
-    one for the process when it is unset, as Airflow does for itself: airflow/api_fastapi/auth/tokens.py)."""
+def csrf_secret() -> str:
+    """The key of the Review page's CSRF tokens: the API server's `[api] secret_key` (get_signing_key generates and
+    keeps one for the process when it is unset, as Airflow does for itself: airflow/api_fastapi/auth/tokens.py)."""
     from airflow.api_fastapi.auth.tokens import get_signing_key
 
+    return get_signing_key("api", "secret_key")
+
+
+def csrf_token(user_id: str) -> str:
+    """The user's CSRF token for a freshly rendered Review page (tasks.review.page.csrf_token)."""
     from tasks.review.page import csrf_token as token
 
-    return token(get_signing_key("api", "secret_key"), user_id)
+    return token(csrf_secret(), user_id)
 
 
 def configured_origins() -> tuple[str, ...]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
@@ -27,6 +28,10 @@ from tasks.review.queue import QueueItem
 
 CSRF_HEADER = "X-CSRF-Token"
 _CSRF_CONTEXT = b"costs-quality review decision\0"  # this key use only: the same secret signs nothing else like it
+# How long a Review page's token is good for: a working day with the page left open. Past it, a decision is refused
+# with "reload the Review page", so a token that leaked (a proxy log, a screenshot) stops working on its own.
+CSRF_TOKEN_TTL_S = 12 * 3600
+CSRF_CLOCK_SKEW_S = 300  # API servers behind one load balancer may disagree this much about the time
 MAX_IMAGE_BYTES = 32 * 2**20  # tasks.model.images.MAX_FILE_BYTES: no image the pipeline classified is larger
 # What the page shows in an <img>; anything else is not served (nosniff: the type must be right).
 IMAGE_TYPES = {
@@ -114,22 +119,50 @@ def is_plain_key(key: str) -> bool:
     return bool(key) and "\\" not in key and "\0" not in key and all(p not in ("", ".", "..") for p in key.split("/"))
 
 
-def csrf_token(secret: str, user_id: str) -> str:
-    """The token a decision POST must carry: an HMAC of the user's id, keyed by the server's secret. A page from
-    this origin can read it (it is rendered into the page); a cross-site page cannot."""
-    return hmac.new(secret.encode(), _CSRF_CONTEXT + user_id.encode(), hashlib.sha256).hexdigest()
+def csrf_token(secret: str, user_id: str, *, now: float | None = None) -> str:
+    """The token a decision POST must carry: `<issued>.<HMAC of the user's id and issued time>`, keyed by the
+    server's secret. A page from this origin can read it (it is rendered into the page); a cross-site page cannot."""
+    issued = str(int(time.time() if now is None else now))
+    return f"{issued}.{_csrf_mac(secret, user_id, issued)}"
+
+
+def _csrf_mac(secret: str, user_id: str, issued: str) -> str:
+    message = _CSRF_CONTEXT + user_id.encode() + b"\0" + issued.encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def csrf_token_refusal(token: str, *, secret: str, user_id: str, now: float | None = None) -> str | None:
+    """Why `token` is not this user's live token from this server (one line), or None when it is."""
+    issued, _, mac = token.partition(".")
+    if not (issued.isascii() and issued.isdigit()) or not hmac.compare_digest(
+        mac.encode(), _csrf_mac(secret, user_id, issued).encode()
+    ):
+        return f"missing or wrong {CSRF_HEADER} header: reload the Review page"
+    age = (time.time() if now is None else now) - int(issued)
+    if not -CSRF_CLOCK_SKEW_S <= age <= CSRF_TOKEN_TTL_S:
+        return (
+            f"the Review page's {CSRF_HEADER} is older than {CSRF_TOKEN_TTL_S // 3600} h (or from a clock ahead of "
+            "this server's): reload the Review page"
+        )
+    return None
 
 
 def csrf_refusal(
-    headers: Mapping[str, str], *, expected_token: str, host: str, allowed_origins: Iterable[str] = ()
+    headers: Mapping[str, str],
+    *,
+    secret: str,
+    user_id: str,
+    host: str,
+    allowed_origins: Iterable[str] = (),
+    now: float | None = None,
 ) -> str | None:
     """Why a state-changing request does not prove it came from the page (one line), or None when it does.
 
     The UI's cookie rides along on any request to this origin, so each of these is required: the browser's own
     Sec-Fetch-Site (when sent) says same-origin; an Origin (when sent) is this host or one of `allowed_origins`
     (the configured base URL); the body is JSON (a cross-site form cannot send that without a CORS preflight,
-    which this app never grants); and the CSRF header equals `expected_token`. `headers` must be
-    case-insensitive (Starlette's are)."""
+    which this app never grants); and the CSRF header is the user's unexpired token (csrf_token_refusal).
+    `headers` must be case-insensitive (Starlette's are)."""
     fetch_site = headers.get("sec-fetch-site")
     if fetch_site is not None and fetch_site != "same-origin":
         return f"cross-site request refused (Sec-Fetch-Site: {fetch_site})"
@@ -139,7 +172,4 @@ def csrf_refusal(
     media_type = headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json":
         return "a decision must be sent as application/json"
-    token = headers.get(CSRF_HEADER.lower(), "")
-    if not token or not hmac.compare_digest(token.encode(), expected_token.encode()):
-        return f"missing or wrong {CSRF_HEADER} header: reload the Review page"
-    return None
+    return csrf_token_refusal(headers.get(CSRF_HEADER.lower(), ""), secret=secret, user_id=user_id, now=now)

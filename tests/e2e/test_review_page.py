@@ -147,7 +147,7 @@ def review_page(stack: AirflowStack, user: str) -> str:
 
 
 def page_token(html: str) -> str:
-    match = re.search(r'data-csrf-token="([0-9a-f]{64})"', html)
+    match = re.search(r'data-csrf-token="([0-9]+\.[0-9a-f]{64})"', html)
     assert match, "the page carries no CSRF token"
     return match.group(1)
 

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from tasks.common.storage import storage_path
 from tasks.model.demo_data import digits
 from tasks.model.images import encode_png
-from tasks.review import decisions, queue
+from tasks.review import decisions, page, queue
 from tests.unit.plugins.test_costs_quality import plugin  # noqa: F401 — the plugin module, loaded as Airflow does
 
 DAY = "2026-11-05"
@@ -78,7 +78,7 @@ def as_role(plugin: ModuleType) -> Callable[..., TestClient]:  # noqa: F811
 
 
 def page_token(client: TestClient) -> str:
-    match = re.search(r'data-csrf-token="([0-9a-f]{64})"', client.get("/review").text)
+    match = re.search(r'data-csrf-token="([0-9]+\.[0-9a-f]{64})"', client.get("/review").text)
     assert match, "the page carries no CSRF token"
     return match.group(1)
 
@@ -163,6 +163,18 @@ def test_another_users_token_is_refused(root, as_role) -> None:
     body = {"dt": DAY, "content_sha256": queued(root)[0].content_sha256, "label": "3"}
     response = post(as_role("op", "mallory"), body, page_token(as_role("op", "ana")))
     assert response.status_code == 403 and decision_files(root) == []
+
+
+def test_a_page_left_open_past_its_tokens_lifetime_is_told_to_reload(root, as_role, plugin) -> None:  # noqa: F811
+    body = {"dt": DAY, "content_sha256": queued(root)[0].content_sha256, "label": "3"}
+    client = as_role("op", "ana")
+    issued, mac = page_token(client).split(".")
+    yesterday = int(issued) - page.CSRF_TOKEN_TTL_S - 60
+    stale = page.csrf_token(plugin.csrf_secret(), "ana", now=yesterday)  # what the page rendered a day ago held
+    response = post(client, body, stale)
+    assert response.status_code == 403 and "reload the Review page" in response.json()["detail"]
+    assert "older than 12 h" in response.json()["detail"] and decision_files(root) == []
+    assert post(client, body, f"{issued}.{mac}").status_code == 200  # the reloaded page's token works
 
 
 def test_anonymous_is_401_and_a_viewer_may_look_but_not_decide(root, as_role) -> None:

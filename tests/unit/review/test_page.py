@@ -98,7 +98,8 @@ def test_a_symlink_is_never_followed(root, settings, tmp_path_factory) -> None:
     assert page.image_bytes(settings, item("real.png", content=PNG)) == (PNG, "image/png")
 
 
-TOKEN = page.csrf_token("server secret", "ana")
+NOW = 1_800_000_000.0
+TOKEN = page.csrf_token("server secret", "ana", now=NOW)
 GOOD = {
     "content-type": "application/json",
     "x-csrf-token": TOKEN,
@@ -107,17 +108,38 @@ GOOD = {
 }
 
 
-def refusal(**changes: str | None) -> str | None:
+def refusal(now: float = NOW, **changes: str | None) -> str | None:
     headers = {k: v for k, v in {**GOOD, **changes}.items() if v is not None}
-    return page.csrf_refusal(headers, expected_token=TOKEN, host="h:8080", allowed_origins=["https://ui.example"])
-
-
-def test_the_csrf_token_is_per_user_and_per_secret() -> None:
-    again, other_user, other_secret = (
-        page.csrf_token(*args) for args in [("server secret", "ana"), ("server secret", "bo"), ("other secret", "ana")]
+    return page.csrf_refusal(
+        headers, secret="server secret", user_id="ana", host="h:8080", allowed_origins=["https://ui.example"], now=now
     )
-    assert len(TOKEN) == 64 and again == TOKEN
-    assert TOKEN not in (other_user, other_secret)
+
+
+def test_the_csrf_token_is_per_user_per_secret_and_per_issue_time() -> None:
+    again, other_user, other_secret, later = (
+        page.csrf_token(*args, now=now)
+        for *args, now in [
+            ("server secret", "ana", NOW),
+            ("server secret", "bo", NOW),
+            ("other secret", "ana", NOW),
+            ("server secret", "ana", NOW + 1),
+        ]
+    )
+    issued, mac = TOKEN.split(".")
+    assert (issued, len(mac), again) == (str(int(NOW)), 64, TOKEN)
+    assert len({TOKEN, other_user, other_secret, later}) == 4
+
+
+def test_a_token_is_good_for_a_working_day_and_refused_after_it() -> None:
+    ttl = page.CSRF_TOKEN_TTL_S
+    assert refusal(now=NOW + ttl) is None and refusal(now=NOW - page.CSRF_CLOCK_SKEW_S) is None
+    for now in (NOW + ttl + 1, NOW - page.CSRF_CLOCK_SKEW_S - 1):
+        said = refusal(now=now)
+        assert said is not None and "older than 12 h" in said and "reload the Review page" in said
+    # The issue time is signed: moving it forward on an old token breaks the MAC.
+    stale = page.csrf_token("server secret", "ana", now=NOW - ttl - 60)
+    forged = f"{int(NOW)}.{stale.split('.')[1]}"
+    assert "missing or wrong" in refusal(**{"x-csrf-token": forged})
 
 
 def test_a_request_from_the_page_passes_and_a_non_browser_client_needs_only_json_and_the_token() -> None:
@@ -131,8 +153,11 @@ def test_a_request_from_the_page_passes_and_a_non_browser_client_needs_only_json
     ("changes", "reason"),
     [
         ({"x-csrf-token": None}, "missing or wrong X-CSRF-Token"),
-        ({"x-csrf-token": page.csrf_token("server secret", "bo")}, "missing or wrong X-CSRF-Token"),
+        ({"x-csrf-token": page.csrf_token("server secret", "bo", now=NOW)}, "missing or wrong X-CSRF-Token"),
+        ({"x-csrf-token": page.csrf_token("other secret", "ana", now=NOW)}, "missing or wrong X-CSRF-Token"),
         ({"x-csrf-token": ""}, "missing or wrong X-CSRF-Token"),
+        ({"x-csrf-token": TOKEN.split(".")[1]}, "missing or wrong X-CSRF-Token"),  # the MAC without its issue time
+        ({"x-csrf-token": "１８." + TOKEN.split(".")[1]}, "missing or wrong X-CSRF-Token"),  # not ASCII digits
         ({"content-type": None}, "application/json"),
         ({"content-type": "text/plain;charset=UTF-8"}, "application/json"),
         ({"content-type": "multipart/form-data; boundary=x"}, "application/json"),
