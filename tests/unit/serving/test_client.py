@@ -372,7 +372,8 @@ def test_a_hung_endpoint_fails_the_shard_within_the_stated_bound():
         with pytest.raises(EndpointUnavailable, match=r"failed 8 requests in a row.*timeout"):
             asyncio.run(collect(client, images, concurrency=concurrency))
         elapsed = time.monotonic() - started
-    assert elapsed < bound + 1.0, (elapsed, bound)  # without the breaker: 500/4 x 5 attempts x 0.2 s = 125 s
+    # Slack for a loaded machine (two test workers, a vLLM start); without the breaker: 500/4 x 5 x 0.2 s = 125 s
+    assert elapsed < bound + 5.0, (elapsed, bound)
 
 
 def test_an_endpoint_refusing_every_request_fails_without_retries(server):
