@@ -71,10 +71,21 @@ def test_the_sqlite_database_is_shared_in_wal_mode_with_a_minute_busy_timeout(tm
     }
     assert set(connect_args.values()) == {"tasks.common.local_sqlite.CONNECT_ARGS"}
     # The engine Airflow builds from those settings waits a minute for the lock (sqlite reports milliseconds).
-    probe = (
-        "from airflow import settings; settings.configure_orm();"
-        "print(settings.engine.raw_connection().driver_connection.execute('PRAGMA busy_timeout').fetchone()[0])"
-    )
+    probe = """
+import asyncio
+from sqlalchemy import text
+from airflow import settings
+settings.configure_orm()
+sync = settings.engine.raw_connection().driver_connection.execute("PRAGMA busy_timeout").fetchone()[0]
+
+async def async_busy_timeout():  # the API server's async engine (aiosqlite)
+    async with settings.async_engine.connect() as connection:
+        value = (await connection.execute(text("PRAGMA busy_timeout"))).scalar()
+    await settings.async_engine.dispose()
+    return value
+
+print("busy_timeout", sync, asyncio.run(async_busy_timeout()))
+"""
     env = {name: value for name, value in os.environ.items() if not name.startswith("AIRFLOW__")}
     env |= {f"AIRFLOW__DATABASE__{key.upper()}": value for key, value in connect_args.items()}
     env |= {
@@ -86,4 +97,4 @@ def test_the_sqlite_database_is_shared_in_wal_mode_with_a_minute_busy_timeout(tm
         [str(REPO_ROOT / ".venv" / "bin" / "python"), "-c", probe], env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split()[-1] == "60000"
+    assert "busy_timeout 60000 60000" in result.stdout.splitlines(), result.stdout  # sync, async

@@ -19,6 +19,7 @@ from pathlib import Path
 
 # Seconds a connection waits for the write lock before `database is locked` (sqlite3.connect's `timeout`, also
 # taken by aiosqlite). A local scheduler's write lasts well under a second even loaded; a minute means wedged.
+# A plain dict: Airflow's configure_orm adds `check_same_thread` to the very object it imports.
 CONNECT_ARGS = {"timeout": 60.0}
 
 SQLITE_PREFIX = "sqlite:///"
@@ -33,8 +34,11 @@ def database_path(sql_alchemy_conn: str) -> Path | None:
 
 def use_write_ahead_log(path: Path) -> str:
     """Switch the database file to WAL (persistent, idempotent); returns the journal mode SQLite reports."""
-    with sqlite3.connect(path, timeout=CONNECT_ARGS["timeout"]) as db:
+    db = sqlite3.connect(path, timeout=CONNECT_ARGS["timeout"])
+    try:
         (mode,) = db.execute("PRAGMA journal_mode=WAL").fetchone()
+    finally:
+        db.close()
     if mode != "wal":
         raise RuntimeError(f"{path}: SQLite kept journal_mode={mode} (WAL needs a local filesystem)")
     return mode
