@@ -1,12 +1,14 @@
-"""The local Airflow's SQLite metadata database, set up for the four processes that share it.
+"""The local Airflow's SQLite metadata database, in write-ahead-log mode for the four processes that share it.
 
 In SQLite's default rollback journal a commit must wait for every reader to finish and blocks new readers meanwhile,
 so the API server, scheduler, dag-processor and triggerer, each polling the database, keep colliding: on a loaded
-2-core machine a write lost the lock within pysqlite's default 5 s (`database is locked`, a 503 from the API server)
-and the scheduler exited. Write-ahead logging lets readers and the one writer proceed side by side
-(https://www.sqlite.org/wal.html), and a longer busy timeout makes a writer wait its turn instead of failing.
-bin/airflow switches a SQLite database to WAL once, after `airflow db migrate` (the mode is stored in the file), and
-points `[database] sql_alchemy_connect_args` (and `_async`) at CONNECT_ARGS. PostgreSQL needs neither.
+2-core machine a backfill's write lost the lock (`database is locked`, a 503 from the API server) and the scheduler
+exited. With WAL, readers and the one writer proceed side by side (https://www.sqlite.org/wal.html).
+bin/airflow switches a SQLite database to WAL once, after `airflow db migrate`; the mode is stored in the file, so
+every process opens it that way. PostgreSQL needs none of this.
+
+pysqlite's 5 s busy timeout is kept on purpose: with 60 s (`[database] sql_alchemy_connect_args`) the API server
+stopped answering for over a minute under load, every request waiting its turn, until the e2e test's client gave up.
 
 Run as `python -m tasks.common.local_sqlite SQL_ALCHEMY_CONN` (a no-op for any other database).
 """
@@ -16,11 +18,6 @@ from __future__ import annotations
 import sqlite3
 import sys
 from pathlib import Path
-
-# Seconds a connection waits for the write lock before `database is locked` (sqlite3.connect's `timeout`, also
-# taken by aiosqlite). A local scheduler's write lasts well under a second even loaded; a minute means wedged.
-# A plain dict: Airflow's configure_orm adds `check_same_thread` to the very object it imports.
-CONNECT_ARGS = {"timeout": 60.0}
 
 SQLITE_PREFIX = "sqlite:///"
 
@@ -34,7 +31,7 @@ def database_path(sql_alchemy_conn: str) -> Path | None:
 
 def use_write_ahead_log(path: Path) -> str:
     """Switch the database file to WAL (persistent, idempotent); returns the journal mode SQLite reports."""
-    db = sqlite3.connect(path, timeout=CONNECT_ARGS["timeout"])
+    db = sqlite3.connect(path)
     try:
         (mode,) = db.execute("PRAGMA journal_mode=WAL").fetchone()
     finally:
