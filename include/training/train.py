@@ -588,6 +588,10 @@ def main(argv: list[str] | None = None) -> None:
             "args": vars(args),
         }
         write_json_atomically(output_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    # Every process leaves the process group before it exits: a rank that exited with the group alive aborted in its
+    # communication threads ("terminate called without an active exception", SIGABRT), failing a finished job.
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":
